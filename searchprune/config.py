@@ -1,0 +1,283 @@
+"""Study configuration: frozen dataclasses, YAML loading, validation and flag overrides.
+
+Precedence is flag > file > default, resolved in one place (:func:`load_config` with
+``overrides``). Unknown keys are errors that name the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from searchprune.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "PruningConfig",
+    "ReconstructionConfig",
+    "SearchConfig",
+    "SupernetConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+]
+
+SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")
+VAL_SOURCES = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to prune.
+
+    ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
+    classification model name, or ``package.module:factory``.
+    """
+
+    name: str = "digits_resnet8"
+    num_classes: int | None = None
+    checkpoint: str | None = None
+    shortcut: str = "projection"
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how the fixed, seeded splits are drawn."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    calib_size: int = 512
+    val_size: int = 500
+    val_from: str = "train"
+    test_size: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """Layer-wise least-squares reconstruction (paper Sec. 4.2)."""
+
+    enabled: bool = True
+    ridge: float = 1e-4
+    positions_per_image: int = 64
+    intercept: bool = True
+    guard: bool = True
+    holdout_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """The FLOPs band, the search-space bounds and the channel criterion."""
+
+    gamma: float = 0.5
+    tolerance: float = 0.02
+    eta: float = 0.3
+    criterion: str = "l1"
+    round_to: int = 1
+    prune_classifier_input: bool = False
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The Optuna side: sampler, budget of evaluated trials, seed, early stopping."""
+
+    sampler: str = "random"
+    n_trials: int = 30
+    seed: int = 0
+    study_name: str | None = None
+    pruner: str = "none"
+    heartbeat_interval: int = 30
+    grace_period: int = 120
+    max_retry: int = 2
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Setting 2: a slimmable supernet trained from scratch."""
+
+    width_multiple: int = 8
+    min_ratio: float = 0.4
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    num_random: int = 3
+    sandwich: bool = False
+    inplace_distill: bool = True
+    bn_calib_images: int = 1000
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole study: model, data, pruning, search, storage."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    setting: str = "pretrained"
+    storage: str | None = None
+    device: str = "auto"
+    source: str | None = None
+
+    def validate(self) -> Config:
+        """Check value ranges; raise :class:`ConfigError` with a one-line fix."""
+        p = self.pruning
+        if not (0.0 < p.gamma <= 1.0) or math.isnan(p.gamma):
+            raise ConfigError(f"pruning.gamma must be in (0, 1], got {p.gamma}")
+        if not (p.tolerance >= 0.0) or math.isnan(p.tolerance):
+            raise ConfigError(f"pruning.tolerance must be >= 0, got {p.tolerance}")
+        if not (0.0 < p.eta <= 1.0) or math.isnan(p.eta):
+            raise ConfigError(f"pruning.eta must be in (0, 1], got {p.eta}")
+        if p.round_to < 1:
+            raise ConfigError(f"pruning.round_to must be >= 1, got {p.round_to}")
+        r = p.reconstruction
+        if r.ridge < 0:
+            raise ConfigError(f"pruning.reconstruction.ridge must be >= 0, got {r.ridge}")
+        if r.positions_per_image < 1:
+            raise ConfigError("pruning.reconstruction.positions_per_image must be >= 1")
+        if not (0.0 <= r.holdout_fraction < 1.0):
+            raise ConfigError("pruning.reconstruction.holdout_fraction must be in [0, 1)")
+        s = self.search
+        if s.sampler not in SAMPLERS:
+            raise ConfigError(_unknown("sampler", s.sampler, SAMPLERS))
+        if s.n_trials < 1:
+            raise ConfigError(f"search.n_trials must be >= 1, got {s.n_trials}")
+        d = self.data
+        if d.val_from not in VAL_SOURCES:
+            raise ConfigError(_unknown("data.val_from", d.val_from, VAL_SOURCES))
+        if d.calib_size < 1 or d.val_size < 1:
+            raise ConfigError("data.calib_size and data.val_size must be >= 1")
+        if self.model.shortcut not in ("pad", "projection"):
+            raise ConfigError(_unknown("model.shortcut", self.model.shortcut, ("pad", "projection")))
+        if self.setting not in ("pretrained", "scratch"):
+            raise ConfigError(_unknown("setting", self.setting, ("pretrained", "scratch")))
+        return self
+
+
+def _unknown(what: str, value: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(valid), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown {what} '{value}'{hint}; choose one of: {', '.join(valid)}"
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"'{where or 'config'}' must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}")
+        default = getattr(cls(), key)
+        if is_dataclass(default):
+            kwargs[key] = _build(type(default), value or {}, path)
+        else:
+            kwargs[key] = _coerce(value, default, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, path: str) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{path}' must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{path}' must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{path}' must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"'{path}' must be a string, got {value!r}")
+    return value
+
+
+def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> Config:
+    """Build and validate a :class:`Config` from a plain mapping (e.g. parsed YAML)."""
+    cfg = _build(Config, dict(data or {}), "")
+    if source is not None:
+        cfg = dataclasses.replace(cfg, source=source)
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config as plain JSON-able data (stored with every study)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with dotted-key overrides applied (``{"pruning.gamma": 0.7}``); ``None`` values
+    are ignored so unset command-line flags never shadow the file."""
+    data = config_to_dict(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"unknown override '{dotted}'")
+        node[leaf] = value
+    source = data.pop("source", None)
+    return config_from_dict(data, source=source)
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML study file (or the built-in defaults when ``path`` is None) and apply overrides.
+
+    Relative paths inside the file (``model.checkpoint``, ``data.root``) are resolved against the
+    current directory first and then against the YAML file's own folder.
+    """
+    if path is None:
+        cfg = Config().validate()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"malformed YAML in {p}{where}: fix the syntax") from None
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ConfigError(f"{p} must contain a mapping of sections (model, data, pruning, ...)")
+        raw = _resolve_paths(dict(raw or {}), p.parent)
+        cfg = config_from_dict(raw, source=str(p))
+    return apply_overrides(cfg, overrides or {})
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    for section, key in (("model", "checkpoint"), ("data", "root"), ("supernet", "checkpoint")):
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            value = Path(node[key]).expanduser()
+            if not value.is_absolute() and not value.exists() and (base / value).exists():
+                node[key] = str(base / value)
+    return raw
