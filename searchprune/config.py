@@ -59,7 +59,7 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     calib_size: int = 512
-    val_size: int = 500
+    val_size: int = 400
     val_from: str = "train"
     test_size: int | None = None
     image_size: int | None = None

@@ -25,7 +25,8 @@ class IndexShortcut(nn.Module):
             raise ValueError(f"cannot pad {in_channels} channels to {out_channels}")
         src = torch.full((out_channels,), -1, dtype=torch.long)
         src[pad : pad + in_channels] = torch.arange(in_channels)
-        self.register_buffer("src", src)
+        # Not persistent: checkpoints of the classic option-A ResNets have no such entry.
+        self.register_buffer("src", src, persistent=False)
         self.in_channels = in_channels
         self.stride = stride
 
