@@ -1,0 +1,174 @@
+"""The pruning engine: from a model and a channel configuration to a rebuilt, evaluated pruned net.
+
+Everything that is done once per study (model, data, channel groups, FLOPs profile, importance
+scores, the original network's features on the calibration images) happens in
+:meth:`PruningEngine.from_config`; :meth:`PruningEngine.evaluate` is the per-trial path.
+The engine knows nothing of Optuna.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from searchprune.config import Config
+from searchprune.space import Cost, SearchSpace
+
+__all__ = ["EvalResult", "PruningEngine", "resolve_device"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """What one evaluated configuration yields (accuracies in percent)."""
+
+    top1: float
+    top5: float
+    cost: Cost
+    widths: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    images: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class PruningEngine:
+    """Prepared pruning problem for one model, dataset and criterion."""
+
+    def __init__(self, cfg: Config, model: nn.Module, data, *, device: torch.device | None = None,
+                 scores: dict[str, torch.Tensor] | None = None) -> None:
+        from searchprune.reconstruct import Reconstructor
+
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        self.model = model.eval().to(self.device)
+        self.data = data
+        example = data.calib.x[:1].to(self.device)
+        self.space = SearchSpace.from_model(
+            self.model, example, round_to=cfg.pruning.round_to,
+            prune_classifier_input=cfg.pruning.prune_classifier_input,
+        )
+        self.seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        self.scores = scores if scores is not None else self._compute_scores(cfg.pruning.criterion)
+        self.seconds["scores"] = time.perf_counter() - t
+        self.reconstructor: Reconstructor | None = None
+        if cfg.pruning.reconstruction.enabled:
+            t = time.perf_counter()
+            self.reconstructor = Reconstructor(
+                self.model, self.space, data.calib.x, cfg.pruning.reconstruction,
+                device=self.device, seed=cfg.data.seed,
+            )
+            self.seconds["features"] = time.perf_counter() - t
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Config, *, progress: bool = False) -> PruningEngine:
+        """Load data and model as the config says and prepare everything done once per study."""
+        from searchprune.data import load_data
+        from searchprune.models import build_model
+
+        data = load_data(cfg.data)
+        model = _load_model(cfg, data, progress=progress)
+        return cls(cfg, model, data)
+
+    def _compute_scores(self, criterion: str) -> dict[str, torch.Tensor]:
+        from searchprune.criteria import compute_scores
+
+        return compute_scores(criterion, self.model, self.space, self.data, device=self.device)
+
+    # -- the search space -------------------------------------------------------------------
+    @property
+    def groups(self):
+        """The prunable channel groups, in a stable order (their names are the trial params)."""
+        return self.space.prunable
+
+    @property
+    def base_cost(self) -> Cost:
+        return self.space.base_cost
+
+    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        return self.space.widths(ratios)
+
+    def cost(self, widths: Mapping[str, int]) -> Cost:
+        return self.space.cost(widths)
+
+    def flops_ratio(self, widths: Mapping[str, int]) -> float:
+        return self.space.cost(widths).flops / self.space.base_cost.flops
+
+    def ratio_range(self, eta: float | None = None) -> tuple[float, float]:
+        """FLOPs ratio of the all-``eta`` configuration and of the unpruned one (1.0)."""
+        eta = self.cfg.pruning.eta if eta is None else eta
+        low = self.space.widths({g.name: eta for g in self.groups})
+        return self.flops_ratio(low), 1.0
+
+    # -- per trial ----------------------------------------------------------------------------
+    def build(self, widths: Mapping[str, int], *, reconstruct: bool | None = None,
+              seconds: dict[str, float] | None = None) -> nn.Module:
+        """The physically pruned (and, if enabled, least-squares rebuilt) network."""
+        from searchprune.prune import prune_model
+
+        seconds = {} if seconds is None else seconds
+        t = time.perf_counter()
+        keep = self.space.keep_indices(widths, self.scores)
+        pruned = prune_model(self.model, self.space, keep)
+        seconds["build"] = time.perf_counter() - t
+        use_ls = self.reconstructor is not None if reconstruct is None else reconstruct
+        if use_ls:
+            if self.reconstructor is None:
+                raise RuntimeError("reconstruction is disabled in this engine's config")
+            t = time.perf_counter()
+            self.reconstructor.rebuild(pruned, keep)
+            seconds["reconstruct"] = time.perf_counter() - t
+        return pruned
+
+    def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
+                 reconstruct: bool | None = None,
+                 on_chunk: Callable[[int, float], bool] | None = None) -> EvalResult:
+        """Build, reconstruct and evaluate one configuration.
+
+        ``on_chunk(images_seen, top1_so_far)`` is called after each validation chunk; returning
+        True stops the evaluation early (used by Optuna pruners).
+        """
+        from searchprune.evaluate import evaluate_chunks
+
+        seconds: dict[str, float] = {}
+        widths = dict(widths)
+        pruned = self.build(widths, reconstruct=reconstruct, seconds=seconds)
+        t = time.perf_counter()
+        sp = getattr(self.data, split)
+        top1, top5, seen, stopped = evaluate_chunks(
+            pruned, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
+            on_chunk=on_chunk,
+        )
+        seconds["evaluate"] = time.perf_counter() - t
+        return EvalResult(top1, top5, self.cost(widths), widths, seconds, stopped, seen)
+
+    def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
+        from searchprune.evaluate import evaluate
+
+        sp = getattr(self.data, split)
+        return evaluate(self.model, sp.x, sp.y, batch_size=self.cfg.data.batch_size,
+                        device=self.device)
+
+
+def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:
+    from searchprune.models import build_model
+
+    if cfg.model.name == "digits_resnet8" and cfg.model.checkpoint is None:
+        from searchprune.models.baseline import digits_baseline
+
+        return digits_baseline(cfg.model, data, progress=progress)
+    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0])

@@ -1,0 +1,357 @@
+"""Layer-wise least-squares reconstruction of a pruned network (paper Sec. 4.2, ALGORITHMS.md 2).
+
+For every conv followed by BN, in forward order, fit ``min ||T - (X z + c)||^2`` where ``z`` is
+the pruned net's BN output (pre-activation) and ``T`` the original's on the kept channels, then
+merge ``X`` and ``c`` into the conv and BN so the pruned net gets no extra parameters or compute.
+
+Greedy with error feedback in one forward pass: a hook on each BN of the pruned net fits,
+merges, and returns the corrected output, so every later layer is fitted on features that
+already carry the earlier corrections. The original network's targets are captured once per
+study at a fixed, seeded subset of spatial positions.
+
+Residual blocks: the last BN's target is the original pre-activation sum minus the pruned
+shortcut (identity and index-map shortcuts); with a 1x1-conv+BN projection shortcut, ``[X_b, X_r]``
+are fitted jointly on the stacked branch and shortcut features, the intercept going to the branch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from searchprune.config import ReconstructionConfig
+from searchprune.models._layers import IndexShortcut
+from searchprune.space import SearchSpace, is_depthwise
+
+__all__ = ["Reconstructor", "find_residual_blocks", "find_sites", "merge_affine"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A conv followed directly by a BN: where a fit happens."""
+
+    conv: str
+    bn: str
+    depthwise: bool
+
+
+@dataclass(frozen=True)
+class Block:
+    """A residual block whose last BN output is added to a shortcut."""
+
+    name: str
+    last_bn: str
+    kind: str  # identity | map | projection
+    shortcut: str | None = None  # module computing the shortcut from the block input
+    shortcut_conv: str | None = None
+    shortcut_bn: str | None = None
+
+
+def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
+    """All conv -> BN pairs, in execution order (one traced forward pass)."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[object, str] = {}
+    sites: list[Site] = []
+
+    def conv_hook(mod, inp, out):
+        produced[out.grad_fn] = names[mod]
+
+    def bn_pre(mod, inp):
+        conv = produced.get(inp[0].grad_fn)
+        if conv is not None and names[mod] not in {s.bn for s in sites}:
+            sites.append(Site(conv, names[mod], is_depthwise(model.get_submodule(conv))))
+
+    handles = []
+    for mod in names:
+        if isinstance(mod, nn.Conv2d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.BatchNorm2d):
+            handles.append(mod.register_forward_pre_hook(bn_pre))
+    try:
+        with torch.enable_grad():
+            model(example[:1].detach().clone().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    return sites
+
+
+def find_residual_blocks(model: nn.Module) -> list[Block]:
+    """Residual blocks of the supported families (searchprune's CIFAR blocks, torchvision's
+    BasicBlock/Bottleneck/InvertedResidual). Others are fitted as plain conv-BN layers."""
+    blocks = []
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        last_bn = getattr(mod, "last_bn", None)
+        short_name = getattr(mod, "shortcut_name", None)
+        if last_bn is None and type(mod).__name__ in ("BasicBlock", "Bottleneck") and hasattr(mod, "downsample"):
+            last_bn = "bn3" if hasattr(mod, "bn3") else "bn2"
+            short_name = "downsample"
+        if last_bn is not None:
+            short = getattr(mod, short_name, None) if short_name else None
+            blocks.append(_block(prefix, name, last_bn, short_name, short))
+        elif getattr(mod, "use_res_connect", False) and hasattr(mod, "conv"):
+            idx = len(mod.conv) - 1
+            if isinstance(mod.conv[idx], nn.BatchNorm2d):
+                blocks.append(Block(name, f"{prefix}conv.{idx}", "identity"))
+    return blocks
+
+
+def _block(prefix, name, last_bn, short_name, short) -> Block:
+    bn = prefix + last_bn
+    if short is None or isinstance(short, nn.Identity):
+        return Block(name, bn, "identity")
+    if isinstance(short, IndexShortcut):
+        return Block(name, bn, "map", prefix + short_name)
+    if isinstance(short, nn.Sequential) and len(short) == 2:
+        return Block(name, bn, "projection", prefix + short_name,
+                     f"{prefix}{short_name}.0", f"{prefix}{short_name}.1")
+    return Block(name, bn, "identity")
+
+
+def merge_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, X: torch.Tensor, c: torch.Tensor | None,
+                 *, diagonal: bool = False) -> None:
+    """Fold ``z -> X z + c`` on BN outputs into the conv weights and BN shift (ALGORITHMS 2.2).
+
+    ``BN(W'x + b') = X BN(Wx + b) + c`` with ``W' = diag(1/s) X diag(s) W`` and
+    ``beta' = X t + c + s*mu``, where ``s = gamma/sqrt(var+eps)`` and ``t = beta - s*mu``.
+    With ``diagonal`` (depthwise convs) ``X`` is the vector of the diagonal.
+    """
+    dt = torch.float64
+    s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps))
+    mu = bn.running_mean.double()
+    t = bn.bias.double() - s * mu
+    X = X.to(dt)
+    c = torch.zeros_like(s) if c is None else c.to(dt)
+    with torch.no_grad():
+        W = conv.weight.double()
+        if diagonal:
+            conv.weight.copy_((X.view(-1, *([1] * (W.dim() - 1))) * W).to(conv.weight.dtype))
+            if conv.bias is not None:
+                conv.bias.copy_((X * conv.bias.double()).to(conv.bias.dtype))
+            bn.bias.copy_((X * t + c + s * mu).to(bn.bias.dtype))
+            return
+        M = X * s[None, :] / s[:, None]
+        conv.weight.copy_(torch.einsum("ij,j...->i...", M, W).to(conv.weight.dtype))
+        if conv.bias is not None:
+            conv.bias.copy_((M @ conv.bias.double()).to(conv.bias.dtype))
+        bn.bias.copy_((X @ t + c + s * mu).to(bn.bias.dtype))
+
+
+def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    return bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+
+
+class Reconstructor:
+    """Captures the original net's targets once; rebuilds any pruned copy of it in one pass."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, calib_x: torch.Tensor,
+                 rcfg: ReconstructionConfig, *, device: torch.device | None = None,
+                 seed: int = 0, batch_size: int = 256) -> None:
+        self.rcfg = rcfg
+        self.device = device or torch.device("cpu")
+        self.calib_x = calib_x.to(self.device)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.sites = find_sites(model, self.calib_x[:1])
+        self.blocks = {b.last_bn: b for b in find_residual_blocks(model)}
+        fitted = {s.bn for s in self.sites}
+        self.blocks = {k: b for k, b in self.blocks.items() if k in fitted}
+        skip = {b.shortcut_bn for b in self.blocks.values() if b.kind == "projection"}
+        self.sites = [s for s in self.sites if s.bn not in skip]
+        self._positions: dict[int, torch.Tensor] = {}
+        n = self.calib_x.shape[0]
+        self.n_fit = n - int(round(n * rcfg.holdout_fraction)) if n > 1 else n
+        self.targets = self._capture(model)
+
+    # -- positions -------------------------------------------------------------------------------
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W) -> (C, N*P)`` at the fixed positions for this spatial size."""
+        hw = t.shape[2] * t.shape[3]
+        pos = self._positions.get(hw)
+        if pos is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + hw)
+            p = min(self.rcfg.positions_per_image, hw)
+            pos = torch.randperm(hw, generator=g)[:p].sort().values.to(t.device)
+            self._positions[hw] = pos
+        return t.flatten(2)[:, :, pos].permute(1, 0, 2).reshape(t.shape[1], -1)
+
+    # -- once per study ----------------------------------------------------------------------
+    def _capture(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        store: dict[str, list[torch.Tensor]] = {}
+        handles = []
+
+        def saver(key):
+            def hook(mod, inp, out):
+                store.setdefault(key, []).append(self._gather(out).float())
+            return hook
+
+        def pre_saver(key):
+            def hook(mod, inp):
+                store.setdefault(key, []).append(self._gather(inp[0]).float())
+            return hook
+
+        for s in self.sites:
+            handles.append(model.get_submodule(s.bn).register_forward_hook(saver(s.bn)))
+        for b in self.blocks.values():
+            key = "shortcut:" + b.last_bn
+            if b.kind == "identity":
+                handles.append(model.get_submodule(b.name).register_forward_pre_hook(pre_saver(key)))
+            else:
+                handles.append(model.get_submodule(b.shortcut).register_forward_hook(saver(key)))
+        try:
+            with torch.no_grad():
+                for i in range(0, self.calib_x.shape[0], self.batch_size):
+                    model(self.calib_x[i:i + self.batch_size])
+        finally:
+            for h in handles:
+                h.remove()
+        targets = {k: torch.cat(v, dim=1) for k, v in store.items()}
+        for b in self.blocks.values():  # the block's pre-activation sum
+            targets[b.last_bn] = targets[b.last_bn] + targets.pop("shortcut:" + b.last_bn)
+        return targets
+
+    # -- per trial ----------------------------------------------------------------------------
+    def rebuild(self, pruned: nn.Module, keep=None) -> dict[str, float]:
+        """Fit and merge every site of ``pruned`` (a :func:`prune_model` copy), in place.
+
+        Returns the relative holdout error (fitted / identity) per site.
+        """
+        per_module = getattr(pruned, "searchprune_keep", {})
+        shortcut_out: dict[str, torch.Tensor] = {}
+        errors: dict[str, float] = {}
+        handles = []
+
+        def block_pre(b: Block):
+            short = None if b.kind == "identity" else pruned.get_submodule(b.shortcut)
+
+            def hook(mod, inp):
+                shortcut_out[b.last_bn] = inp[0] if short is None else short(inp[0])
+            return hook
+
+        def site_hook(s: Site):
+            def hook(bn, inp, out):
+                kept = per_module.get(s.bn)
+                sel = kept.out if kept is not None and kept.out is not None else None
+                target = self.targets[s.bn]
+                target = target if sel is None else target[sel.to(target.device)]
+                return self._fit_site(pruned, s, out, target, shortcut_out.pop(s.bn, None), errors)
+            return hook
+
+        for b in self.blocks.values():
+            handles.append(pruned.get_submodule(b.name).register_forward_pre_hook(block_pre(b)))
+        for s in self.sites:
+            handles.append(pruned.get_submodule(s.bn).register_forward_hook(site_hook(s)))
+        pruned.eval()
+        try:
+            with torch.no_grad():
+                pruned(self.calib_x)
+        finally:
+            for h in handles:
+                h.remove()
+        return errors
+
+    def _fit_site(self, pruned, s: Site, out, target, shortcut, errors):
+        block = self.blocks.get(s.bn)
+        z = self._gather(out).double()
+        T = target.double()
+        cols = self.n_fit * (z.shape[1] // self.calib_x.shape[0])
+        conv, bn = pruned.get_submodule(s.conv), pruned.get_submodule(s.bn)
+        dead = _bn_scale(bn).abs() < 1e-6
+        if block is not None and block.kind == "projection":
+            r = self._gather(shortcut).double()
+            Z = torch.cat([z, r])
+            X, c, rel = _solve(Z, T, cols, self.rcfg, base=z + r)
+            n = z.shape[0]
+            Xb, Xr = X[:, :n], X[:, n:]
+            Xb[dead] = 0
+            Xb[dead, dead.nonzero().flatten()] = 1
+            c[dead] = 0
+            if rel >= 1.0 and self.rcfg.guard:
+                errors[s.bn] = rel
+                return out
+            merge_affine(conv, bn, Xb, c)
+            sc_conv = pruned.get_submodule(block.shortcut_conv)
+            sc_bn = pruned.get_submodule(block.shortcut_bn)
+            merge_affine(sc_conv, sc_bn, Xr, None)
+            errors[s.bn] = rel
+            return _apply(out, Xb, c)
+        if block is not None:  # identity or index-map shortcut: fit the branch to sum - shortcut
+            T = T - self._gather(shortcut).double()
+        if s.depthwise:
+            alpha, c, rel = _solve_diag(z, T, cols, self.rcfg)
+            alpha[dead] = 1
+            c[dead] = 0
+            errors[s.bn] = rel
+            if rel >= 1.0 and self.rcfg.guard:
+                return out
+            merge_affine(conv, bn, alpha, c, diagonal=True)
+            return out * alpha.to(out.dtype).view(1, -1, 1, 1) + c.to(out.dtype).view(1, -1, 1, 1)
+        X, c, rel = _solve(z, T, cols, self.rcfg, base=z)
+        errors[s.bn] = rel
+        if rel >= 1.0 and self.rcfg.guard:
+            return out
+        X[dead] = 0
+        X[dead, dead.nonzero().flatten()] = 1
+        c[dead] = 0
+        merge_affine(conv, bn, X, c)
+        return _apply(out, X, c)
+
+
+def _apply(out: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    y = torch.einsum("ij,njhw->nihw", X.to(out.dtype), out)
+    return y + c.to(out.dtype).view(1, -1, 1, 1)
+
+
+def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConfig, *,
+           base: torch.Tensor):
+    """Ridge least squares ``T ~ X Z + c`` on the first ``cols`` columns; relative holdout error
+    against ``base`` (what the layer outputs without the fit)."""
+    if not (torch.isfinite(Z).all() and torch.isfinite(T).all()):
+        raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
+    k = Z.shape[0]
+    Zf, Tf = Z[:, :cols], T[:, :cols]
+    if rcfg.intercept:
+        Zf = torch.cat([Zf, torch.ones(1, Zf.shape[1], dtype=Zf.dtype, device=Zf.device)])
+    G = Zf @ Zf.T
+    C = Tf @ Zf.T
+    lam = rcfg.ridge * torch.trace(G[:k, :k]) / k
+    G[:k, :k] += lam * torch.eye(k, dtype=G.dtype, device=G.device)
+    try:
+        sol = torch.linalg.solve(G, C.T).T
+    except RuntimeError:
+        sol = None
+    if sol is None or not torch.isfinite(sol).all():  # singular (e.g. all-zero features)
+        sol = (torch.linalg.pinv(G) @ C.T).T
+    X = sol[:, :k].clone()
+    c = sol[:, k].clone() if rcfg.intercept else torch.zeros(T.shape[0], dtype=T.dtype, device=T.device)
+    Zh, Th, Bh = (Z[:, cols:], T[:, cols:], base[:, cols:]) if cols < Z.shape[1] else (Z, T, base)
+    fitted = ((Th - X @ Zh - c[:, None]) ** 2).sum()
+    ident = ((Th - Bh) ** 2).sum()
+    rel = float(fitted / ident) if ident > 0 else (0.0 if fitted == 0 else float("inf"))
+    return X, c, rel
+
+
+def _solve_diag(z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConfig):
+    """Per-channel 1-D regression (depthwise convs: X must be diagonal)."""
+    if not (torch.isfinite(z).all() and torch.isfinite(T).all()):
+        raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
+    zf, tf = z[:, :cols], T[:, :cols]
+    zm, tm = zf.mean(1), tf.mean(1)
+    if not rcfg.intercept:
+        zm = tm = torch.zeros_like(zm)
+    zc, tc = zf - zm[:, None], tf - tm[:, None]
+    var = (zc ** 2).mean(1)
+    lam = rcfg.ridge * var.mean()
+    alpha = (zc * tc).mean(1) / (var + lam).clamp_min(1e-30)
+    c = tm - alpha * zm
+    zh, th = (z[:, cols:], T[:, cols:]) if cols < z.shape[1] else (z, T)
+    fitted = ((th - alpha[:, None] * zh - c[:, None]) ** 2).sum()
+    ident = ((th - zh) ** 2).sum()
+    rel = float(fitted / ident) if ident > 0 else 0.0
+    return alpha, c, rel

@@ -1,0 +1,17 @@
+"""Channel groups from the dependency graph, analytic FLOPs/params, ratio -> width rounding."""
+
+from searchprune.space._cost import Cost, CostModel, count_cost
+from searchprune.space._groups import ChannelGroup, Member, discover_groups, is_depthwise
+from searchprune.space._space import SearchSpace, round_width
+
+__all__ = [
+    "ChannelGroup",
+    "Cost",
+    "CostModel",
+    "Member",
+    "SearchSpace",
+    "count_cost",
+    "discover_groups",
+    "is_depthwise",
+    "round_width",
+]
