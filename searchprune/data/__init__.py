@@ -1,0 +1,104 @@
+"""Data sets as fixed, seeded, in-memory splits: :func:`load_data` -> :class:`DataBundle`.
+
+Names: ``digits`` (scikit-learn, offline default), ``cifar10``, ``cifar100`` (torchvision) and
+``imagefolder`` (``root/train`` and ``root/test`` or ``root/val``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+
+import torch
+
+from searchprune.config import DataConfig
+from searchprune.data._bundle import DataBundle, Normalise, Split, TrainSet
+from searchprune.data._cache import default_cache_dir
+from searchprune.data._images import RawImages
+from searchprune.data._sources import LOADERS, Source
+from searchprune.data._splits import SplitIndices, draw_splits
+from searchprune.errors import DataError
+
+__all__ = [
+    "DataBundle",
+    "Split",
+    "SplitIndices",
+    "TrainSet",
+    "default_cache_dir",
+    "draw_splits",
+    "list_datasets",
+    "load_data",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def list_datasets() -> list[str]:
+    return sorted(LOADERS)
+
+
+def _split(raw: RawImages, indices: torch.Tensor, normalise: Normalise) -> Split:
+    return Split(normalise(raw.load(indices)), raw.labels[indices].clone())
+
+
+def _stats(source: Source, train: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if source.mean is not None and source.std is not None:
+        return source.mean, source.std
+    x = source.train.load(train).float() / source.scale
+    return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Load ``cfg.name`` and draw its seeded splits; same config -> identical splits.
+
+    ``calib``, ``val`` and ``test`` are decoded into memory; the training set stays lazy.
+
+    Raises:
+        DataError: unknown name, missing or empty root, sizes that do not fit.
+    """
+    loader = LOADERS.get(cfg.name)
+    if loader is None:
+        close = difflib.get_close_matches(cfg.name, list(LOADERS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DataError(
+            f"unknown data set '{cfg.name}'{hint}; choose one of: {', '.join(list_datasets())}"
+        )
+    start = time.perf_counter()
+    source = loader(cfg)
+    idx = draw_splits(
+        len(source.train),
+        len(source.test),
+        calib_size=cfg.calib_size,
+        val_size=cfg.val_size,
+        val_from=cfg.val_from,
+        test_size=cfg.test_size,
+        seed=cfg.seed,
+    )
+    mean, std = _stats(source, idx.train)
+    normalise = Normalise(source.scale, mean, std)
+    val_raw = source.train if idx.val_from == "train" else source.test
+    calib = _split(source.train, idx.calib, normalise)
+    val = _split(val_raw, idx.val, normalise)
+    test = _split(source.test, idx.test, normalise)
+    _log.info(
+        "%s: %d train, %d calib, %d val, %d test images loaded in %.1fs",
+        cfg.name, idx.train.numel(), len(calib), len(val), len(test),
+        time.perf_counter() - start,
+    )  # fmt: skip
+    return DataBundle(
+        name=source.name,
+        num_classes=len(source.classes),
+        input_shape=tuple(val.x.shape[1:]),  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+        calib=calib,
+        val=val,
+        test=test,
+        seed=cfg.seed,
+        classes=source.classes,
+        augmentable=source.augment,
+        _train_raw=source.train,
+        _train_indices=idx.train,
+        _normalise=normalise,
+    )

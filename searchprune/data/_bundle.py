@@ -1,0 +1,109 @@
+"""The in-memory splits a study works on, and the lazy training set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from searchprune.data._images import RawImages
+
+__all__ = ["Split", "DataBundle", "Normalise", "TrainSet"]
+
+
+@dataclass
+class Split:
+    """Decoded, normalised images in memory."""
+
+    x: torch.Tensor  # float32 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def __getitem__(self, index: slice) -> Split:
+        """``split[:n]``: the first ``n`` images (splits are in random order)."""
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class Normalise:
+    """Stored values -> ``(x / scale - mean) / std`` in float32."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32).view(shape)
+        return (x.float() / self.scale - mean) / std
+
+
+def _crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel-padded crop and random horizontal flip of one ``(C, H, W)`` image."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    x = padded[:, i : i + h, j : j + w]
+    if torch.rand(()) < 0.5:
+        x = x.flip(-1)
+    return x
+
+
+class TrainSet(Dataset):
+    """Training images by index, normalised on access, optionally augmented (crop + flip)."""
+
+    def __init__(
+        self, raw: RawImages, indices: torch.Tensor, normalise: Normalise, augment: bool
+    ) -> None:
+        self.raw = raw
+        self.indices = indices
+        self.normalise = normalise
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(self.indices[i])
+        x = self.raw.item(index)
+        if self.augment:
+            x = _crop_flip(x)
+        return self.normalise(x), self.raw.labels[index]
+
+
+@dataclass
+class DataBundle:
+    """Everything a study needs from the data: three fixed splits and the training set."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    calib: Split  # from train, disjoint from val
+    val: Split  # ranks candidates
+    test: Split  # final reports only
+    seed: int = 0
+    classes: tuple[str, ...] = ()
+    augmentable: bool = True
+    _train_raw: RawImages | None = field(default=None, repr=False)
+    _train_indices: torch.Tensor | None = field(default=None, repr=False)
+    _normalise: Normalise | None = field(default=None, repr=False)
+
+    @property
+    def train_size(self) -> int:
+        """Training images (the official train set minus the val hold-out, if any)."""
+        return 0 if self._train_indices is None else int(self._train_indices.numel())
+
+    def train_set(self, augment: bool = False) -> Dataset:
+        """The training images, decoded lazily; ``augment`` adds random crop (pad 4) + flip
+        where it suits the data (not for digits)."""
+        if self._train_raw is None or self._train_indices is None or self._normalise is None:
+            raise ValueError(f"data bundle '{self.name}' has no training set")
+        aug = augment and self.augmentable
+        return TrainSet(self._train_raw, self._train_indices, self._normalise, aug)

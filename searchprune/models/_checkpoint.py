@@ -1,0 +1,108 @@
+"""Loading model weights from files saved by other code (CUDA tensors, ``module.`` prefixes...)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from searchprune.errors import CheckpointError
+
+__all__ = ["load_checkpoint", "read_state_dict"]
+
+_log = logging.getLogger(__name__)
+_SHOWN = 3  # how many offending keys an error message names per kind
+
+
+def _torch_load(path: Path) -> Any:
+    unreadable = CheckpointError(
+        f"cannot read checkpoint {path}: truncated or not a PyTorch file"
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise unreadable from None
+    except Exception:  # truncated files fail anywhere in the unpickler (EOFError, KeyError...)
+        raise unreadable from None
+    # A valid pickle with objects outside the weights-only allow-list (old training scripts
+    # often store numpy scalars or argparse namespaces next to the weights).
+    _log.warning("checkpoint %s holds non-tensor objects; loading it with full unpickling", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        raise unreadable from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file on the CPU.
+
+    Accepts a plain state_dict or a dict holding one under ``state_dict`` or ``model``; a
+    ``module.`` prefix (``nn.DataParallel``) is stripped.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    obj = _torch_load(p)
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"checkpoint {p} holds no state_dict (expected tensors, or a dict with "
+            "'state_dict' or 'model')"
+        )
+    prefix = "module."
+    if obj and all(k.startswith(prefix) for k in obj):
+        obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape) or "scalar"
+
+
+def _names(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, name: str | None = None) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (in place) and return it.
+
+    Missing ``num_batches_tracked`` buffers (older checkpoints) are tolerated; any other missing
+    or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming up to three
+    of each.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} ({_shape(state[k])} in file, {_shape(own[k])} in model)"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_names(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes {_names(wrong)}")
+        label = name or type(model).__name__
+        raise CheckpointError(
+            f"checkpoint {Path(path).expanduser()} does not fit model {label}: " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=False)
+    return model

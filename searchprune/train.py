@@ -1,0 +1,185 @@
+"""The one training loop: SGD with momentum and a per-step cosine schedule.
+
+Used for the digits baseline, for fine-tuning pruned networks and (through ``loss_fn``) for
+the supernet. Resumable from a checkpoint file written after every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from searchprune.errors import SearchpruneError
+from searchprune.evaluate import evaluate
+
+if TYPE_CHECKING:
+    from searchprune.data import Split
+
+__all__ = ["fit", "accuracy", "LossFn"]
+
+_log = logging.getLogger(__name__)
+
+# loss_fn(model, x, y) -> scalar loss; the default is cross-entropy of model(x).
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def accuracy(
+    model: nn.Module, split: Split, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
+    """(top-1, top-5) in percent of ``model`` on an in-memory split."""
+    return evaluate(model, split.x, split.y, batch_size=batch_size, device=device)
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    val: Split | None = None,
+    progress: bool = False,
+    checkpoint_path: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
+    loss_fn: LossFn | None = None,
+    num_workers: int = 0,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``epochs`` epochs and return one record per epoch.
+
+    Records hold ``epoch`` (1-based), ``loss`` (mean over the epoch), ``val_top1`` (None
+    without ``val``), ``lr`` and ``seconds``. Shuffling and augmentation are seeded per
+    (seed, epoch), so a run resumed from ``checkpoint_path`` follows the uninterrupted one;
+    the global RNG state is left untouched. ``on_epoch(record)`` returning True stops early.
+    The model is left in eval mode on ``device``.
+
+    Raises:
+        SearchpruneError: the loss became NaN or infinite (lower ``lr``).
+    """
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = len(train_set)  # type: ignore[arg-type]
+    # A last batch of one image breaks BatchNorm on 1x1 feature maps: drop it.
+    steps = max(1, n // batch_size if n % batch_size == 1 else math.ceil(n / batch_size))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps))
+    loss_fn = loss_fn or _cross_entropy
+    records: list[dict[str, Any]] = []
+    start = 0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, records = int(state["epoch"]), list(state.get("records", []))
+        _log.info("resuming training from %s at epoch %d/%d", ckpt, start, epochs)
+
+    with _progress(progress, (epochs - start) * steps) as bar:
+        task = bar.add_task("training", total=(epochs - start) * steps) if bar else None
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            epoch_seed = seed * 1_000_003 + epoch
+            loader = DataLoader(
+                train_set,
+                batch_size=batch_size,
+                shuffle=True,
+                drop_last=n % batch_size == 1,
+                num_workers=num_workers,
+                generator=torch.Generator().manual_seed(epoch_seed),
+            )
+            model.train()
+            total, count = 0.0, 0
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(epoch_seed)
+                for x, y in loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    loss = loss_fn(model, x, y)
+                    if not torch.isfinite(loss):
+                        raise SearchpruneError(
+                            f"training loss became {loss.item()} in epoch {epoch + 1}; lower the "
+                            f"learning rate (now {lr})"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total += loss.item() * len(y)
+                    count += len(y)
+                    if bar:
+                        bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} "
+                                   f"loss {total / count:.3f}")  # fmt: skip
+            model.eval()
+            val_top1 = accuracy(model, val, device=device)[0] if val is not None else None
+            record = {
+                "epoch": epoch + 1,
+                "loss": total / max(count, 1),
+                "val_top1": val_top1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - began,
+            }
+            records.append(record)
+            _log.info("epoch %d/%d loss %.4f val_top1 %s", epoch + 1, epochs, record["loss"],
+                      "-" if val_top1 is None else f"{val_top1:.2f}")  # fmt: skip
+            if ckpt is not None:
+                _save_atomic(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "records": records,
+                    },
+                    ckpt,
+                )
+            if on_epoch is not None and on_epoch(record):
+                break
+    model.eval()
+    return records
