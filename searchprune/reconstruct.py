@@ -258,68 +258,87 @@ class Reconstructor:
 
     def _fit_site(self, pruned, s: Site, out, target, shortcut, errors):
         block = self.blocks.get(s.bn)
-        z = self._gather(out).double()
-        T = target.double()
+        z = self._gather(out)
+        T = target
         cols = self.n_fit * (z.shape[1] // self.calib_x.shape[0])
         conv, bn = pruned.get_submodule(s.conv), pruned.get_submodule(s.bn)
         dead = _bn_scale(bn).abs() < 1e-6
+        n = z.shape[0]
         if block is not None and block.kind == "projection":
-            r = self._gather(shortcut).double()
-            Z = torch.cat([z, r])
-            X, c, rel = _solve(Z, T, cols, self.rcfg, base=z + r)
-            n = z.shape[0]
-            Xb, Xr = X[:, :n], X[:, n:]
-            Xb[dead] = 0
-            Xb[dead, dead.nonzero().flatten()] = 1
-            c[dead] = 0
-            if rel >= 1.0 and self.rcfg.guard:
-                errors[s.bn] = rel
-                return out
-            merge_affine(conv, bn, Xb, c)
-            sc_conv = pruned.get_submodule(block.shortcut_conv)
-            sc_bn = pruned.get_submodule(block.shortcut_bn)
-            merge_affine(sc_conv, sc_bn, Xr, None)
+            r = self._gather(shortcut)
+            X, c, rel = _solve(torch.cat([z, r]), T, cols, self.rcfg, base=z + r)
             errors[s.bn] = rel
+            if rel >= 1.0 and self.rcfg.guard:
+                return out
+            Xb, Xr = _keep_dead(X[:, :n], dead), X[:, n:]
+            c[dead] = 0
+            merge_affine(conv, bn, Xb, c)
+            merge_affine(pruned.get_submodule(block.shortcut_conv),
+                         pruned.get_submodule(block.shortcut_bn), Xr, None)
             return _apply(out, Xb, c)
         if block is not None:  # identity or index-map shortcut: fit the branch to sum - shortcut
-            T = T - self._gather(shortcut).double()
+            T = T - self._gather(shortcut)
         if s.depthwise:
-            alpha, c, rel = _solve_diag(z, T, cols, self.rcfg)
-            alpha[dead] = 1
-            c[dead] = 0
+            alpha, c, rel = _solve_diag(z.double(), T.double(), cols, self.rcfg)
             errors[s.bn] = rel
             if rel >= 1.0 and self.rcfg.guard:
                 return out
+            alpha[dead], c[dead] = 1, 0
             merge_affine(conv, bn, alpha, c, diagonal=True)
             return out * alpha.to(out.dtype).view(1, -1, 1, 1) + c.to(out.dtype).view(1, -1, 1, 1)
         X, c, rel = _solve(z, T, cols, self.rcfg, base=z)
         errors[s.bn] = rel
         if rel >= 1.0 and self.rcfg.guard:
             return out
-        X[dead] = 0
-        X[dead, dead.nonzero().flatten()] = 1
+        X = _keep_dead(X, dead)
         c[dead] = 0
         merge_affine(conv, bn, X, c)
         return _apply(out, X, c)
 
 
+def _keep_dead(X: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """Rows of dead channels (BN scale ~ 0) stay identity: their merge would divide by ~0."""
+    if dead.any():
+        X = X.clone()
+        X[dead] = 0
+        X[dead, dead.nonzero().flatten()] = 1
+    return X
+
+
 def _apply(out: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    y = torch.einsum("ij,njhw->nihw", X.to(out.dtype), out)
-    return y + c.to(out.dtype).view(1, -1, 1, 1)
+    """``X z + c`` over whole feature maps, as a 1x1 convolution."""
+    weight = X.to(out.dtype)[:, :, None, None]
+    return torch.nn.functional.conv2d(out, weight, c.to(out.dtype))
+
+
+_CHUNK = 16384
+
+
+def _gram(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A @ B.T`` in float32 chunks accumulated in float64."""
+    acc = torch.zeros(A.shape[0], B.shape[0], dtype=torch.float64, device=A.device)
+    for i in range(0, A.shape[1], _CHUNK):
+        acc += (A[:, i:i + _CHUNK] @ B[:, i:i + _CHUNK].T).double()
+    return acc
 
 
 def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConfig, *,
            base: torch.Tensor):
-    """Ridge least squares ``T ~ X Z + c`` on the first ``cols`` columns; relative holdout error
-    against ``base`` (what the layer outputs without the fit)."""
-    if not (torch.isfinite(Z).all() and torch.isfinite(T).all()):
-        raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
-    k = Z.shape[0]
+    """Ridge least squares ``T ~ X Z + c`` on the first ``cols`` columns (float64 normal
+    equations); relative holdout error against ``base`` (the layer's output without the fit)."""
+    k, n = Z.shape[0], T.shape[0]
     Zf, Tf = Z[:, :cols], T[:, :cols]
-    if rcfg.intercept:
-        Zf = torch.cat([Zf, torch.ones(1, Zf.shape[1], dtype=Zf.dtype, device=Zf.device)])
-    G = Zf @ Zf.T
-    C = Tf @ Zf.T
+    G = torch.empty(k + 1, k + 1, dtype=torch.float64, device=Z.device)
+    G[:k, :k] = _gram(Zf, Zf)
+    G[:k, k] = G[k, :k] = Zf.double().sum(1)
+    G[k, k] = cols
+    C = torch.empty(n, k + 1, dtype=torch.float64, device=Z.device)
+    C[:, :k] = _gram(Tf, Zf)
+    C[:, k] = Tf.double().sum(1)
+    if not (torch.isfinite(G).all() and torch.isfinite(C).all()):
+        raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
+    if not rcfg.intercept:
+        G, C = G[:k, :k], C[:, :k]
     lam = rcfg.ridge * torch.trace(G[:k, :k]) / k
     G[:k, :k] += lam * torch.eye(k, dtype=G.dtype, device=G.device)
     try:
@@ -329,9 +348,10 @@ def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConf
     if sol is None or not torch.isfinite(sol).all():  # singular (e.g. all-zero features)
         sol = (torch.linalg.pinv(G) @ C.T).T
     X = sol[:, :k].clone()
-    c = sol[:, k].clone() if rcfg.intercept else torch.zeros(T.shape[0], dtype=T.dtype, device=T.device)
+    c = sol[:, k].clone() if rcfg.intercept else torch.zeros(n, dtype=torch.float64,
+                                                             device=Z.device)
     Zh, Th, Bh = (Z[:, cols:], T[:, cols:], base[:, cols:]) if cols < Z.shape[1] else (Z, T, base)
-    fitted = ((Th - X @ Zh - c[:, None]) ** 2).sum()
+    fitted = ((Th - X.float() @ Zh - c.float()[:, None]) ** 2).sum()
     ident = ((Th - Bh) ** 2).sum()
     rel = float(fitted / ident) if ident > 0 else (0.0 if fitted == 0 else float("inf"))
     return X, c, rel

@@ -36,12 +36,11 @@ class IndexShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
-        out = x.new_zeros((x.shape[0], self.out_channels, x.shape[2], x.shape[3]))
-        valid = self.src >= 0
-        idx = valid.nonzero().flatten()
-        if idx.numel():
-            out[:, idx] = x[:, self.src[idx]]
-        return out
+        # One extra all-zero channel at index in_channels serves every src == -1 entry; a static
+        # gather keeps the module traceable and exportable (no data-dependent shapes).
+        zero = x.new_zeros((x.shape[0], 1, x.shape[2], x.shape[3]))
+        index = torch.where(self.src >= 0, self.src, torch.full_like(self.src, x.shape[1]))
+        return torch.cat([x, zero], dim=1).index_select(1, index)
 
     def select(self, keep_in: torch.Tensor | None, keep_out: torch.Tensor | None) -> None:
         """Keep the given input/output channels (sorted index tensors), remapping ``src``."""

@@ -1,0 +1,1 @@
+"""The ``searchprune`` command line: one module per command group (study, model)."""

@@ -1,0 +1,50 @@
+"""``searchprune``: the entry point (``searchprune = searchprune.cli.main:main``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from searchprune import __version__
+from searchprune.cli import model, study
+from searchprune.cli._errors import EXIT_USAGE, run_guarded
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="searchprune",
+        description="Find the best channel configuration of a pruned CNN with Optuna.")
+    parser.add_argument("--version", action="version", version=f"searchprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{study,model}")
+    study.add_parser(sub, common)
+    model.add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _quiet_libraries(args.debug)
+    return run_guarded(args.func, args)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    """Optuna logs every trial at INFO; the progress bar and summary replace that."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

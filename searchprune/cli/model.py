@@ -1,0 +1,122 @@
+"""``searchprune model eval|info|list``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from searchprune.cli._output import emit_json, table
+
+__all__ = ["add_parser", "example_shape"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    model = sub.add_parser("model", help="inspect the network to prune")
+    cmds = model.add_subparsers(dest="model_command", metavar="{eval,info,list}", required=True)
+
+    ev = cmds.add_parser("eval", parents=[common], help="accuracy of the unpruned network")
+    ev.add_argument("config", metavar="CONFIG.yaml")
+    ev.add_argument("--split", choices=("val", "test"), default="val")
+    ev.set_defaults(func=_eval)
+
+    info = cmds.add_parser("info", parents=[common], help="cost and channel groups")
+    info.add_argument("config", metavar="CONFIG.yaml", nargs="?")
+    info.add_argument("--model", help="a model name, built with random weights (no config)")
+    info.add_argument("--num-classes", type=int, default=10)
+    info.add_argument("--eta", type=float, help="smallest keep-ratio (default: config or 0.3)")
+    info.set_defaults(func=_info)
+
+    ls = cmds.add_parser("list", parents=[common], help="registered model names")
+    ls.set_defaults(func=_list)
+
+
+def example_shape(name: str) -> tuple[int, int, int]:
+    """The input one image of ``name`` takes when no data is configured."""
+    if name.startswith("cifar_"):
+        return (3, 32, 32)
+    if name.startswith("digits_"):
+        return (1, 8, 8)
+    return (3, 224, 224)
+
+
+def _engine(path: str, eta: float | None = None) -> Any:
+    """An engine for inspection only: the baseline does not depend on the criterion or on
+    reconstruction, so the cheapest ones are used."""
+    from searchprune.config import load_config
+    from searchprune.engine import PruningEngine
+
+    cfg = load_config(path, {"pruning.reconstruction.enabled": False, "pruning.criterion": "l1",
+                             "pruning.eta": eta})
+    return PruningEngine.from_config(cfg, progress=False)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    engine = _engine(args.config)
+    top1, top5 = engine.evaluate_baseline(args.split)
+    result = {"model": engine.cfg.model.name, "split": args.split, "top1": float(top1),
+              "top5": float(top5)}
+    if args.json:
+        emit_json(result)
+    else:
+        table(f"{result['model']} on {args.split}", ["top-1", "top-5"],
+              [[f"{top1:.2f}%", f"{top5:.2f}%"]])
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from searchprune.errors import ConfigError
+
+    if (args.config is None) == (args.model is None):
+        raise ConfigError("give either CONFIG.yaml or --model NAME")
+    if args.config is not None:
+        engine = _engine(args.config, args.eta)
+        space, name, eta = engine.space, engine.cfg.model.name, engine.cfg.pruning.eta
+    else:
+        space, name = _space_for(args.model, args.num_classes)
+        eta = 0.3 if args.eta is None else args.eta
+    info = _describe(space, name, eta)
+    if args.json:
+        emit_json(info)
+    else:
+        table(f"{name}: {info['flops']:,} FLOPs, {info['params']:,} params; FLOPs ratio range "
+              f"[{info['ratio_range'][0]:.3f}, 1] at eta={eta}",
+              ["group", "channels", "prunable"],
+              [[g["name"], g["channels"], "yes" if g["prunable"] else "no"]
+               for g in info["groups"]])
+    return 0
+
+
+def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
+    import torch
+
+    from searchprune.config import ModelConfig
+    from searchprune.models import build_model
+    from searchprune.space import SearchSpace
+
+    shape = example_shape(name)
+    model = build_model(ModelConfig(name=name), num_classes=num_classes, in_channels=shape[0])
+    return SearchSpace.from_model(model, torch.zeros(1, *shape)), name
+
+
+def _describe(space: Any, name: str, eta: float) -> dict[str, Any]:
+    base = space.base_cost
+    low = space.flops_ratio(space.widths({g.name: eta for g in space.prunable}))
+    return {
+        "model": name, "flops": int(base.flops), "macs": int(base.macs),
+        "params": int(base.params), "eta": eta, "ratio_range": [float(low), 1.0],
+        "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable)}
+                   for g in space.groups],
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    from searchprune.models import list_models, torchvision_names
+
+    names, tv = list_models(), sorted(torchvision_names())
+    if args.json:
+        emit_json({"models": names, "torchvision": tv,
+                   "also": ["cifar_resnet<6n+2>", "package.module:factory"]})
+    else:
+        table("models", ["name"], [[n] for n in names])
+        table("torchvision models", ["name"], [[", ".join(tv)]])
+    return 0

@@ -1,0 +1,84 @@
+"""Study callbacks: a progress bar for people, and the study-level rejection tally."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from searchprune.search.objective import rejected_proposals
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["ProgressCallback", "RecordRejections", "StopOnFailures", "REJECTED_PROPOSALS_ATTR"]
+
+REJECTED_PROPOSALS_ATTR = "rejected_proposals"
+
+
+class RecordRejections:
+    """Keeps the study user attr ``rejected_proposals`` equal to the study-wide total."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        study.set_user_attr(REJECTED_PROPOSALS_ATTR,
+                            rejected_proposals(study.get_trials(deepcopy=False)))
+
+
+class StopOnFailures:
+    """Stops this worker after ``limit`` FAILed trials in a row (an engine that only yields NaN
+    would otherwise loop forever, since only COMPLETE trials count towards the budget)."""
+
+    def __init__(self, limit: int = 20) -> None:
+        self.limit = limit
+        self.streak = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= self.limit:
+            study.stop()
+
+
+class ProgressCallback:
+    """A rich bar on stderr: evaluated/target, rejected proposals, best top-1 and its FLOPs ratio,
+    ETA. Silent when ``enabled`` is False or stderr is not a terminal. Use as a context manager."""
+
+    def __init__(self, target: int, *, enabled: bool = True,
+                 console: Console | None = None) -> None:
+        self.target = target
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled and (console is not None or sys.stderr.isatty())
+        self._progress: Progress | None = None
+        self._task = 0
+
+    def __enter__(self) -> ProgressCallback:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("rejected {task.fields[rejected]}"),
+                TextColumn("best {task.fields[best]}"), TimeRemainingColumn(),
+                console=self.console, transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("search", total=self.target, rejected=0, best="-")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._progress is None:
+            return
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = max(complete, key=lambda t: t.value or 0.0, default=None)
+        best_text = "-" if best is None else (
+            f"{best.value:.2f}% @ FLOPs {best.user_attrs.get('flops_ratio', float('nan')):.3f}")
+        self._progress.update(self._task, completed=min(len(complete), self.target),
+                              rejected=rejected_proposals(trials), best=best_text)

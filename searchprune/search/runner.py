@@ -1,0 +1,207 @@
+"""One study run as a straight line: storage, study, engine, band check, sampler, optimize.
+
+The budget counts evaluated (COMPLETE) trials across all workers; re-running a study that already
+has them does nothing, and re-running with a higher ``n_trials`` continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from searchprune.config import config_to_dict
+from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.search.band import Band
+from searchprune.search.callbacks import ProgressCallback, RecordRejections, StopOnFailures
+from searchprune.search.objective import make_objective, make_pruner
+from searchprune.search.samplers import SamplerContext, make_sampler
+from searchprune.search.storage import get_storage
+
+if TYPE_CHECKING:
+    from searchprune.config import Config
+    from searchprune.engine import PruningEngine
+
+__all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_study_name",
+           "open_storage", "run_study"]
+
+CONFIG_ATTR = "config"
+# Keys that say how or where to run, not what to search: they may differ between runs of a study.
+RUNTIME_KEYS = frozenset({
+    "search.n_trials", "search.study_name", "storage", "source", "device",
+    "search.heartbeat_interval", "search.grace_period", "search.max_retry",
+})
+_log = logging.getLogger(__name__)
+
+
+def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: bool = True,
+              force_config: bool = False, storage: optuna.storages.BaseStorage | None = None,
+              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()
+              ) -> optuna.Study:
+    """Run (or continue) the study until it holds ``cfg.search.n_trials`` COMPLETE trials.
+
+    ``storage`` replaces ``cfg.storage`` (e.g. an ``InMemoryStorage`` for quick experiments);
+    ``callbacks`` are added to the study's own (budget, rejection tally, progress).
+
+    Raises:
+        StudyConfigMismatch: the study exists with a different config (unless ``force_config``).
+        BandError: no configuration in ``[eta, 1]^L`` can reach the FLOPs band.
+        StorageError: the storage cannot be opened.
+    """
+    storage = storage if storage is not None else open_storage(cfg)
+    name = derive_study_name(cfg)
+    config = config_to_dict(cfg)
+    existing = _load_study(name, storage)
+    if existing is not None:
+        _check_config(existing, config, force_config)
+        if _n_complete(existing) >= cfg.search.n_trials:
+            return existing
+    if engine is None:
+        from searchprune.engine import PruningEngine
+
+        engine = PruningEngine.from_config(cfg, progress=progress)
+    check_band(cfg, engine)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                load_if_exists=True, pruner=make_pruner(cfg.search.pruner))
+    study.sampler = _sampler(cfg, engine, n_existing=len(study.get_trials(deepcopy=False)))
+    _describe(study, cfg, config, engine)
+    _optimize(study, cfg, engine, progress, callbacks)
+    return study
+
+
+def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
+    s = cfg.search
+    return get_storage(cfg.storage, heartbeat_interval=s.heartbeat_interval,
+                       grace_period=s.grace_period, max_retry=s.max_retry)
+
+
+def derive_study_name(cfg: Config) -> str:
+    """``search.study_name``, else the config file's stem, else ``searchprune``."""
+    if cfg.search.study_name:
+        return cfg.search.study_name
+    return Path(cfg.source).stem if cfg.source else "searchprune"
+
+
+def check_band(cfg: Config, engine: PruningEngine) -> None:
+    """Fail fast when the band lies outside the reachable FLOPs ratios ``[r(eta), 1]``."""
+    p = cfg.pruning
+    low, high = engine.ratio_range(p.eta)
+    if p.gamma + p.tolerance < low:
+        raise BandError(f"gamma {p.gamma} is below the FLOPs ratio {low:.4f} of the all-eta "
+                        f"configuration (eta={p.eta}); lower eta or raise gamma")
+    if p.gamma - p.tolerance > high:
+        raise BandError(f"gamma {p.gamma} minus tolerance {p.tolerance} is above 1, the FLOPs "
+                        "ratio of the unpruned network; lower gamma")
+
+
+def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ, runtime keys excluded: ``{key: (stored, new)}``."""
+    a, b = _flatten(stored), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RUNTIME_KEYS and a.get(k) != b.get(k)}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _load_study(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> None:
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        return
+    diff = config_diff(stored, config)
+    if not diff:
+        return
+    shown = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in list(diff.items())[:6])
+    if len(diff) > 6:
+        shown += f", and {len(diff) - 6} more"
+    if not force:
+        raise StudyConfigMismatch(
+            f"study '{study.study_name}' exists with a different config: {shown}; pass "
+            "--study-name to start a new study or --force-config to continue this one")
+    _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
+
+
+def _n_complete(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _sampler(cfg: Config, engine: PruningEngine, n_existing: int) -> optuna.samplers.BaseSampler:
+    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
+                         in_band=lambda ratios: band.contains_ratios(engine, ratios),
+                         seed=cfg.search.seed, n_existing=n_existing)
+    return make_sampler(cfg.search.sampler, ctx)
+
+
+def _describe(study: optuna.Study, cfg: Config, config: dict[str, Any],
+              engine: PruningEngine) -> None:
+    """Study user attrs (config, baseline, base cost), metric name and a dashboard note."""
+    attrs = study.user_attrs
+    if attrs.get(CONFIG_ATTR) != config:
+        study.set_user_attr(CONFIG_ATTR, config)
+        _save_note(study, cfg, engine)
+    if "baseline_val_top1" not in attrs:
+        top1, top5 = engine.evaluate_baseline("val")
+        study.set_user_attr("baseline_val_top1", float(top1))
+        study.set_user_attr("baseline_val_top5", float(top5))
+        base = engine.base_cost
+        study.set_user_attr("base_cost", {"flops": int(base.flops), "macs": int(base.macs),
+                                          "params": int(base.params)})
+        study.set_user_attr("groups", {g.name: int(g.channels) for g in engine.groups})
+        study.set_user_attr("engine_seconds", {k: float(v) for k, v in engine.seconds.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_top1"])
+
+
+def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    p, s = cfg.pruning, cfg.search
+    low = engine.ratio_range(p.eta)[0]
+    save_note(study, "\n".join([
+        f"# {study.study_name}",
+        f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
+        f"- band: FLOPs ratio {p.gamma} ± {p.tolerance}; keep-ratios in [{p.eta}, 1] "
+        f"(reachable FLOPs ratios [{low:.3f}, 1])",
+        f"- criterion: `{p.criterion}`, reconstruction: {p.reconstruction.enabled}",
+        f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",
+        f"- prunable groups: {len(engine.groups)}, base FLOPs {engine.base_cost.flops:,}",
+        f"- config file: `{cfg.source}`",
+    ]))
+
+
+def _optimize(study: optuna.Study, cfg: Config, engine: PruningEngine, progress: bool,
+              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]]) -> None:
+    target = cfg.search.n_trials
+    objective = make_objective(engine, cfg)
+    with ProgressCallback(target, enabled=progress) as bar, warnings.catch_warnings():
+        # CMA-ES warns that it ignores constraints: by design, the objective projects instead.
+        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
+        study.optimize(objective, n_trials=None, callbacks=[
+            MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
+            RecordRejections(), StopOnFailures(), bar, *callbacks,
+        ])

@@ -1,0 +1,128 @@
+"""Samplers by name: a dict registry, every entry seeded and safe to resume.
+
+Seeding: ``random`` derives each trial's randomness from ``(seed, trial number)``. Optuna's own
+samplers get ``resume_seed(seed, n_existing)``, so a resumed study does not replay the
+configurations its first run already proposed, while two fresh runs with one seed agree.
+QMC is the exception: its position in the sequence is stored in the study, so it keeps the
+configured seed and simply continues the sequence.
+
+Constraints: TPE, GP and NSGA-II learn the band from ``trial.set_constraint`` (rejected proposals
+are PRUNED trials). CMA-ES ignores constraints, so the objective projects its proposals onto
+the band instead (``SamplerSpec.projects``). Random and QMC never see rejections: random
+rejects inside the sampler, QMC spends a sequence point on every proposal.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    NSGAIISampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
+
+from searchprune.errors import ConfigError
+from searchprune.search._band_random import BandRandomSampler
+
+__all__ = ["SamplerContext", "SamplerSpec", "available_samplers", "make_sampler",
+           "register_sampler", "resume_seed", "sampler_spec"]
+
+
+@dataclass(frozen=True)
+class SamplerContext:
+    """What a sampler factory may use."""
+
+    names: Sequence[str]
+    eta: float
+    in_band: Callable[[Mapping[str, float]], bool]
+    seed: int
+    n_existing: int = 0
+
+    @property
+    def resume_seed(self) -> int:
+        return resume_seed(self.seed, self.n_existing)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    factory: Callable[[SamplerContext], BaseSampler]
+    projects: bool = False  # the objective maps proposals onto the band (CMA-ES)
+
+
+Factory = Callable[[SamplerContext], BaseSampler]
+_SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, projects: bool = False) -> Callable[[Factory], Factory]:
+    """Decorator adding a sampler factory under ``name``; duplicate names are refused."""
+
+    def wrap(factory: Factory) -> Factory:
+        if name in _SAMPLERS:
+            raise ValueError(f"sampler '{name}' is already registered")
+        _SAMPLERS[name] = SamplerSpec(factory, projects)
+        return factory
+
+    return wrap
+
+
+def resume_seed(seed: int, n_existing: int) -> int:
+    """A 31-bit seed determined by the study seed and the number of trials already stored."""
+    return int(np.random.SeedSequence([seed % 2**63, n_existing]).generate_state(1)[0] >> 1)
+
+
+def available_samplers() -> list[str]:
+    return sorted(_SAMPLERS)
+
+
+def sampler_spec(name: str) -> SamplerSpec:
+    try:
+        return _SAMPLERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown sampler '{name}'; choose one of: "
+                          f"{', '.join(available_samplers())}") from None
+
+
+def make_sampler(name: str, ctx: SamplerContext) -> BaseSampler:
+    return sampler_spec(name).factory(ctx)
+
+
+@register_sampler("random")
+def _random(ctx: SamplerContext) -> BaseSampler:
+    return BandRandomSampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed)
+
+
+@register_sampler("tpe")
+def _tpe(ctx: SamplerContext) -> BaseSampler:
+    return TPESampler(seed=ctx.resume_seed)
+
+
+@register_sampler("cmaes", projects=True)
+def _cmaes(ctx: SamplerContext) -> BaseSampler:
+    return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False)
+
+
+@register_sampler("gp")
+def _gp(ctx: SamplerContext) -> BaseSampler:
+    return GPSampler(seed=ctx.resume_seed)
+
+
+@register_sampler("qmc")
+def _qmc(ctx: SamplerContext) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return QMCSampler(scramble=True, seed=ctx.seed % 2**32, warn_independent_sampling=False,
+                          independent_sampler=RandomSampler(seed=ctx.resume_seed))
+
+
+@register_sampler("nsga2")
+def _nsga2(ctx: SamplerContext) -> BaseSampler:
+    return NSGAIISampler(seed=ctx.resume_seed)

@@ -1,0 +1,84 @@
+"""The one place that turns ``--storage``, ``SEARCHPRUNE_STORAGE`` or nothing into a storage."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from searchprune.errors import StorageError
+
+__all__ = ["DEFAULT_STORAGE", "ENV_VAR", "get_storage", "resolve_storage_url"]
+
+ENV_VAR = "SEARCHPRUNE_STORAGE"
+DEFAULT_STORAGE = "sqlite:///studies/searchprune.db"
+
+
+def resolve_storage_url(url_or_path: str | None) -> str:
+    """The flag, else ``$SEARCHPRUNE_STORAGE``, else ``studies/searchprune.db``; a plain file path
+    becomes a SQLite URL. The folder of a SQLite file is created."""
+    value = url_or_path or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
+    value = _postgres_driver(value)
+    if "://" not in value:
+        value = f"sqlite:///{Path(value).expanduser().resolve()}"
+    if value.startswith("sqlite:///") and value != "sqlite:///:memory:":
+        Path(value[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return value
+
+
+def get_storage(url_or_path: str | None, *, heartbeat_interval: int | None = 30,
+                grace_period: int | None = 120, max_retry: int = 2) -> RDBStorage:
+    """An RDB storage with heartbeats: a killed worker's trial FAILs after ``grace_period``
+    seconds and is retried (up to ``max_retry`` times) by the next worker.
+
+    Raises:
+        StorageError: the URL is invalid or the server cannot be reached.
+    """
+    url = resolve_storage_url(url_or_path)
+    engine_kwargs = ({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres")
+                     else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+                        if heartbeat_interval else None)
+            return RDBStorage(url, engine_kwargs=engine_kwargs,
+                              heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period if heartbeat_interval else None,
+                              heartbeat_stale_trial_callback=callback)
+    except Exception as exc:  # SQLAlchemy raises many types for one cause: a bad URL or server
+        raise StorageError(f"cannot open storage URL: {_reason(exc)} ({_redact(url)}); "
+                           "check the URL and that the server is running") from exc
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; use psycopg2 when only it is installed.
+    ``postgres://`` (Heroku style) is accepted as ``postgresql://``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = str(exc.__cause__ or "").strip()
+    if cause and cause.splitlines()[0] not in text:
+        text += f" ({cause.splitlines()[0]})"
+    return text
+
+
+def _redact(url: str) -> str:
+    """Hide a password in ``scheme://user:password@host``."""
+    head, sep, tail = url.partition("://")
+    creds, at, host = tail.rpartition("@")
+    if at and ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{head}{sep}{creds}{at}{host}"
+
