@@ -9,7 +9,7 @@ from typing import Any
 from searchprune.cli._output import console, emit_json, table
 from searchprune.errors import SearchpruneError
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "load_study"]
 
 # flag -> dotted config key (None = flag not given, the file decides)
 _OVERRIDES = {
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    study = _load(args.storage, args.study_name)
+    study = load_study(args.storage, args.study_name)
     trials = _ranked(study.get_trials(deepcopy=False))
     if args.top is not None:
         trials = trials[: args.top]
@@ -101,7 +101,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _load(storage_url: str | None, name: str) -> Any:
+def load_study(storage_url: str | None, name: str) -> Any:
+    """Open an existing study; a one-line error names the fix when it does not exist."""
     import optuna
 
     from searchprune.search import get_storage

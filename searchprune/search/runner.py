@@ -63,9 +63,9 @@ def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: boo
         if _n_complete(existing) >= cfg.search.n_trials:
             return existing
     if engine is None:
-        from searchprune.engine import PruningEngine
+        from searchprune.supernet import engine_for
 
-        engine = PruningEngine.from_config(cfg, progress=progress)
+        engine = engine_for(cfg, progress=progress)
     check_band(cfg, engine)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True, pruner=make_pruner(cfg.search.pruner))

@@ -1,0 +1,83 @@
+"""``searchprune finetune`` and ``searchprune export``: from a finished search to a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from searchprune.cli._output import console, emit_json, table
+from searchprune.cli.study import load_study
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    ft = sub.add_parser("finetune", parents=[common],
+                        help="fine-tune a study's top trials, then the best one longer")
+    ft.add_argument("--study-name", required=True)
+    ft.add_argument("--storage", help="storage URL or SQLite file (env SEARCHPRUNE_STORAGE)")
+    ft.add_argument("--top", type=int, default=5, metavar="K", help="trials to fine-tune (5)")
+    ft.add_argument("--epochs", type=int, default=5, help="epochs for each of the top K (5)")
+    ft.add_argument("--final-epochs", type=int, default=50,
+                    help="further epochs for the best on validation (50)")
+    ft.add_argument("--lr", type=float, default=0.01, help="initial learning rate (cosine)")
+    ft.add_argument("--weight-decay", type=float, default=1e-4)
+    ft.add_argument("--batch-size", type=int, default=128)
+    ft.add_argument("--out", default=None,
+                    help="checkpoint folder (default runs/finetune/<study>); resumable")
+    ft.add_argument("--artifact-dir", default="studies/artifacts",
+                    help="where the fine-tuned checkpoint is stored as an Optuna artifact")
+    ft.set_defaults(func=_finetune)
+
+    ex = sub.add_parser("export", parents=[common],
+                        help="write a pruned model that loads with plain PyTorch")
+    ex.add_argument("--study-name", required=True)
+    ex.add_argument("--storage")
+    ex.add_argument("--trial", type=int, default=None,
+                    help="trial number (default: the fine-tuned best, else the best trial)")
+    ex.add_argument("--out", required=True, metavar="DIR")
+    ex.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    ex.set_defaults(func=_export)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from searchprune.finetune import FinetuneSettings
+    from searchprune.search.finishing import finetune_study
+
+    study = load_study(args.storage, args.study_name)
+    settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
+                                weight_decay=args.weight_decay, batch_size=args.batch_size)
+    out = args.out or str(Path("runs") / "finetune" / args.study_name)
+    finetune_study(study, top=args.top, settings=settings, out_dir=out,
+                   artifact_dir=args.artifact_dir, progress=not args.json)
+    record = study.user_attrs["finetune"]
+    if args.json:
+        emit_json(record)
+        return 0
+    rows = [[k, f"{v['val_top1_before']:.2f}", f"{v['val_top1']:.2f}", v["epochs"]]
+            for k, v in record["trials"].items()]
+    table(f"fine-tuned top {len(rows)} of '{args.study_name}'",
+          ["trial", "val top-1 before", "val top-1 after", "epochs"], rows)
+    console.print(
+        f"best: trial {record['best_trial']} +{record['final_epochs']} epochs -> val top-1 "
+        f"{record['val_top1']:.2f}%; test top-1 {record['test_top1_before']:.2f}% before "
+        f"fine-tuning, {record['test_top1']:.2f}% after\ncheckpoint: {record['checkpoint']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from searchprune.search.finishing import export_trial
+
+    study = load_study(args.storage, args.study_name)
+    card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency)
+    if args.json:
+        emit_json(card)
+        return 0
+    console.print(f"exported trial {card['trial']} to {args.out}: FLOPs ratio "
+                  f"{card['flops_ratio']:.3f}, params ratio {card['params_ratio']:.3f}")
+    if "latency_ms" in card:
+        rows = [[b, f"{v['original']:.2f}", f"{v['pruned']:.2f}",
+                 f"{v['pruned'] / v['original']:.2f}"] for b, v in card["latency_ms"].items()]
+        table("CPU latency (ms)", ["batch", "original", "pruned", "ratio"], rows)
+        console.print(card["latency_method"])
+    return 0

@@ -1,0 +1,138 @@
+"""After a search: fine-tune a study's best trials and export one, recording results in the study.
+
+Optuna does not let a finished trial change, so results go into the study's user attribute
+``finetune`` (keyed by trial number) and the fine-tuned checkpoint becomes a study artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from searchprune.config import Config, config_from_dict
+from searchprune.errors import SearchpruneError
+from searchprune.finetune import Candidate, FinetuneResult, FinetuneSettings, finetune_candidates
+
+__all__ = ["FINETUNE_ATTR", "export_trial", "finetune_study", "load_study_config",
+           "top_trials"]
+
+FINETUNE_ATTR = "finetune"
+_log = logging.getLogger(__name__)
+
+
+def load_study_config(study: optuna.Study) -> Config:
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        raise SearchpruneError(f"study '{study.study_name}' has no stored config; it was not "
+                               "created by 'searchprune study run'")
+    return config_from_dict(stored)
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and "widths" in t.user_attrs]
+    if not done:
+        raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials yet; run "
+                               "'searchprune study run' first")
+    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+
+
+def _engine(cfg: Config):
+    from searchprune.supernet import engine_for
+
+    return engine_for(cfg)
+
+
+def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
+                   out_dir: str | Path, artifact_dir: str | Path | None = None,
+                   progress: bool = False) -> FinetuneResult:
+    """Fine-tune the ``top`` best trials, then the best of them longer; store the results."""
+    cfg = load_study_config(study)
+    trials = top_trials(study, top)
+    engine = _engine(cfg)
+    candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in trials]
+    result = finetune_candidates(engine, candidates, settings, out_dir, progress=progress)
+    record: dict[str, Any] = {
+        "trials": {str(k): v for k, v in result.candidates.items()},
+        "best_trial": result.best, "epochs": settings.epochs,
+        "final_epochs": settings.final_epochs, "lr": settings.lr,
+        "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
+        "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
+        "test_top5": result.test_top5, "checkpoint": result.checkpoint,
+    }
+    if artifact_dir is not None:
+        record["artifact_id"] = _upload(study, result.checkpoint, artifact_dir)
+    study.set_user_attr(FINETUNE_ATTR, record)
+    return result
+
+
+def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | None:
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
+                               file_path=path, study_or_trial=study)
+    except Exception as exc:  # an artifact is a convenience; the checkpoint file exists anyway
+        _log.warning("could not store the checkpoint as an artifact: %s", exc)
+        return None
+
+
+def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
+                 finetuned: bool = True, latency: bool = True) -> dict[str, Any]:
+    """Export trial ``trial`` (default: the fine-tuned best, else the best trial)."""
+    import torch
+
+    from searchprune.export import export_model, file_sha256, measure_latency
+
+    cfg = load_study_config(study)
+    ft = study.user_attrs.get(FINETUNE_ATTR) or {}
+    number = trial if trial is not None else ft.get("best_trial", top_trials(study, 1)[0].number)
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if frozen is None or "widths" not in frozen.user_attrs or frozen.state != TrialState.COMPLETE:
+        raise SearchpruneError(f"trial {number} of study '{study.study_name}' is not an "
+                               "evaluated trial; see 'searchprune study show'")
+    engine = _engine(cfg)
+    widths = frozen.user_attrs["widths"]
+    model = engine.build(widths)
+    tuned = finetuned and ft.get("best_trial") == number and Path(ft.get("checkpoint", "")).is_file()
+    if tuned:
+        model.load_state_dict(torch.load(ft["checkpoint"], map_location="cpu",
+                                         weights_only=True)["state_dict"])
+    data = engine.data
+    shape = (1, *data.input_shape)
+    cost = engine.cost(widths)
+    base = engine.base_cost
+    card = {
+        "study": study.study_name, "trial": number, "model": cfg.model.name,
+        "dataset": cfg.data.name, "num_classes": data.num_classes,
+        "mean": list(data.mean), "std": list(data.std),
+        "flops": cost.flops, "macs": cost.macs, "params": cost.params,
+        "flops_ratio": cost.flops / base.flops, "params_ratio": cost.params / base.params,
+        "base": {"flops": base.flops, "macs": base.macs, "params": base.params},
+        "accuracy": {"val_top1_search": frozen.value, "finetuned": tuned},
+        "config": study.user_attrs.get("config"),
+        "source_checkpoint": cfg.model.checkpoint,
+        "source_checkpoint_sha256": (file_sha256(cfg.model.checkpoint)
+                                     if cfg.model.checkpoint and Path(cfg.model.checkpoint).is_file()
+                                     else None),
+    }
+    if tuned:
+        card["accuracy"].update({k: ft[k] for k in ("val_top1", "test_top1", "test_top5",
+                                                    "test_top1_before") if k in ft})
+        card["accuracy"]["epochs"] = ft.get("epochs", 0) + ft.get("final_epochs", 0)
+    if latency:
+        card["latency_ms"] = {}
+        for b in (1, 64):
+            card["latency_ms"][f"batch{b}"] = {
+                "pruned": measure_latency(model, shape, b),
+                "original": measure_latency(engine.model.cpu().eval(), shape, b),
+            }
+        card["latency_method"] = (f"median of 20 timed forward passes after 3 warm-up passes, "
+                                  f"random input, torch.inference_mode, CPU, "
+                                  f"{torch.get_num_threads()} threads, eager PyTorch modules")
+    return export_model(model, out_dir, input_shape=shape, widths=widths, card=card)
