@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -121,6 +122,10 @@ class SupernetConfig:
     inplace_distill: bool = True
     bn_calib_images: int = 1000
     checkpoint: str | None = None
+    seed: int = 0
+    top_k: int = 5
+    finetune_epochs: int = 5
+    retrain_epochs: int = 50
 
 
 @dataclass(frozen=True)
@@ -258,19 +263,48 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         cfg = Config().validate()
     else:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"malformed YAML in {p}{where}: fix the syntax") from None
-        if raw is not None and not isinstance(raw, Mapping):
-            raise ConfigError(f"{p} must contain a mapping of sections (model, data, pruning, ...)")
-        raw = _resolve_paths(dict(raw or {}), p.parent)
+        raw = _read_with_includes(p, ())
         cfg = config_from_dict(raw, source=str(p))
     return apply_overrides(cfg, overrides or {})
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML in {p}{where}: fix the syntax") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"{p} must contain a mapping of sections (model, data, pruning, ...)")
+    return _resolve_paths(dict(raw or {}), p.parent)
+
+
+def _read_with_includes(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A study file may start with ``include: [preset.yaml, ...]`` (paths relative to it):
+    the presets are merged first, in order, and the file's own keys win."""
+    if p.resolve() in seen:
+        raise ConfigError(f"config include cycle at {p}")
+    raw = _read_yaml(p)
+    includes = raw.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        path = Path(inc) if Path(inc).is_absolute() else p.parent / inc
+        _merge(merged, _read_with_includes(path, (*seen, p.resolve())))
+    return _merge(merged, raw)
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -279,5 +313,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(node, dict) and isinstance(node.get(key), str):
             value = Path(node[key]).expanduser()
             if not value.is_absolute() and not value.exists() and (base / value).exists():
-                node[key] = str(base / value)
+                value = base / value
+            if value.exists():  # absolute, so a study resumed from another folder matches
+                node[key] = os.path.abspath(value)
     return raw
