@@ -85,9 +85,9 @@ class PruningEngine:
         return cls(cfg, model, data)
 
     def _compute_scores(self, criterion: str) -> dict[str, torch.Tensor]:
-        from searchprune.criteria import compute_scores
+        from searchprune.criteria import cached_scores
 
-        return compute_scores(criterion, self.model, self.space, self.data, device=self.device)
+        return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
 
     # -- the search space -------------------------------------------------------------------
     @property

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,9 +20,19 @@ from torch import nn
 from searchprune.errors import ConfigError
 from searchprune.space import SearchSpace
 
-__all__ = ["Criterion", "available", "compute_scores", "get_criterion", "register"]
+__all__ = [
+    "Criterion",
+    "available",
+    "cached_scores",
+    "compute_scores",
+    "get_criterion",
+    "register",
+    "scores_key",
+]
 
+_log = logging.getLogger(__name__)
 _REGISTRY: dict[str, type[Criterion]] = {}
+_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
 
 
 class Criterion(ABC):
@@ -22,15 +40,22 @@ class Criterion(ABC):
 
     Scores are computed once, on the unpruned network, and reused by every candidate.
     Ranking happens within a group only, so a group's scores may be scaled freely.
+    Options are constructor keyword arguments stored as public attributes; :meth:`options`
+    returns them (they are part of the score cache key). Bump ``version`` when the maths changes.
     """
 
     name: str = ""
     needs_data: bool = False
+    version: int = 1
 
     @abstractmethod
     def scores(self, model: nn.Module, space: SearchSpace, data, *,
                device: torch.device) -> dict[str, torch.Tensor]:
         """One float tensor of shape ``(group.channels,)`` per prunable group."""
+
+    def options(self) -> dict[str, Any]:
+        """The criterion's options (public instance attributes), for cache keys and logs."""
+        return {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
 
 
 def register(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
@@ -54,19 +79,117 @@ def get_criterion(name: str, **options) -> Criterion:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, available(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown criterion '{name}'{hint}; choose one of: {', '.join(available())}")
-    return _REGISTRY[name](**options)
+        raise ConfigError(
+            f"unknown criterion '{name}'{hint}; choose one of: {', '.join(available())}")
+    try:
+        return _REGISTRY[name](**options)
+    except (TypeError, ValueError) as exc:  # an unknown option or a bad value
+        raise ConfigError(f"criterion '{name}': {exc}") from exc
 
 
 def compute_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
-                   device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """Scores of criterion ``name`` for every prunable group of ``space``."""
-    crit = get_criterion(name)
-    device = device or torch.device("cpu")
+                   device: torch.device | None = None, **options) -> dict[str, torch.Tensor]:
+    """Scores of criterion ``name`` (built with ``options``) for every prunable group of ``space``.
+
+    The model is scored in eval mode and left as it was (mode, parameters, BN statistics).
+    """
+    crit = get_criterion(name, **options)
+    return _run(crit, model, space, data, device or torch.device("cpu"))
+
+
+def _run(crit: Criterion, model: nn.Module, space: SearchSpace, data,
+         device: torch.device) -> dict[str, torch.Tensor]:
+    if crit.needs_data and data is None:
+        raise ConfigError(f"criterion '{crit.name}' needs data")
     was_training = model.training
     model.eval()
+    start = time.perf_counter()
     try:
         scores = crit.scores(model, space, data, device=device)
     finally:
         model.train(was_training)
+    _log.info("criterion %s scored %d groups in %.2fs", crit.name, len(scores),
+              time.perf_counter() - start)
     return {k: v.detach().double().cpu() for k, v in scores.items()}
+
+
+# -- score cache ------------------------------------------------------------------------------
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def _data_fingerprint(h, data) -> None:
+    if data is None:
+        h.update(b"no-data")
+        return
+    calib = getattr(data, "calib", None)
+    if calib is not None:
+        _hash_tensor(h, calib.x)
+        _hash_tensor(h, calib.y)
+    # The training set (used by TE) is identified by what the bundle says about it.
+    for attr in ("name", "seed", "train_size"):
+        h.update(f"{attr}={getattr(data, attr, None)!r};".encode())
+
+
+def scores_key(crit: Criterion, model: nn.Module, space: SearchSpace, data) -> str:
+    """Hash of (criterion name, version and options; model state; groups; calibration data)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([crit.name, crit.version, crit.options()], sort_keys=True,
+                        default=repr).encode())
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        _hash_tensor(h, value)
+    for g in space.prunable:
+        h.update(f"{g.name}:{g.channels};".encode())
+        for m in g.members:
+            h.update(f"{m.module}/{m.role}/{m.idxs}/{m.root_idxs};".encode())
+    _data_fingerprint(h, data)
+    return h.hexdigest()[:32]
+
+
+def _default_cache_dir() -> Path:
+    from searchprune.data import default_cache_dir
+
+    return default_cache_dir()
+
+
+def cached_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
+                  device: torch.device | None = None, cache_dir: str | Path | None = None,
+                  **options) -> dict[str, torch.Tensor]:
+    """:func:`compute_scores`, memoised in memory and in ``<cache_dir>/scores/<key>.pt``.
+
+    ``cache_dir`` defaults to ``$SEARCHPRUNE_CACHE`` or ``~/.cache/searchprune``. Files are written
+    atomically (temporary file + rename), so parallel workers can share them safely.
+    """
+    crit = get_criterion(name, **options)
+    key = scores_key(crit, model, space, data)
+    if key in _MEMORY:
+        return {k: v.clone() for k, v in _MEMORY[key].items()}
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    path = folder / "scores" / f"{name}-{key}.pt"
+    scores = None
+    if path.is_file():
+        try:
+            scores = torch.load(path, map_location="cpu", weights_only=True)
+            _log.info("criterion %s: scores loaded from %s", name, path)
+        except Exception as exc:  # a damaged file is recomputed and replaced
+            _log.warning("ignoring unreadable score cache %s (%s)", path, exc)
+    if scores is None:
+        scores = _run(crit, model, space, data, device or torch.device("cpu"))
+        _atomic_save(scores, path)
+    _MEMORY[key] = scores
+    return {k: v.clone() for k, v in scores.items()}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
