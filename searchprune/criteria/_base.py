@@ -32,7 +32,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _REGISTRY: dict[str, type[Criterion]] = {}
-_MEMORY: dict[str, dict[str, torch.Tensor]] = {}
+_MEMORY: dict[str, tuple[dict[str, torch.Tensor], float]] = {}
 
 
 class Criterion(ABC):
@@ -149,6 +149,9 @@ def scores_key(crit: Criterion, model: nn.Module, space: SearchSpace, data) -> s
     return h.hexdigest()[:32]
 
 
+_SECONDS = "__seconds__"
+
+
 def _default_cache_dir() -> Path:
     from searchprune.data import default_cache_dir
 
@@ -157,30 +160,40 @@ def _default_cache_dir() -> Path:
 
 def cached_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
                   device: torch.device | None = None, cache_dir: str | Path | None = None,
-                  **options) -> dict[str, torch.Tensor]:
+                  with_seconds: bool = False, **options):
     """:func:`compute_scores`, memoised in memory and in ``<cache_dir>/scores/<key>.pt``.
 
     ``cache_dir`` defaults to ``$SEARCHPRUNE_CACHE`` or ``~/.cache/searchprune``. Files are written
-    atomically (temporary file + rename), so parallel workers can share them safely.
+    atomically (temporary file + rename), so parallel workers can share them safely. With
+    ``with_seconds`` the result is ``(scores, seconds the scores took to compute)``, the
+    original computation's time even when they come from the cache.
     """
     crit = get_criterion(name, **options)
     key = scores_key(crit, model, space, data)
-    if key in _MEMORY:
-        return {k: v.clone() for k, v in _MEMORY[key].items()}
+    if key not in _MEMORY:
+        _MEMORY[key] = _load_or_compute(crit, key, model, space, data, device, cache_dir)
+    scores, seconds = _MEMORY[key]
+    scores = {k: v.clone() for k, v in scores.items()}
+    return (scores, seconds) if with_seconds else scores
+
+
+def _load_or_compute(crit, key, model, space, data, device, cache_dir):
+    name = crit.name
     folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     path = folder / "scores" / f"{name}-{key}.pt"
-    scores = None
     if path.is_file():
         try:
-            scores = torch.load(path, map_location="cpu", weights_only=True)
+            stored = torch.load(path, map_location="cpu", weights_only=True)
             _log.info("criterion %s: scores loaded from %s", name, path)
+            seconds = float(stored.pop(_SECONDS, torch.tensor(float("nan"))))
+            return stored, seconds
         except Exception as exc:  # a damaged file is recomputed and replaced
             _log.warning("ignoring unreadable score cache %s (%s)", path, exc)
-    if scores is None:
-        scores = _run(crit, model, space, data, device or torch.device("cpu"))
-        _atomic_save(scores, path)
-    _MEMORY[key] = scores
-    return {k: v.clone() for k, v in scores.items()}
+    start = time.perf_counter()
+    scores = _run(crit, model, space, data, device or torch.device("cpu"))
+    seconds = time.perf_counter() - start
+    _atomic_save({**scores, _SECONDS: torch.tensor(seconds)}, path)
+    return scores, seconds
 
 
 def _atomic_save(obj, path: Path) -> None:
