@@ -35,6 +35,7 @@ __all__ = [
 
 SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")
 VAL_SOURCES = ("train", "test")
+OBJECTIVES = ("single", "pareto")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ReconstructionConfig:
 
     enabled: bool = True
     ridge: float = 1e-4
-    positions_per_image: int = 64
+    positions_per_image: int = 32
     intercept: bool = True
     guard: bool = True
     holdout_fraction: float = 0.1
@@ -105,6 +106,10 @@ class SearchConfig:
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 2
+    # ``pareto``: maximise top-1 and minimise the FLOPs ratio over ``gamma_range`` in one study
+    # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
+    objective: str = "single"
+    gamma_range: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class Config:
             raise ConfigError(_unknown("sampler", s.sampler, SAMPLERS))
         if s.n_trials < 1:
             raise ConfigError(f"search.n_trials must be >= 1, got {s.n_trials}")
+        _validate_objective(s)
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(_unknown("data.val_from", d.val_from, VAL_SOURCES))
@@ -175,6 +181,29 @@ class Config:
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(_unknown("setting", self.setting, ("pretrained", "scratch")))
         return self
+
+
+def _validate_objective(s: SearchConfig) -> None:
+    """``search.objective`` and, for ``pareto``, ``search.gamma_range`` and what it excludes."""
+    if s.objective not in OBJECTIVES:
+        raise ConfigError(_unknown("search.objective", s.objective, OBJECTIVES))
+    if s.objective == "single":
+        if s.gamma_range is not None:
+            raise ConfigError("search.gamma_range is only used with search.objective: pareto; "
+                              "use pruning.gamma and pruning.tolerance for one target")
+        return
+    r = s.gamma_range
+    if (not isinstance(r, (list, tuple)) or len(r) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+            or not (0.0 < r[0] < r[1] <= 1.0)):
+        raise ConfigError(f"search.gamma_range must be [lo, hi] with 0 < lo < hi <= 1 for "
+                          f"search.objective: pareto, got {r!r}")
+    if s.sampler == "cmaes":
+        raise ConfigError("search.sampler 'cmaes' is single-objective; with search.objective: "
+                          "pareto use nsga2, tpe, random, gp or qmc")
+    if s.pruner != "none":
+        raise ConfigError("search.pruner must be 'none' with search.objective: pareto (Optuna "
+                          "cannot stop multi-objective trials early)")
 
 
 def _unknown(what: str, value: str, valid: tuple[str, ...] | list[str]) -> str:

@@ -311,11 +311,13 @@ def _apply(out: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.conv2d(out, weight, c.to(out.dtype))
 
 
-_CHUNK = 16384
+_CHUNK = 1 << 16
 
 
 def _gram(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A @ B.T`` in float32 chunks accumulated in float64."""
+    """``A @ B.T`` in float32 chunks of 65k columns, accumulated in float64."""
+    if A.shape[1] <= _CHUNK:
+        return (A @ B.T).double()
     acc = torch.zeros(A.shape[0], B.shape[0], dtype=torch.float64, device=A.device)
     for i in range(0, A.shape[1], _CHUNK):
         acc += (A[:, i:i + _CHUNK] @ B[:, i:i + _CHUNK].T).double()
@@ -330,11 +332,11 @@ def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConf
     Zf, Tf = Z[:, :cols], T[:, :cols]
     G = torch.empty(k + 1, k + 1, dtype=torch.float64, device=Z.device)
     G[:k, :k] = _gram(Zf, Zf)
-    G[:k, k] = G[k, :k] = Zf.double().sum(1)
+    G[:k, k] = G[k, :k] = Zf.sum(1, dtype=torch.float64)
     G[k, k] = cols
     C = torch.empty(n, k + 1, dtype=torch.float64, device=Z.device)
     C[:, :k] = _gram(Tf, Zf)
-    C[:, k] = Tf.double().sum(1)
+    C[:, k] = Tf.sum(1, dtype=torch.float64)
     if not (torch.isfinite(G).all() and torch.isfinite(C).all()):
         raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
     if not rcfg.intercept:

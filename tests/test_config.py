@@ -44,3 +44,26 @@ def test_resolved_config_round_trips():
 def test_unknown_override_is_an_error():
     with pytest.raises(ConfigError, match="unknown override"):
         apply_overrides(load_config(None), {"pruning.gama": 0.5})
+
+
+def test_include_merges_presets_and_the_file_wins(tmp_path):
+    from searchprune.config import load_config
+
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "data.yaml").write_text("data:\n  name: digits\n  val_size: 123\n")
+    (tmp_path / "presets" / "prune.yaml").write_text("pruning:\n  gamma: 0.7\n  eta: 0.4\n")
+    study = tmp_path / "study.yaml"
+    study.write_text("include:\n  - presets/data.yaml\n  - presets/prune.yaml\n"
+                     "pruning:\n  gamma: 0.6\n")
+    cfg = load_config(study)
+    assert cfg.data.val_size == 123 and cfg.pruning.eta == 0.4 and cfg.pruning.gamma == 0.6
+
+
+def test_include_cycle_is_a_clear_error(tmp_path):
+    from searchprune.config import load_config
+    from searchprune.errors import ConfigError
+
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
