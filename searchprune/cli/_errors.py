@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from collections.abc import Callable
 
 from searchprune.cli._output import error
@@ -13,7 +15,7 @@ __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "run_gua
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143
 
 
 def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -21,8 +23,13 @@ def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Nam
     import optuna
     import sqlalchemy.exc
 
+    from searchprune.search._interrupt import StudyInterrupted
+
     try:
         return command(args)
+    except StudyInterrupted as exc:  # already one line: "interrupted: trial N marked FAIL; ..."
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
     except Exception as exc:
         if args.debug:
             raise
@@ -37,6 +44,7 @@ def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Nam
             error(f"storage error: {str(exc).splitlines()[0]}; rerun with --debug for details")
             return EXIT_FAILURE
         raise
-    except KeyboardInterrupt:
-        error("interrupted; a study continues where it stopped when run again")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # outside a study run (or a signal the runner did not see)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        sys.stderr.write("interrupted; a study continues where it stopped when run again\n")
+        return 128 + signum

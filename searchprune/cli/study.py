@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from collections import Counter
 from typing import Any
 
 from searchprune.cli._output import console, emit_json, table
-from searchprune.errors import SearchpruneError
+from searchprune.errors import ConfigError, SearchpruneError
 
 __all__ = ["add_parser", "load_study"]
 
@@ -36,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     run.add_argument("--criterion", help="channel importance criterion")
     run.add_argument("--force-config", action="store_true",
                      help="continue a study whose stored config differs")
+    run.add_argument("--workers", type=int, default=1, metavar="K",
+                     help="K worker processes on this machine sharing one study (needs a "
+                          "storage they can share: PostgreSQL, or a SQLite file)")
+    run.add_argument("--threads", type=int, default=None, metavar="T",
+                     help="torch threads per worker (default: cores // workers when K > 1)")
     run.set_defaults(func=_run)
 
     show = cmds.add_parser("show", parents=[common], help="the best trials of a study")
@@ -55,13 +62,76 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {key: getattr(args, flag) for flag, key in _OVERRIDES.items()}
     cfg = load_config(args.config, overrides)
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--workers and --threads must be >= 1")
+    if args.workers > 1:
+        return _run_workers(args, cfg)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     study = run_study(cfg, progress=not args.json, force_config=args.force_config)
+    _report(args, study)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
+    """Check what can be checked once, then supervise ``--workers`` processes."""
+    from searchprune.cli._workers import run_workers, threads_per_worker
+    from searchprune.search import StudyInterrupted, preflight
+    from searchprune.search.storage import resolve_storage_url
+
+    url = resolve_storage_url(cfg.storage)
+    if url.startswith("sqlite") and ":memory:" in url:
+        raise ConfigError("--workers > 1 needs a storage the workers share; an in-memory "
+                          "SQLite database is private to one process")
+    if url.startswith("sqlite"):
+        sys.stderr.write("warning: several workers on one SQLite file work on one machine, but "
+                         "Optuna advises PostgreSQL for parallel workers\n")
+    storage, existing = preflight(cfg, force_config=args.force_config)
+    if existing is None or _n_complete(existing) < cfg.search.n_trials:
+        threads = args.threads or threads_per_worker(args.workers)
+        code, lines, abandoned, signum = run_workers(
+            cfg, storage, _worker_args(args, threads), args.workers, progress=not args.json)
+        for line in lines:
+            sys.stderr.write(line + "\n")
+        if signum is not None or abandoned:
+            raise StudyInterrupted(signum or signal.SIGINT, abandoned)
+        if code != 0:
+            return code
+    _report(args, load_study(cfg.storage, _study_name(cfg)))
+    return 0
+
+
+def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
+    """The same ``study run`` for one worker: flags passed on, progress off (``--json``)."""
+    argv = [args.config, "--workers", "1", "--threads", str(threads), "--json"]
+    for flag in _OVERRIDES:
+        value = getattr(args, flag)
+        if value is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    return argv + (["--force-config"] if args.force_config else []) + (
+        ["--debug"] if args.debug else [])
+
+
+def _n_complete(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _study_name(cfg: Any) -> str:
+    from searchprune.search import derive_study_name
+
+    return derive_study_name(cfg)
+
+
+def _report(args: argparse.Namespace, study: Any) -> None:
     summary = _summary(study)
     if args.json:
         emit_json(summary)
     else:
         _print_summary(summary)
-    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

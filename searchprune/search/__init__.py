@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from searchprune.search._band_random import BandRandomSampler
 from searchprune.search.band import Band, project_to_band
-from searchprune.search.callbacks import ProgressCallback, RecordRejections, StopOnFailures
+from searchprune.search.callbacks import (
+    ProgressCallback,
+    RecordRejections,
+    StopOnFailures,
+    StopOnSignal,
+)
 from searchprune.search.objective import Counters, make_objective, make_pruner, rejected_proposals
-from searchprune.search.runner import check_band, config_diff, derive_study_name, run_study
+from searchprune.search._interrupt import StudyInterrupted
+from searchprune.search.budget import Budget
+from searchprune.search.runner import (
+    check_band,
+    config_diff,
+    derive_study_name,
+    preflight,
+    run_study,
+)
 from searchprune.search.samplers import (
     available_samplers,
     make_sampler,
@@ -18,10 +31,13 @@ from searchprune.search.storage import get_storage
 __all__ = [
     "Band",
     "BandRandomSampler",
+    "Budget",
     "Counters",
     "ProgressCallback",
+    "StudyInterrupted",
     "RecordRejections",
     "StopOnFailures",
+    "StopOnSignal",
     "available_samplers",
     "check_band",
     "config_diff",
@@ -30,6 +46,7 @@ __all__ = [
     "make_objective",
     "make_pruner",
     "make_sampler",
+    "preflight",
     "project_to_band",
     "register_sampler",
     "rejected_proposals",

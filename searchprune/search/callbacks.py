@@ -15,7 +15,10 @@ from searchprune.search.objective import rejected_proposals
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["ProgressCallback", "RecordRejections", "StopOnFailures", "REJECTED_PROPOSALS_ATTR"]
+    from searchprune.search._interrupt import InterruptGuard
+
+__all__ = ["ProgressCallback", "RecordRejections", "StopOnFailures", "StopOnSignal",
+           "REJECTED_PROPOSALS_ATTR"]
 
 REJECTED_PROPOSALS_ATTR = "rejected_proposals"
 
@@ -39,6 +42,17 @@ class StopOnFailures:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= self.limit:
+            study.stop()
+
+
+class StopOnSignal:
+    """Stops the optimize loop between trials once a SIGINT/SIGTERM has been recorded."""
+
+    def __init__(self, guard: InterruptGuard) -> None:
+        self.guard = guard
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.guard.pending is not None:
             study.stop()
 
 

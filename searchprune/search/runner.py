@@ -1,7 +1,12 @@
 """One study run as a straight line: storage, study, engine, band check, sampler, optimize.
 
-The budget counts evaluated (COMPLETE) trials across all workers; re-running a study that already
-has them does nothing, and re-running with a higher ``n_trials`` continues it.
+The budget counts evaluated (COMPLETE) trials across all workers, exactly (see
+:mod:`searchprune.search.budget`); re-running a study that already has them does nothing, and
+re-running with a higher ``n_trials`` continues it. Every worker that joins a study gets the next
+worker index (study user attr ``workers_joined``, taken under the study lock): Optuna's samplers
+are seeded from ``(seed, trials stored, worker index)`` so simultaneous workers do not propose the
+same configurations. Trials FAILed by a signal are enqueued again (``requeued_from``) when a
+worker joins, as the heartbeat retries a dead worker's trial.
 """
 
 from __future__ import annotations
@@ -16,22 +21,30 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from searchprune.config import config_to_dict
+from searchprune.config import Config, config_to_dict
 from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.search._interrupt import InterruptGuard, Interrupted, StudyInterrupted
 from searchprune.search.band import Band
-from searchprune.search.callbacks import ProgressCallback, RecordRejections, StopOnFailures
-from searchprune.search.objective import make_objective, make_pruner
+from searchprune.search.budget import Budget, Lock, study_lock
+from searchprune.search.callbacks import (
+    ProgressCallback,
+    RecordRejections,
+    StopOnFailures,
+    StopOnSignal,
+)
+from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.samplers import SamplerContext, make_sampler
 from searchprune.search.storage import get_storage
 
 if TYPE_CHECKING:
-    from searchprune.config import Config
     from searchprune.engine import PruningEngine
 
 __all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_study_name",
-           "open_storage", "run_study"]
+           "open_storage", "preflight", "run_study"]
 
 CONFIG_ATTR = "config"
+WORKERS_ATTR = "workers_joined"
+REQUEUED_ATTR = "requeued_from"
 # Keys that say how or where to run, not what to search: they may differ between runs of a study.
 RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
@@ -47,32 +60,102 @@ def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: boo
     """Run (or continue) the study until it holds ``cfg.search.n_trials`` COMPLETE trials.
 
     ``storage`` replaces ``cfg.storage`` (e.g. an ``InMemoryStorage`` for quick experiments);
-    ``callbacks`` are added to the study's own (budget, rejection tally, progress).
+    ``callbacks`` are added to the study's own (budget, rejection tally, progress). Any number
+    of processes may run this on one study in a shared storage; together they stop at exactly
+    ``n_trials`` COMPLETE trials. SIGINT/SIGTERM abandon the trial in flight (FAIL, with a
+    ``fail_reason``) and raise :class:`StudyInterrupted`.
 
     Raises:
         StudyConfigMismatch: the study exists with a different config (unless ``force_config``).
         BandError: no configuration in ``[eta, 1]^L`` can reach the FLOPs band.
         StorageError: the storage cannot be opened.
+        StudyInterrupted: a SIGINT or SIGTERM arrived (exit code 130 or 143).
     """
+    if cfg.search.objective == "pareto":  # multi-objective path: see search/pareto.py
+        from searchprune.search.pareto import run_pareto_study
+
+        return run_pareto_study(cfg, engine=engine, progress=progress, force_config=force_config,
+                                storage=storage, callbacks=callbacks)
+    storage, existing = preflight(cfg, force_config=force_config, storage=storage,
+                                  check_names=engine is None)
+    if existing is not None and _n_complete(existing) >= cfg.search.n_trials:
+        return existing
+    counters = Counters()
+    with InterruptGuard() as guard:
+        try:
+            study = _prepare_and_optimize(cfg, engine, storage, progress, callbacks, guard,
+                                          counters)
+        except KeyboardInterrupt as exc:
+            raise StudyInterrupted(getattr(exc, "signum", 2), counters.interrupted) from None
+    if guard.pending is not None:  # stopped between trials
+        raise StudyInterrupted(guard.pending, counters.interrupted)
+    return study
+
+
+def preflight(cfg: Config, *, force_config: bool = False,
+              storage: optuna.storages.BaseStorage | None = None, check_names: bool = True
+              ) -> tuple[optuna.storages.BaseStorage, optuna.Study | None]:
+    """The cheap checks, before any model or data is loaded: registry names (criterion,
+    pruner), the storage, a stored study's config. Returns the storage and the existing study
+    (or None)."""
+    if check_names:
+        check_names_exist(cfg)
     storage = storage if storage is not None else open_storage(cfg)
-    name = derive_study_name(cfg)
-    config = config_to_dict(cfg)
-    existing = _load_study(name, storage)
+    existing = _load_study(derive_study_name(cfg), storage)
     if existing is not None:
-        _check_config(existing, config, force_config)
-        if _n_complete(existing) >= cfg.search.n_trials:
-            return existing
+        _check_config(existing, config_to_dict(cfg), force_config)
+    return storage, existing
+
+
+def check_names_exist(cfg: Config) -> None:
+    """Fail in milliseconds on an unknown criterion or pruner (the sampler and other choices are
+    checked when the config is loaded)."""
+    from searchprune.criteria import get_criterion
+
+    make_pruner(cfg.search.pruner)
+    get_criterion(cfg.pruning.criterion)
+
+
+def _prepare_and_optimize(cfg: Config, engine: PruningEngine | None,
+                          storage: optuna.storages.BaseStorage, progress: bool,
+                          callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+                          guard: InterruptGuard, counters: Counters) -> optuna.Study:
     if engine is None:
         from searchprune.supernet import engine_for
 
         engine = engine_for(cfg, progress=progress)
     check_band(cfg, engine)
+    name = derive_study_name(cfg)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                 load_if_exists=True, pruner=make_pruner(cfg.search.pruner))
-    study.sampler = _sampler(cfg, engine, n_existing=len(study.get_trials(deepcopy=False)))
-    _describe(study, cfg, config, engine)
-    _optimize(study, cfg, engine, progress, callbacks)
+    lock = study_lock(storage, name)
+    worker = _join(study, lock)
+    study.sampler = _sampler(cfg, engine, n_existing=len(study.get_trials(deepcopy=False)),
+                             worker=worker)
+    _describe(study, cfg, config_to_dict(cfg), engine)
+    dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
+        storage, "heartbeat_interval", None)
+    budget = Budget(cfg.search.n_trials, lock, check=guard.check,
+                    wait_for_others=not dead_stay_running)
+    with guard.deferred():
+        _optimize(study, cfg, engine, progress, callbacks,
+                  make_objective(engine, cfg, counters, budget=budget, guard=guard), guard)
     return study
+
+
+def _join(study: optuna.Study, lock: Lock) -> int:
+    """This worker's index (0 for the first ever), and re-enqueue trials FAILed by a signal."""
+    with lock():
+        index = int(study.user_attrs.get(WORKERS_ATTR, 0))
+        study.set_user_attr(WORKERS_ATTR, index + 1)
+        trials = study.get_trials(deepcopy=False)
+        done = {t.user_attrs.get(REQUEUED_ATTR) for t in trials}
+        for t in trials:
+            reason = str(t.user_attrs.get("fail_reason", ""))
+            if (t.state == TrialState.FAIL and reason.startswith("interrupted")
+                    and t.number not in done and t.params):
+                study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: t.number})
+    return index
 
 
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
@@ -103,6 +186,9 @@ def check_band(cfg: Config, engine: PruningEngine) -> None:
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ, runtime keys excluded: ``{key: (stored, new)}``."""
     a, b = _flatten(stored), _flatten(new)
+    # A key added to the schema after a study was stored compares as its default value.
+    defaults = _flatten(config_to_dict(Config()))
+    a, b = {**defaults, **a}, {**defaults, **b}
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in RUNTIME_KEYS and a.get(k) != b.get(k)}
 
@@ -146,11 +232,12 @@ def _n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def _sampler(cfg: Config, engine: PruningEngine, n_existing: int) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: Config, engine: PruningEngine, n_existing: int,
+             worker: int = 0) -> optuna.samplers.BaseSampler:
     band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
     ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
                          in_band=lambda ratios: band.contains_ratios(engine, ratios),
-                         seed=cfg.search.seed, n_existing=n_existing)
+                         seed=cfg.search.seed, n_existing=n_existing, worker=worker)
     return make_sampler(cfg.search.sampler, ctx)
 
 
@@ -195,13 +282,35 @@ def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
 
 
 def _optimize(study: optuna.Study, cfg: Config, engine: PruningEngine, progress: bool,
-              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]]) -> None:
+              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+              objective: Callable[[optuna.Trial], float], guard: InterruptGuard) -> None:
     target = cfg.search.n_trials
-    objective = make_objective(engine, cfg)
-    with ProgressCallback(target, enabled=progress) as bar, warnings.catch_warnings():
-        # CMA-ES warns that it ignores constraints: by design, the objective projects instead.
-        warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
-        study.optimize(objective, n_trials=None, callbacks=[
-            MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
-            RecordRejections(), StopOnFailures(), bar, *callbacks,
-        ])
+    quiet = _QuietInterrupts()
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(quiet)
+    try:
+        with ProgressCallback(target, enabled=progress) as bar, warnings.catch_warnings():
+            # CMA-ES warns that it ignores constraints: by design, the objective projects.
+            warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
+            study.optimize(objective, n_trials=None, callbacks=[
+                StopOnSignal(guard), MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
+                RecordRejections(), StopOnFailures(), bar, *callbacks,
+            ])
+    finally:
+        optuna_log.removeFilter(quiet)
+
+
+class _QuietInterrupts(logging.Filter):
+    """Optuna logs a FAILed trial with its traceback; a signal is reported in one line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._follow_up: str | None = None  # Optuna's second line about the same trial
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        if isinstance(exc, Interrupted):
+            self._follow_up = message.split(" failed with")[0] + " failed with value"
+            return False
+        return not (self._follow_up and message.startswith(self._follow_up))

@@ -1,8 +1,9 @@
 """Samplers by name: a dict registry, every entry seeded and safe to resume.
 
 Seeding: ``random`` derives each trial's randomness from ``(seed, trial number)``. Optuna's own
-samplers get ``resume_seed(seed, n_existing)``, so a resumed study does not replay the
-configurations its first run already proposed, while two fresh runs with one seed agree.
+samplers get ``resume_seed(seed, n_existing, worker)``, so a resumed study, or a second worker
+started at the same moment, does not replay the configurations already proposed, while two
+fresh single-worker runs with one seed agree.
 QMC is the exception: its position in the sequence is stored in the study, so it keeps the
 configured seed and simply continues the sequence.
 
@@ -46,10 +47,11 @@ class SamplerContext:
     in_band: Callable[[Mapping[str, float]], bool]
     seed: int
     n_existing: int = 0
+    worker: int = 0  # join order of this worker in the study (0 = the first)
 
     @property
     def resume_seed(self) -> int:
-        return resume_seed(self.seed, self.n_existing)
+        return resume_seed(self.seed, self.n_existing, self.worker)
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ def register_sampler(name: str, *, projects: bool = False) -> Callable[[Factory]
     return wrap
 
 
-def resume_seed(seed: int, n_existing: int) -> int:
-    """A 31-bit seed determined by the study seed and the number of trials already stored."""
-    return int(np.random.SeedSequence([seed % 2**63, n_existing]).generate_state(1)[0] >> 1)
+def resume_seed(seed: int, n_existing: int, worker: int = 0) -> int:
+    """A 31-bit seed determined by the study seed, the number of trials already stored and the
+    worker's join index (so workers started together do not replay each other's proposals)."""
+    entropy = [seed % 2**63, n_existing] + ([worker] if worker else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
 def available_samplers() -> list[str]:

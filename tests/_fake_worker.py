@@ -1,0 +1,47 @@
+"""A ``searchprune`` CLI process whose engine is the fast FakeEngine (tests/test_search.py).
+
+Run as ``python tests/_fake_worker.py study run CONFIG.yaml ...``; ``--workers K`` starts K
+copies of this script. Environment: ``FAKE_DELAY`` seconds per evaluation (default 0.1),
+``FAKE_MARK`` a folder where each evaluation touches ``<pid>`` when it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from test_search import FakeEngine  # noqa: E402
+
+import searchprune.cli._workers as workers  # noqa: E402
+import searchprune.search.runner as runner  # noqa: E402
+from searchprune.cli.main import main  # noqa: E402
+
+
+class SlowEngine(FakeEngine):
+    def evaluate(self, widths, split="val", on_chunk=None):
+        mark = os.environ.get("FAKE_MARK")
+        if mark:
+            (Path(mark) / str(os.getpid())).touch()
+        time.sleep(float(os.environ.get("FAKE_DELAY", "0.1")))
+        return super().evaluate(widths, split, on_chunk)
+
+
+# the runner imports engine_for from here; a stub module keeps torch out of these processes
+supernet = types.ModuleType("searchprune.supernet")
+supernet.engine_for = lambda cfg, progress=False: SlowEngine()  # type: ignore[attr-defined]
+sys.modules["searchprune.supernet"] = supernet
+# optuna-dashboard (for the study note) pulls in scikit-learn and scipy: seconds per process
+dashboard = types.ModuleType("optuna_dashboard")
+dashboard.save_note = lambda study, note: None  # type: ignore[attr-defined]
+sys.modules["optuna_dashboard"] = dashboard
+runner.check_names_exist = lambda cfg: None  # it imports the criteria, hence torch
+workers.LAUNCHER = [str(Path(__file__).resolve())]
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

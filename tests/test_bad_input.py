@@ -1,0 +1,164 @@
+"""Bad input: one ``error: ...`` line on stderr, a non-zero exit, and nothing corrupted.
+
+Each row runs ``searchprune study run`` (in-process through ``main()``, the same code path as the
+command; a few rows also as a real subprocess) against a storage that already holds a study,
+and checks that the study's trials are unchanged afterwards. Failures inside a trial (NaN/inf
+features) are checked on the API: the trial FAILs with a reason and the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from test_cli import ROOT, one_line_error
+from test_search import FakeEngine, make_cfg, run
+
+from searchprune.cli.main import main
+from searchprune.config import ModelConfig
+from searchprune.models import build_model
+from searchprune.search import run_study
+
+PG_CLOSED = "postgresql://postgres@127.0.0.1:1/test"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Path:
+    """A folder with a study ``s`` (4 COMPLETE trials) in ``studies.db`` and bad inputs."""
+    tmp = tmp_path_factory.mktemp("bad")
+    run_study(make_cfg(tmp, n_trials=4), engine=FakeEngine(), progress=False)
+    (tmp / "s.yaml").write_text(  # the config study ``s`` was created with
+        "pruning: {gamma: 0.4, tolerance: 0.05, eta: 0.3}\nsearch: {n_trials: 5, seed: 0}\n")
+    (tmp / "malformed.yaml").write_text("pruning:\n  gamma: [0.5\n")
+    (tmp / "typo.yaml").write_text("pruning:\n  gama: 0.5\n")
+    (tmp / "typo-section.yaml").write_text("serch:\n  n_trials: 3\n")
+    net = build_model(ModelConfig(name="cifar_resnet20"), num_classes=10, in_channels=1)
+    state = net.state_dict()
+    torch.save({k: v for k, v in state.items() if "layer3" not in k}, tmp / "missing.pt")
+    torch.save({**state, "extra.weight": torch.zeros(1)}, tmp / "unexpected.pt")
+    classifier = [k for k in state if k.endswith(".weight")][-1]
+    torch.save({**state, classifier: torch.zeros(100, 64)}, tmp / "shapes.pt")
+    torch.save(state, tmp / "good.pt")
+    data = (tmp / "good.pt").read_bytes()
+    (tmp / "truncated.pt").write_bytes(data[: len(data) // 2])
+    for split in ("train", "test"):
+        (tmp / "empty" / split / "cat").mkdir(parents=True)
+    for name in ("missing", "unexpected", "shapes", "truncated", "nofile"):
+        (tmp / f"ckpt-{name}.yaml").write_text(
+            f"model: {{name: cifar_resnet20, checkpoint: {tmp / (name + '.pt')}}}\n")
+    (tmp / "noroot.yaml").write_text(f"data: {{name: imagefolder, root: {tmp / 'nope'}}}\n")
+    (tmp / "noimages.yaml").write_text(f"data: {{name: imagefolder, root: {tmp / 'empty'}}}\n")
+    (tmp / "nomodel.yaml").write_text("model: {name: resnet5O}\n")
+    return tmp
+
+
+# (id, config file, extra flags, exit code, pattern the one line must match)
+CASES = [
+    ("malformed-yaml", "malformed.yaml", [], 2, r"malformed YAML in .*malformed.yaml at line 3"),
+    ("misspelled-key", "typo.yaml", [], 2,
+     r"unknown config key 'pruning.gama'; did you mean 'gamma'"),
+    ("misspelled-section", "typo-section.yaml", [], 2,
+     r"unknown config key 'serch'; did you mean 'search'"),
+    ("gamma-above-1", "s.yaml", ["--gamma", "1.5"], 2,
+     r"pruning.gamma must be in \(0, 1\], got 1.5"),
+    ("gamma-zero", "s.yaml", ["--gamma", "0"], 2, r"pruning.gamma must be in \(0, 1\], got 0"),
+    ("negative-tolerance", "s.yaml", ["--tolerance", "-0.01"], 2,
+     r"pruning.tolerance must be >= 0"),
+    ("eta-zero", "s.yaml", ["--eta", "0"], 2, r"pruning.eta must be in \(0, 1\], got 0"),
+    ("eta-above-1", "s.yaml", ["--eta", "1.2"], 2, r"pruning.eta must be in \(0, 1\]"),
+    ("unknown-sampler", "s.yaml", ["--sampler", "tpee"], 2,
+     r"unknown sampler 'tpee' \(did you mean 'tpe'\?\)"),
+    ("unknown-criterion", "s.yaml", ["--criterion", "gmm"], 2,
+     r"unknown criterion 'gmm' \(did you mean 'gm'\?\)"),
+    ("unknown-model", "nomodel.yaml", [], 2,
+     r"unknown model 'resnet5O' \(did you mean 'resnet50'\?\)"),
+    ("ckpt-missing-keys", "ckpt-missing.yaml", [], 1,
+     r"does not fit model cifar_resnet20: missing keys layer3"),
+    ("ckpt-unexpected-keys", "ckpt-unexpected.yaml", [], 1, r"unexpected keys extra.weight"),
+    ("ckpt-wrong-shapes", "ckpt-shapes.yaml", [], 1,
+     r"wrong shapes \S+ \(100x64 in file, 10x64 in model\)"),
+    ("ckpt-truncated", "ckpt-truncated.yaml", [], 1,
+     r"cannot read checkpoint .*truncated.pt: truncated"),
+    ("ckpt-no-file", "ckpt-nofile.yaml", [], 1, r"checkpoint not found: .*nofile.pt"),
+    ("data-root-missing", "noroot.yaml", [], 1, r"data root not found: .*nope"),
+    ("data-no-images", "noimages.yaml", [], 1, r"no images in .*train"),
+    ("storage-closed-port", "s.yaml", ["--storage", PG_CLOSED], 1,
+     r"cannot open storage URL: .*server is running"),
+    ("storage-bad-scheme", "s.yaml", ["--storage", "foo://bar"], 1,
+     r"cannot open storage URL: .*foo://bar"),
+    ("config-differs", "s.yaml", ["--study-name", "s", "--gamma", "0.6", "--criterion", "l2"], 2,
+     r"study 's' exists with a different config: pruning.criterion \('l1' -> 'l2'\), "
+     r"pruning.gamma \(0.4 -> 0.6\); pass --study-name .* or --force-config"),
+]
+
+
+def trial_states(db: Path) -> dict[str, list[str]]:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return {s.study_name: [t.state.name for t in optuna.load_study(
+        study_name=s.study_name, storage=storage).get_trials()]
+        for s in optuna.get_all_study_summaries(storage)}
+
+
+@pytest.mark.parametrize(("config", "flags", "code", "pattern"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(env, capsys, monkeypatch, config, flags,
+                                                   code, pattern):
+    monkeypatch.chdir(env)
+    db = env / "studies.db"
+    before = trial_states(db)
+    argv = ["study", "run", str(env / config), "--storage", str(db), "--study-name", "new",
+            *flags]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(pattern, err[0]), err[0]
+    assert trial_states(db) == before  # no trial added, no study created
+
+
+@pytest.mark.parametrize(("config", "flags", "code"), [
+    ("malformed.yaml", [], 2), ("s.yaml", ["--gamma", "2"], 2),
+    ("s.yaml", ["--workers", "2", "--storage", "sqlite:///:memory:"], 2),
+], ids=["malformed-yaml", "gamma", "workers-in-memory"])
+def test_bad_input_as_a_subprocess(env, config, flags, code):
+    proc = subprocess.run([sys.executable, "-m", "searchprune.cli.main", "study", "run",
+                           str(env / config), *flags], cwd=env, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == code
+    one_line_error(proc)
+
+
+def test_unreachable_band_fails_fast_and_creates_nothing(tmp_path):
+    from searchprune.errors import BandError
+
+    storage = optuna.storages.InMemoryStorage()
+    cfg = make_cfg(tmp_path, **{"pruning.gamma": 0.1, "pruning.eta": 0.6})
+    with pytest.raises(BandError, match=r"gamma 0.1 is below the FLOPs ratio .* lower eta"):
+        run(cfg, storage=storage)
+    assert storage.get_all_studies() == []
+
+
+class NaNFeatures(FakeEngine):
+    """Every other evaluation meets NaN features in reconstruction, as reconstruct.py raises."""
+
+    def evaluate(self, widths, split="val", on_chunk=None):
+        if self.calls % 2:
+            self.calls += 1
+            raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
+        return super().evaluate(widths, split, on_chunk)
+
+
+def test_nan_features_fail_the_trial_and_the_study_goes_on(tmp_path):
+    study = run(make_cfg(tmp_path, n_trials=4), engine=NaNFeatures())
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    assert len(failed) == 3
+    assert all(t.user_attrs["fail_reason"] == "reconstruction failed: NaN/inf in feature maps "
+               "during least-squares reconstruction" for t in failed)
+    assert all(math.isfinite(t.value) for t in study.get_trials(states=(TrialState.COMPLETE,)))
