@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
     loss_fn: LossFn | None = None,
     num_workers: int = 0,
+    loss_parts: Callable[[], Mapping[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` epochs and return one record per epoch.
 
@@ -98,7 +99,9 @@ def fit(
     without ``val``), ``lr`` and ``seconds``. Shuffling and augmentation are seeded per
     (seed, epoch), so a run resumed from ``checkpoint_path`` follows the uninterrupted one;
     the global RNG state is left untouched. ``on_epoch(record)`` returning True stops early.
-    The model is left in eval mode on ``device``.
+    ``loss_parts()``, called after every step, gives named parts of that step's loss (the
+    supernet's full and sampled networks); their epoch means are shown on the progress bar and
+    stored in the record as ``loss_<name>``. The model is left in eval mode on ``device``.
 
     Raises:
         SearchpruneError: the loss became NaN or infinite (lower ``lr``).
@@ -137,6 +140,7 @@ def fit(
             )
             model.train()
             total, count = 0.0, 0
+            parts: dict[str, float] = {}
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(epoch_seed)
                 for x, y in loader:
@@ -153,9 +157,12 @@ def fit(
                     scheduler.step()
                     total += loss.item() * len(y)
                     count += len(y)
+                    for key, value in (loss_parts() if loss_parts else {}).items():
+                        parts[key] = parts.get(key, 0.0) + float(value) * len(y)
                     if bar:
+                        shown = "".join(f" {k} {v / count:.3f}" for k, v in parts.items())
                         bar.update(task, advance=1, description=f"epoch {epoch + 1}/{epochs} "
-                                   f"loss {total / count:.3f}")  # fmt: skip
+                                   f"loss {total / count:.3f}{shown}")  # fmt: skip
             model.eval()
             val_top1 = accuracy(model, val, device=device)[0] if val is not None else None
             record = {
@@ -164,6 +171,7 @@ def fit(
                 "val_top1": val_top1,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - began,
+                **{f"loss_{k}": v / max(count, 1) for k, v in parts.items()},
             }
             records.append(record)
             _log.info("epoch %d/%d loss %.4f val_top1 %s", epoch + 1, epochs, record["loss"],

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from searchprune import __version__
-from searchprune.cli import model, study
+from searchprune.cli import compare, criteria, dashboard, finish, model, study, supernet
 from searchprune.cli._errors import EXIT_USAGE, run_guarded
 
 __all__ = ["build_parser", "main"]
@@ -21,9 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="searchprune",
         description="Find the best channel configuration of a pruned CNN with Optuna.")
     parser.add_argument("--version", action="version", version=f"searchprune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{study,model}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{study,compare,criteria,model,supernet,finetune,export,dashboard}")
     study.add_parser(sub, common)
     model.add_parser(sub, common)
+    supernet.add_parser(sub, common)
+    finish.add_parser(sub, common)
+    criteria.add_parser(sub, common)
+    compare.add_parser(sub, common)
+    dashboard.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,155 @@
+"""``searchprune compare``: random vs guided samplers on one problem, and the report.
+
+One study per (sampler, seed), named ``<base>-<sampler>-s<seed>``, all on one engine; then the
+anytime curves (PNG), the table (terminal, ``report.md``, ``report.json``) and, for Pareto
+studies, the fronts. ``--report-only`` rebuilds the report from the stored studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from searchprune.cli._output import console, emit_json, jsonable, table
+from searchprune.errors import ConfigError, SearchpruneError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compare", parents=[common],
+                       help="run one study per sampler and seed on one problem; report")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--samplers", help="comma list (default random,tpe,cmaes; with "
+                                      "search.objective: pareto random,tpe,nsga2)")
+    p.add_argument("--seeds", default="3",
+                   help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
+    p.add_argument("--n-trials", type=int, help="evaluated trials per study (default: the file)")
+    p.add_argument("--storage", help="storage URL or SQLite file (env SEARCHPRUNE_STORAGE)")
+    p.add_argument("--study-name", metavar="BASE",
+                   help="base name (default: the config file's stem)")
+    p.add_argument("--out", metavar="DIR", help="write report.md, report.json and the PNGs here")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; build the report from the stored studies")
+    p.add_argument("--force-config", action="store_true",
+                   help="continue studies whose stored config differs")
+    p.set_defaults(func=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from searchprune.config import load_config
+    from searchprune.report import compare_runs
+    from searchprune.report.studies import (
+        DEFAULT_SAMPLERS,
+        load_runs,
+        plan_comparison,
+        run_comparison,
+    )
+    from searchprune.search import derive_study_name
+    from searchprune.search.runner import open_storage
+
+    cfg = load_config(args.config, {"search.n_trials": args.n_trials, "storage": args.storage,
+                                    "search.study_name": args.study_name})
+    samplers = (_list(args.samplers, "--samplers") if args.samplers
+                else list(DEFAULT_SAMPLERS[cfg.search.objective]))
+    plan = plan_comparison(cfg, samplers, _seeds(args.seeds), derive_study_name(cfg))
+    storage = open_storage(cfg)
+    if not args.report_only:
+        def announce(i: int, planned: Any, status: str) -> None:
+            if not args.json:
+                verb = "complete" if status == "done" else "running"
+                console.print(f"[{i + 1}/{len(plan)}] {planned.name}: {verb}")
+
+        run_comparison(plan, storage=storage, progress=not args.json,
+                       force_config=args.force_config, announce=announce)
+    runs, missing = load_runs(plan, storage, cfg.search.n_trials)
+    if not runs:
+        raise SearchpruneError("none of the comparison's studies exist in this storage ("
+                               + ", ".join(missing[:3]) + ", ...); run it without --report-only")
+    if missing and not args.json:
+        console.print(f"[yellow]missing studies (left out):[/] {', '.join(missing)}")
+    comparison = compare_runs(runs, reference="random", budget=cfg.search.n_trials)
+    files = _write_report(comparison, runs, Path(args.out), _baseline(plan, storage),
+                          derive_study_name(cfg)) if args.out else {}
+    if args.json:
+        emit_json({**comparison.to_dict(), "missing": missing, "files": files})
+    else:
+        _print(comparison, files)
+    return 0
+
+
+def _list(text: str, flag: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"{flag} needs at least one name")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{flag} lists a name twice: {text}")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        if "," in text:
+            seeds = [int(s) for s in _list(text, "--seeds")]
+        else:
+            n = int(text)
+            if n < 1:
+                raise ConfigError(f"--seeds must be >= 1, got {n}")
+            seeds = list(range(n))
+    except ValueError:
+        raise ConfigError(f"--seeds takes a count or a comma list of integers, got {text!r}"
+                          ) from None
+    return seeds
+
+
+def _baseline(plan: list[Any], storage: Any) -> float | None:
+    """The unpruned network's validation top-1 stored with the first study that has it."""
+    import optuna
+
+    for planned in plan:
+        try:
+            attrs = optuna.load_study(study_name=planned.name, storage=storage).user_attrs
+        except KeyError:
+            continue
+        if "baseline_val_top1" in attrs:
+            return float(attrs["baseline_val_top1"])
+    return None
+
+
+def _write_report(comparison: Any, runs: list[Any], out: Path, baseline: float | None,
+                  base: str) -> dict[str, str]:
+    from searchprune.report import to_markdown
+    from searchprune.report.plots import plot_anytime, plot_fronts
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"anytime": "anytime.png"}
+    plot_anytime(comparison, out / files["anytime"], baseline=baseline,
+                 title=f"{base}: anytime performance per sampler")
+    if comparison.objective == "pareto":
+        files["fronts"] = "fronts.png"
+        plot_fronts(runs, out / files["fronts"], title=f"{base}: Pareto fronts per seed")
+    captions = {"anytime curves": files["anytime"], **(
+        {"Pareto fronts": files["fronts"]} if "fronts" in files else {})}
+    (out / "report.md").write_text(to_markdown(comparison, title=f"Sampler comparison: {base}",
+                                               images=captions))
+    data = {**comparison.to_dict(), "baseline_val_top1": baseline,
+            "runs": [{"study": r.name, "sampler": r.sampler, "seed": r.seed,
+                      "curve": r.curve, "points": r.points, "rejected": r.rejected,
+                      "wall_seconds": r.wall_seconds} for r in runs]}
+    (out / "report.json").write_text(json.dumps(jsonable(data), indent=2, allow_nan=False)
+                                     + "\n")
+    files.update(markdown="report.md", json="report.json")
+    return {k: str(out / v) for k, v in files.items()}
+
+
+def _print(comparison: Any, files: dict[str, str]) -> None:
+    from searchprune.report.compare import table_rows
+
+    cols, rows = table_rows(comparison)
+    budget = comparison.budget if comparison.budget is not None else "all"
+    table(f"sampler comparison ({comparison.metric}, budget {budget} evaluated trials)",
+          cols, rows)
+    for kind, path in files.items():
+        console.print(f"{kind}: {path}")

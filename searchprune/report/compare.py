@@ -1,0 +1,302 @@
+"""Sampler comparison: anytime curves and summary numbers from finished studies (no CLI, no plots).
+
+A comparison is a set of studies on one problem that differ only in sampler and seed. Each study
+becomes a :class:`Run` (its evaluated trials in trial-number order, cut at the budget); the
+report aggregates runs per sampler (:func:`compare_runs`):
+
+- the anytime curve: best-so-far validation top-1 after k evaluated (COMPLETE) trials, or, for a
+  Pareto study, the hypervolume of the front so far (accuracy as a fraction, reference point
+  ``(0, 1.0)``: 0 % accuracy at the unpruned FLOPs);
+- final value, mean ± std over seeds (sample std);
+- evaluations needed to reach the reference sampler's (random search's) mean final value, over the
+  seeds that reach it;
+- rejected proposals (out-of-band, never evaluated) and wall time, both up to the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["Comparison", "CurveBand", "Run", "SamplerRow", "best_so_far", "compare_runs",
+           "evals_to_reach", "hypervolume_2d", "hypervolume_curve", "pareto_front",
+           "run_from_study", "to_markdown"]
+
+HV_REFERENCE = (0.0, 1.0)  # (accuracy fraction, FLOPs ratio)
+
+
+# -- one study --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Run:
+    """One study of a comparison, reduced to what the report needs.
+
+    ``points`` are the evaluated trials in trial-number order: ``(top1,)`` for a single-objective
+    study, ``(top1, flops_ratio)`` for a Pareto study (top-1 in percent).
+    """
+
+    name: str
+    sampler: str
+    seed: int
+    points: tuple[tuple[float, ...], ...]
+    rejected: int = 0
+    wall_seconds: float | None = None
+    objective: str = "single"
+
+    @property
+    def curve(self) -> list[float]:
+        """The anytime curve: best-so-far top-1 or hypervolume-so-far, one value per evaluation."""
+        if self.objective == "pareto":
+            return hypervolume_curve([(a, r) for a, r, *_ in self.points])
+        return best_so_far(p[0] for p in self.points)
+
+
+def run_from_study(study: optuna.Study, sampler: str, seed: int,
+                   budget: int | None = None) -> Run:
+    """Reduce a stored study to a :class:`Run`, counting only the trials up to (and including)
+    the ``budget``-th COMPLETE one, so an extended study is compared on the same budget."""
+    from optuna.trial import TrialState
+
+    from searchprune.search.objective import rejected_proposals
+
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    kept, n_complete = [], 0
+    for t in trials:
+        if budget is not None and n_complete >= budget:
+            break
+        kept.append(t)
+        n_complete += t.state == TrialState.COMPLETE
+    pareto = len(study.directions) > 1
+    points = tuple(tuple(float(v) for v in (t.values if pareto else t.values[:1]))
+                   for t in kept if t.state == TrialState.COMPLETE and t.values is not None)
+    return Run(name=study.study_name, sampler=sampler, seed=seed, points=points,
+               rejected=rejected_proposals(kept), wall_seconds=_wall_seconds(kept),
+               objective="pareto" if pareto else "single")
+
+
+def _wall_seconds(trials: Sequence[Any]) -> float | None:
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    if not starts or not ends:
+        return None
+    return (max(ends) - min(starts)).total_seconds()
+
+
+# -- curves and fronts ------------------------------------------------------------------------
+def best_so_far(values: Iterable[float]) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else max(out[-1], v))
+    return out
+
+
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated ``(accuracy, flops_ratio)`` points (maximise the first, minimise the
+    second), sorted by FLOPs ratio."""
+    front: list[tuple[float, float]] = []
+    for a, r in sorted(set(points), key=lambda p: (p[1], -p[0])):
+        if not front or a > front[-1][0]:
+            front.append((a, r))
+    return front
+
+
+def hypervolume_2d(points: Iterable[tuple[float, float]],
+                   reference: tuple[float, float] = HV_REFERENCE, *,
+                   percent: bool = True) -> float:
+    """Area dominated by ``(accuracy, flops_ratio)`` points and bounded by ``reference``
+    (accuracy at least ``reference[0]``, ratio at most ``reference[1]``). With ``percent``,
+    accuracies are in percent and divided by 100, so the area lies in ``[0, 1]``."""
+    scale = 0.01 if percent else 1.0
+    a_ref, r_ref = reference
+    front = [(a * scale, r) for a, r in pareto_front(points)]
+    front = [(a, r) for a, r in front if a > a_ref and r < r_ref]
+    area = 0.0
+    for i, (a, r) in enumerate(front):  # sorted by ratio, accuracy rising: a staircase
+        r_next = front[i + 1][1] if i + 1 < len(front) else r_ref
+        area += (r_next - r) * (a - a_ref)
+    return area
+
+
+def hypervolume_curve(points: Sequence[tuple[float, float]],
+                      reference: tuple[float, float] = HV_REFERENCE) -> list[float]:
+    return [hypervolume_2d(points[: k + 1], reference) for k in range(len(points))]
+
+
+def evals_to_reach(curve: Sequence[float], target: float) -> int | None:
+    """The number of evaluations after which ``curve`` first reaches ``target`` (1-based)."""
+    for k, v in enumerate(curve, start=1):
+        if v >= target - 1e-12:
+            return k
+    return None
+
+
+# -- aggregation ------------------------------------------------------------------------------
+@dataclass
+class CurveBand:
+    """Anytime curve of one sampler over seeds: ``k[i]`` evaluations -> mean/std/min/max over the
+    ``n[i]`` seeds that have at least ``k[i]`` evaluations."""
+
+    k: list[int] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    min: list[float] = field(default_factory=list)
+    max: list[float] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SamplerRow:
+    sampler: str
+    seeds: list[int]
+    evaluated: list[int]
+    finals: list[float]
+    final_mean: float
+    final_std: float
+    reach: list[int | None]
+    reach_mean: float | None
+    reached: int
+    rejected: list[int]
+    rejected_mean: float
+    wall_seconds: list[float | None]
+    wall_mean: float | None
+
+
+@dataclass
+class Comparison:
+    objective: str
+    metric: str
+    reference_sampler: str
+    target: float | None
+    budget: int | None
+    rows: list[SamplerRow]
+    curves: dict[str, CurveBand]
+    studies: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_runs(runs: Sequence[Run], *, reference: str = "random",
+                 budget: int | None = None) -> Comparison:
+    """Aggregate runs per sampler (in first-seen order). The target for "evaluations to reach"
+    is the reference sampler's mean final value (None when it has no runs)."""
+    if not runs:
+        raise ValueError("no runs to compare")
+    objective = runs[0].objective
+    by_sampler: dict[str, list[Run]] = {}
+    for r in runs:
+        by_sampler.setdefault(r.sampler, []).append(r)
+    ref_finals = [r.curve[-1] for r in by_sampler.get(reference, []) if r.curve]
+    target = _mean(ref_finals) if ref_finals else None
+    rows = [_row(s, rs, target) for s, rs in by_sampler.items()]
+    curves = {s: _band([r.curve for r in rs]) for s, rs in by_sampler.items()}
+    metric = "hypervolume" if objective == "pareto" else "best val top-1 (%)"
+    return Comparison(objective, metric, reference, target, budget, rows, curves,
+                      [r.name for r in runs])
+
+
+def _row(sampler: str, runs: list[Run], target: float | None) -> SamplerRow:
+    curves = [r.curve for r in runs]
+    finals = [c[-1] for c in curves if c]
+    reach = [evals_to_reach(c, target) if target is not None else None for c in curves]
+    reached = [k for k in reach if k is not None]
+    walls = [r.wall_seconds for r in runs]
+    known_walls = [w for w in walls if w is not None]
+    return SamplerRow(
+        sampler=sampler, seeds=[r.seed for r in runs], evaluated=[len(c) for c in curves],
+        finals=finals, final_mean=_mean(finals), final_std=_std(finals), reach=reach,
+        reach_mean=_mean(reached) if reached else None, reached=len(reached),
+        rejected=[r.rejected for r in runs], rejected_mean=_mean([r.rejected for r in runs]),
+        wall_seconds=walls, wall_mean=_mean(known_walls) if known_walls else None)
+
+
+def _band(curves: Sequence[Sequence[float]]) -> CurveBand:
+    band = CurveBand()
+    for k in range(1, max((len(c) for c in curves), default=0) + 1):
+        at = [c[k - 1] for c in curves if len(c) >= k]
+        band.k.append(k)
+        band.mean.append(_mean(at))
+        band.std.append(_std(at))
+        band.min.append(min(at))
+        band.max.append(max(at))
+        band.n.append(len(at))
+    return band
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def _std(xs: Sequence[float]) -> float:
+    """Sample standard deviation (0 for a single value)."""
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+# -- text -------------------------------------------------------------------------------------
+def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Column headers and formatted cells of the summary table (Markdown and the terminal)."""
+    fmt = "{:.4f}" if c.objective == "pareto" else "{:.2f}"
+    final = "final HV" if c.objective == "pareto" else "final best %"
+    cols = ["sampler", "seeds", "evaluated", f"{final} (mean ± std)", "per seed",
+            f"evals to reach {c.reference_sampler}", "rejected (mean)", "wall (mean)"]
+    rows = []
+    for r in c.rows:
+        rows.append([
+            r.sampler, str(len(r.seeds)), _span(r.evaluated),
+            f"{fmt.format(r.final_mean)} ± {fmt.format(r.final_std)}",
+            ", ".join(fmt.format(v) for v in r.finals),
+            _reach_text(r, c.target), f"{r.rejected_mean:.1f}",
+            "-" if r.wall_mean is None else _duration(r.wall_mean),
+        ])
+    return cols, rows
+
+
+def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
+                images: Mapping[str, str] | None = None) -> str:
+    """The report as Markdown: what was compared, the table, and the figures."""
+    cols, rows = table_rows(c)
+    target = "-" if c.target is None else (
+        f"{c.target:.4f}" if c.objective == "pareto" else f"{c.target:.2f}%")
+    lines = [
+        f"# {title}", "",
+        f"- objective: {c.objective}; anytime metric and 'final': {c.metric} after the budget",
+        f"- budget: {c.budget if c.budget is not None else 'all'} evaluated (COMPLETE) trials "
+        "per study; the curves follow trial numbers",
+        f"- target for 'evals to reach': {c.reference_sampler}'s mean final value ({target}); "
+        "the mean counts the seeds that reach it (reached/seeds in brackets)",
+        "- rejected proposals: out-of-band configurations that were never evaluated (draws "
+        "rejected inside the random sampler, PRUNED trials of the others)",
+        "- wall time: first trial start to the budget-th evaluation's end (per study)",
+    ]
+    if c.objective == "pareto":
+        lines.append(f"- hypervolume: accuracy as a fraction x FLOPs ratio, reference point "
+                     f"{HV_REFERENCE}")
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for caption, path in (images or {}).items():
+        lines += ["", f"![{caption}]({path})"]
+    lines += ["", "Studies: " + ", ".join(f"`{s}`" for s in c.studies), ""]
+    return "\n".join(lines)
+
+
+def _reach_text(r: SamplerRow, target: float | None) -> str:
+    if target is None:
+        return "-"
+    if r.reach_mean is None:
+        return f"not reached (0/{len(r.seeds)})"
+    return f"{r.reach_mean:.1f} ({r.reached}/{len(r.seeds)})"
+
+
+def _span(xs: Sequence[int]) -> str:
+    return str(xs[0]) if len(set(xs)) == 1 else f"{min(xs)}-{max(xs)}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

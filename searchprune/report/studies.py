@@ -1,0 +1,112 @@
+"""The studies of a sampler comparison: which ones, running them on one shared engine, reading
+them back as :class:`~searchprune.report.compare.Run` records.
+
+Every study solves the identical problem (model, data splits, criterion, band, reconstruction,
+budget); only ``search.sampler``, ``search.seed`` and ``search.study_name`` differ, so the
+per-model work (data, channel groups, scores, calibration features) is done once and the engine
+is shared by all of them. Studies are named ``<base>-<sampler>-s<seed>``; running the comparison
+again finishes or extends the missing ones, and several processes may run it at once against one
+storage (each study stops at its budget of COMPLETE trials across all workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from searchprune.config import apply_overrides
+from searchprune.report.compare import Run, run_from_study
+
+if TYPE_CHECKING:
+    import optuna
+
+    from searchprune.config import Config
+    from searchprune.engine import PruningEngine
+
+__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "PlannedStudy", "load_runs", "plan_comparison",
+           "run_comparison"]
+
+COMPARISON_ATTR = "comparison"
+DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    sampler: str
+    seed: int
+    cfg: Config
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.search.study_name)
+
+
+def plan_comparison(cfg: Config, samplers: Sequence[str], seeds: Sequence[int],
+                    base: str) -> list[PlannedStudy]:
+    """One config per (sampler, seed), seed-major (all samplers of seed 0 first), so a partial
+    run already compares every sampler. Invalid combinations raise ``ConfigError``."""
+    return [PlannedStudy(s, seed, apply_overrides(cfg, {
+        "search.sampler": s, "search.seed": seed, "search.study_name": f"{base}-{s}-s{seed}"}))
+        for seed in seeds for s in samplers]
+
+
+def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,
+                   engine: PruningEngine | None = None, progress: bool = True,
+                   force_config: bool = False,
+                   announce: Callable[[int, PlannedStudy, str], None] | None = None,
+                   engine_factory: Callable[[Config], PruningEngine] | None = None) -> int:
+    """Run or finish every planned study; build the engine (once, with ``engine_factory``,
+    default :func:`searchprune.supernet.engine_for`) only if some study needs trials.
+    ``announce(i, study, status)`` is told ``"done"`` (already complete) or ``"run"``.
+    Returns the number of engines built (0 or 1)."""
+    from searchprune.search import run_study
+
+    built = 0
+    for i, planned in enumerate(plan):
+        complete = _is_complete(planned, storage)
+        if announce is not None:
+            announce(i, planned, "done" if complete else "run")
+        if engine is None and not complete:
+            if engine_factory is None:
+                from searchprune.supernet import engine_for
+
+                engine = engine_for(planned.cfg, progress=progress)
+            else:
+                engine = engine_factory(planned.cfg)
+            built += 1
+        study = run_study(planned.cfg, engine=None if complete else engine, progress=progress,
+                          force_config=force_config, storage=storage)
+        tag = {"sampler": planned.sampler, "seed": planned.seed}
+        if study.user_attrs.get(COMPARISON_ATTR) != tag:
+            study.set_user_attr(COMPARISON_ATTR, tag)
+    return built
+
+
+def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage) -> bool:
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=planned.name, storage=storage)
+    except KeyError:
+        return False
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return len(done) >= planned.cfg.search.n_trials
+
+
+def load_runs(plan: Sequence[PlannedStudy], storage: optuna.storages.BaseStorage,
+              budget: int | None) -> tuple[list[Run], list[str]]:
+    """The stored studies as runs cut at ``budget``, and the names of those not found."""
+    import optuna
+
+    runs: list[Run] = []
+    missing: list[str] = []
+    for planned in plan:
+        try:
+            study: Any = optuna.load_study(study_name=planned.name, storage=storage)
+        except KeyError:
+            missing.append(planned.name)
+            continue
+        runs.append(run_from_study(study, planned.sampler, planned.seed, budget))
+    return runs, missing
