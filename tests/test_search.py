@@ -310,3 +310,32 @@ def test_real_engine_digits_default(tmp_path):
     assert len(complete) == 2
     assert all(0.0 <= t.value <= 100.0 for t in complete)
     assert all(abs(t.user_attrs["flops_ratio"] - 0.5) <= TOL for t in complete)
+
+
+# -- early stopping ---------------------------------------------------------------------------
+class ChunkedEngine(FakeEngine):
+    """Reports accuracy after each of 10 chunks, as the real engine does."""
+
+    def evaluate(self, widths, split="val", on_chunk=None) -> FakeResult:
+        result = super().evaluate(widths, split)
+        for seen in range(100, 1001, 100):
+            if on_chunk is not None and seen < 1000 and on_chunk(seen, result.top1):
+                result.stopped_early, result.images = True, seen
+                return result
+        result.stopped_early, result.images = False, 1000
+        return result
+
+
+def test_median_pruner_stops_weak_candidates_and_they_count_toward_the_budget(tmp_path):
+    from searchprune.search.budget import n_evaluated
+
+    study = run(make_cfg(tmp_path, n_trials=16, **{"search.pruner": "median"}),
+                engine=ChunkedEngine())
+    stopped = [t for t in study.trials if t.user_attrs.get("stopped_early")]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert stopped, "a median pruner over 16 candidates stops some of them"
+    assert all(t.state == TrialState.PRUNED and "partial_top1" in t.user_attrs for t in stopped)
+    assert n_evaluated(study) == len(complete) + len(stopped) == 16
+    # a stopped candidate was worse than the median of the earlier ones at its step
+    best = max(t.value for t in complete)
+    assert all(t.user_attrs["partial_top1"] < best for t in stopped)

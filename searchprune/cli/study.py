@@ -115,9 +115,9 @@ def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
 
 
 def _n_complete(study: Any) -> int:
-    from optuna.trial import TrialState
+    from searchprune.search.budget import n_evaluated
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return n_evaluated(study)
 
 
 def _study_name(cfg: Any) -> str:

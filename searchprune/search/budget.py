@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-__all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "study_lock"]
+__all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "StopAtBudget", "counts_toward_budget",
+           "n_evaluated", "study_lock"]
 
 CLAIM_ATTR = "budget_claim"
 REFUSED_ATTR = "refused"
@@ -126,13 +127,36 @@ class Budget:
     def count(study: optuna.Study, exclude: int | None = None) -> tuple[int, int]:
         """COMPLETE trials and RUNNING trials (other than ``exclude``) that hold a claim."""
         complete = claimed = 0
-        for t in study.get_trials(deepcopy=False,
-                                  states=(TrialState.COMPLETE, TrialState.RUNNING)):
-            if t.state == TrialState.COMPLETE:
+        for t in study.get_trials(deepcopy=False, states=(
+                TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+            if counts_toward_budget(t):
                 complete += 1
             elif t.number != exclude and t.user_attrs.get(CLAIM_ATTR) == t.number:
                 claimed += 1
         return complete, claimed
+
+
+def counts_toward_budget(t: FrozenTrial) -> bool:
+    """An evaluated candidate: COMPLETE, or stopped early by the pruner after a partial
+    evaluation (so early stopping saves evaluations instead of buying extra candidates)."""
+    return t.state == TrialState.COMPLETE or (
+        t.state == TrialState.PRUNED and bool(t.user_attrs.get("stopped_early")))
+
+
+def n_evaluated(study: optuna.Study) -> int:
+    return sum(counts_toward_budget(t) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class StopAtBudget:
+    """Study callback: stop this worker once the study holds ``n_trials`` evaluated trials."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if n_evaluated(study) >= self.n_trials:
+            study.stop()
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.config import Config, config_to_dict
 from searchprune.errors import BandError, StudyConfigMismatch
 from searchprune.search._interrupt import InterruptGuard, Interrupted, StudyInterrupted
 from searchprune.search.band import Band
-from searchprune.search.budget import Budget, Lock, study_lock
+from searchprune.search.budget import Budget, Lock, StopAtBudget, n_evaluated, study_lock
 from searchprune.search.callbacks import (
     ProgressCallback,
     RecordRejections,
@@ -229,7 +228,8 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
 
 
 def _n_complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    """Evaluated trials: COMPLETE, plus those the pruner stopped early (see budget.py)."""
+    return n_evaluated(study)
 
 
 def _sampler(cfg: Config, engine: PruningEngine, n_existing: int,
@@ -293,7 +293,7 @@ def _optimize(study: optuna.Study, cfg: Config, engine: PruningEngine, progress:
             # CMA-ES warns that it ignores constraints: by design, the objective projects.
             warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
             study.optimize(objective, n_trials=None, callbacks=[
-                StopOnSignal(guard), MaxTrialsCallback(target, states=(TrialState.COMPLETE,)),
+                StopOnSignal(guard), StopAtBudget(target),
                 RecordRejections(), StopOnFailures(), bar, *callbacks,
             ])
     finally:
