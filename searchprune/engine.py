@@ -19,7 +19,7 @@ from torch import nn
 from searchprune.config import Config
 from searchprune.space import Cost, SearchSpace
 
-__all__ = ["EvalResult", "PruningEngine", "resolve_device"]
+__all__ = ["EvalResult", "PruningEngine", "SearchSpaceView", "resolve_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +44,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class PruningEngine:
+class SearchSpaceView:
+    """The search-space side every engine shares (expects ``self.space`` and ``self.cfg``):
+    prunable groups, keep-ratio -> width, analytic cost and reachable FLOPs ratios."""
+
+    space: SearchSpace
+    cfg: Config
+
+    @property
+    def groups(self):
+        """The prunable channel groups, in a stable order (their names are the trial params)."""
+        return self.space.prunable
+
+    @property
+    def base_cost(self) -> Cost:
+        return self.space.base_cost
+
+    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        return self.space.widths(ratios)
+
+    def cost(self, widths: Mapping[str, int]) -> Cost:
+        return self.space.cost(widths)
+
+    def flops_ratio(self, widths: Mapping[str, int]) -> float:
+        return self.space.cost(widths).flops / self.space.base_cost.flops
+
+    def ratio_range(self, eta: float | None = None) -> tuple[float, float]:
+        """FLOPs ratio of the all-``eta`` configuration and of the unpruned one (1.0)."""
+        eta = self.cfg.pruning.eta if eta is None else eta
+        return self.flops_ratio(self.widths({g.name: eta for g in self.groups})), 1.0
+
+
+class PruningEngine(SearchSpaceView):
     """Prepared pruning problem for one model, dataset and criterion."""
 
     def __init__(self, cfg: Config, model: nn.Module, data, *, device: torch.device | None = None,
@@ -88,31 +119,6 @@ class PruningEngine:
         from searchprune.criteria import cached_scores
 
         return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
-
-    # -- the search space -------------------------------------------------------------------
-    @property
-    def groups(self):
-        """The prunable channel groups, in a stable order (their names are the trial params)."""
-        return self.space.prunable
-
-    @property
-    def base_cost(self) -> Cost:
-        return self.space.base_cost
-
-    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
-        return self.space.widths(ratios)
-
-    def cost(self, widths: Mapping[str, int]) -> Cost:
-        return self.space.cost(widths)
-
-    def flops_ratio(self, widths: Mapping[str, int]) -> float:
-        return self.space.cost(widths).flops / self.space.base_cost.flops
-
-    def ratio_range(self, eta: float | None = None) -> tuple[float, float]:
-        """FLOPs ratio of the all-``eta`` configuration and of the unpruned one (1.0)."""
-        eta = self.cfg.pruning.eta if eta is None else eta
-        low = self.space.widths({g.name: eta for g in self.groups})
-        return self.flops_ratio(low), 1.0
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, reconstruct: bool | None = None,

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from searchprune.config import Config
-from searchprune.engine import EvalResult, resolve_device
+from searchprune.engine import EvalResult, SearchSpaceView, resolve_device
 from searchprune.errors import CheckpointError, ConfigError
-from searchprune.space import Cost, SearchSpace
+from searchprune.space import SearchSpace
 from searchprune.supernet._bn import recalibrate_bn
 from searchprune.supernet._masking import MaskedSupernet
 from searchprune.supernet._training import build_scratch_model, build_space, default_checkpoint
@@ -50,7 +50,7 @@ def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:  # noqa: AN
     return torch.stack([train[int(i)][0] for i in order])
 
 
-class SupernetEngine:
+class SupernetEngine(SearchSpaceView):
     """A trained supernet, its channel groups, allowed widths and BN-calibration images."""
 
     def __init__(self, cfg: Config, model: nn.Module, data, *,  # noqa: ANN001
@@ -91,29 +91,10 @@ class SupernetEngine:
         _warn_if_unfinished(path, cfg)
         return cls(cfg, model, data)
 
-    # -- the search space (PruningEngine's interface) -----------------------------------------
-    @property
-    def groups(self):  # noqa: ANN201
-        return self.space.prunable
-
-    @property
-    def base_cost(self) -> Cost:
-        return self.space.base_cost
-
+    # -- the search space: SearchSpaceView, with widths snapped to the allowed set ------------
     def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
         """The allowed width nearest to ``ratio * channels`` per group."""
         return self.choices.nearest(ratios)
-
-    def cost(self, widths: Mapping[str, int]) -> Cost:
-        return self.space.cost(widths)
-
-    def flops_ratio(self, widths: Mapping[str, int]) -> float:
-        return self.space.cost(widths).flops / self.space.base_cost.flops
-
-    def ratio_range(self, eta: float | None = None) -> tuple[float, float]:
-        """FLOPs ratio of the all-``eta`` configuration (at least the smallest widths) and 1."""
-        eta = self.cfg.pruning.eta if eta is None else eta
-        return self.flops_ratio(self.widths({g.name: eta for g in self.groups})), 1.0
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, calibrate: bool = True,
