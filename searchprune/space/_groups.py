@@ -138,7 +138,10 @@ def _make_group(model, members, channels, feeds_classifier, prune_classifier_inp
     ]
     residual = len(producers) > 1
     if residual:
-        top = Counter(p.split(".")[0] for p in producers).most_common(1)[0][0]
+        tops = [p.split(".")[0] for p in producers]
+        # the stage most producers belong to; a tie (a stem plus one block) goes to the later one
+        top = max(set(tops), key=lambda t: (tops.count(t), max(i for i, x in enumerate(tops)
+                                                              if x == t)))
         name = f"{top}.residual"
     else:
         name = producers[0] if producers else members[0].module
