@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_and_changes_nothing(env, capsys, monkeypatch, con
 def test_bad_input_as_a_subprocess(env, config, flags, code):
     proc = subprocess.run([sys.executable, "-m", "searchprune.cli.main", "study", "run",
                            str(env / config), *flags], cwd=env, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert proc.returncode == code
     one_line_error(proc)
 

@@ -20,7 +20,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     env.pop("SEARCHPRUNE_STORAGE", None)
     return subprocess.run([sys.executable, "-m", "searchprune.cli.main", *args], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=900)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

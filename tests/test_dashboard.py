@@ -53,7 +53,7 @@ def render(browser: str, url: str, profile: Path) -> str:
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
          "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 

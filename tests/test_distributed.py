@@ -92,7 +92,7 @@ def states(ts) -> dict[str, int]:
 
 def test_two_workers_stop_at_exactly_n_trials(storage, study_name, config):
     proc = start(config, study_name, 8, "--workers", "2", delay=0.1)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     ts = trials(storage, study_name)
     complete = [t for t in ts if t.state == TrialState.COMPLETE]
