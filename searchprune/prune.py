@@ -61,16 +61,7 @@ def _slice(name: str, mod: nn.Module, k: ModuleKeep) -> None:
     if isinstance(mod, nn.Conv2d):
         _slice_conv(name, mod, k)
     elif isinstance(mod, nn.Linear):
-        w = mod.weight
-        if k.out is not None:
-            w = w[k.out]
-            if mod.bias is not None:
-                mod.bias = _param(mod.bias[k.out])
-            mod.out_features = int(k.out.numel())
-        if k.inp is not None:
-            w = w[:, k.inp]
-            mod.in_features = int(k.inp.numel())
-        mod.weight = _param(w)
+        _slice_dense(mod, k, "in_features", "out_features")
     elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
         sel = k.out if k.out is not None else k.inp
         if mod.affine:
@@ -96,13 +87,18 @@ def _slice_conv(name: str, mod: nn.Conv2d, k: ModuleKeep) -> None:
         return
     if mod.groups != 1:
         raise NotImplementedError(f"cannot prune grouped conv {name} (groups={mod.groups})")
+    _slice_dense(mod, k, "in_channels", "out_channels")
+
+
+def _slice_dense(mod: nn.Conv2d | nn.Linear, k: ModuleKeep, in_attr: str, out_attr: str) -> None:
+    """Rows (outputs) and columns (inputs) of a conv or linear weight, and its bias."""
     w = mod.weight
     if k.out is not None:
         w = w[k.out]
         if mod.bias is not None:
             mod.bias = _param(mod.bias[k.out])
-        mod.out_channels = int(k.out.numel())
+        setattr(mod, out_attr, int(k.out.numel()))
     if k.inp is not None:
         w = w[:, k.inp]
-        mod.in_channels = int(k.inp.numel())
+        setattr(mod, in_attr, int(k.inp.numel()))
     mod.weight = _param(w)
