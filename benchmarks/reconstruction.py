@@ -19,6 +19,7 @@ import torch
 
 from searchprune.config import load_config
 from searchprune.engine import PruningEngine
+from searchprune.export import measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,17 +30,6 @@ def _band_sample(engine: PruningEngine, gamma: float, tol: float, eta: float, rn
         widths = engine.widths(ratios)
         if abs(engine.flops_ratio(widths) - gamma) <= tol:
             return widths
-
-
-def _forward_ms(model, x, repeats=5) -> float:
-    with torch.inference_mode():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -78,7 +68,8 @@ def main() -> None:
           f"with LS: {statistics.mean(r[1] for r in rows):.2f}%")
     x = engine.data.val.x[:256]
     pruned = engine.build(widths)
-    t_orig, t_pruned = _forward_ms(engine.model, x), _forward_ms(pruned, x)
+    t_orig = measure_latency(engine.model, tuple(x.shape), len(x), repeats=5)
+    t_pruned = measure_latency(pruned, tuple(x.shape), len(x), repeats=5)
     print(f"forward of 256 images: original {t_orig:.1f} ms, pruned {t_pruned:.1f} ms "
           f"(time ratio {t_pruned / t_orig:.2f}, FLOPs ratio {engine.flops_ratio(widths):.2f})")
 

@@ -12,7 +12,6 @@ pruners cannot stop multi-objective trials, so ``search.pruner`` must be ``none`
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from searchprune.search.band import Band
 from searchprune.search.callbacks import ProgressCallback, RecordRejections, StopOnFailures
 from searchprune.search.objective import Counters, _record_cost, rejected_proposals
 from searchprune.search.runner import (
-    CONFIG_ATTR,
+    _describe,
     _n_complete,
     derive_study_name,
     preflight,
@@ -108,36 +107,13 @@ def run_pareto_study(cfg: Config, *, engine: PruningEngine | None = None, progre
                          in_band=lambda ratios: band.contains_ratios(engine, ratios),
                          seed=cfg.search.seed, n_existing=len(study.get_trials(deepcopy=False)))
     study.sampler = make_sampler(cfg.search.sampler, ctx)
-    _describe(study, cfg, config, engine)
+    _describe(study, cfg, config, engine, METRIC_NAMES, note=_save_note)
     with _ParetoProgress(cfg.search.n_trials, enabled=progress) as bar:
         study.optimize(make_pareto_objective(engine, cfg), n_trials=None, callbacks=[
             MaxTrialsCallback(cfg.search.n_trials, states=(TrialState.COMPLETE,)),
             RecordRejections(), StopOnFailures(), bar, *callbacks,
         ])
     return study
-
-
-def _describe(study: optuna.Study, cfg: Config, config: dict[str, Any],
-              engine: PruningEngine) -> None:
-    """The same study user attrs as a single-objective study, two metric names, a note."""
-    attrs = study.user_attrs
-    if attrs.get(CONFIG_ATTR) != config:
-        study.set_user_attr(CONFIG_ATTR, config)
-        _save_note(study, cfg, engine)
-    if "baseline_val_top1" not in attrs:
-        top1, top5 = engine.evaluate_baseline("val")
-        base = engine.base_cost
-        for key, value in {
-            "baseline_val_top1": float(top1), "baseline_val_top5": float(top5),
-            "base_cost": {"flops": int(base.flops), "macs": int(base.macs),
-                          "params": int(base.params)},
-            "groups": {g.name: int(g.channels) for g in engine.groups},
-            "engine_seconds": {k: float(v) for k, v in engine.seconds.items()},
-        }.items():
-            study.set_user_attr(key, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(METRIC_NAMES))
 
 
 def _check_range(cfg: Config, engine: PruningEngine, band: Band) -> None:

@@ -242,24 +242,27 @@ def _sampler(cfg: Config, engine: PruningEngine, n_existing: int,
 
 
 def _describe(study: optuna.Study, cfg: Config, config: dict[str, Any],
-              engine: PruningEngine) -> None:
-    """Study user attrs (config, baseline, base cost), metric name and a dashboard note."""
+              engine: PruningEngine, metric_names: Sequence[str] = ("val_top1",),
+              note: Callable[..., None] | None = None) -> None:
+    """Study user attrs (config, baseline, base cost), metric names and a dashboard note."""
     attrs = study.user_attrs
     if attrs.get(CONFIG_ATTR) != config:
         study.set_user_attr(CONFIG_ATTR, config)
-        _save_note(study, cfg, engine)
+        (note or _save_note)(study, cfg, engine)
     if "baseline_val_top1" not in attrs:
         top1, top5 = engine.evaluate_baseline("val")
-        study.set_user_attr("baseline_val_top1", float(top1))
-        study.set_user_attr("baseline_val_top5", float(top5))
         base = engine.base_cost
-        study.set_user_attr("base_cost", {"flops": int(base.flops), "macs": int(base.macs),
-                                          "params": int(base.params)})
-        study.set_user_attr("groups", {g.name: int(g.channels) for g in engine.groups})
-        study.set_user_attr("engine_seconds", {k: float(v) for k, v in engine.seconds.items()})
+        for key, value in {
+            "baseline_val_top1": float(top1), "baseline_val_top5": float(top5),
+            "base_cost": {"flops": int(base.flops), "macs": int(base.macs),
+                          "params": int(base.params)},
+            "groups": {g.name: int(g.channels) for g in engine.groups},
+            "engine_seconds": {k: float(v) for k, v in engine.seconds.items()},
+        }.items():
+            study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_top1"])
+        study.set_metric_names(list(metric_names))
 
 
 def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
