@@ -19,7 +19,6 @@ import argparse
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,7 @@ from searchprune.supernet import (
 from searchprune.train import accuracy, fit
 
 
-def val_nll(model: torch.nn.Module, split) -> float:  # noqa: ANN001
+def val_nll(model: torch.nn.Module, split) -> float:
     model.eval()
     with torch.no_grad():
         return float(F.cross_entropy(model(split.x), split.y))
@@ -57,7 +56,7 @@ def train_alone(engine: SupernetEngine, widths: dict[str, int], epochs: int, see
 def uniform_like(engine: SupernetEngine, target: float) -> dict[str, int]:
     """All groups at one keep-ratio, the FLOPs ratio closest to ``target``."""
     best, err = None, float("inf")
-    for i in range(0, 1001):
+    for i in range(1001):
         r = 0.2 + 0.8 * i / 1000
         w = engine.widths({g.name: r for g in engine.groups})
         e = abs(engine.flops_ratio(w) - target)

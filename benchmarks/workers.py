@@ -61,7 +61,8 @@ def check(name: str, trials: int) -> str:
 
 
 def load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def speed(args: argparse.Namespace, folder: Path) -> None:

@@ -27,10 +27,10 @@ __all__ = [
     "ReconstructionConfig",
     "SearchConfig",
     "SupernetConfig",
-    "load_config",
+    "apply_overrides",
     "config_from_dict",
     "config_to_dict",
-    "apply_overrides",
+    "load_config",
 ]
 
 SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")

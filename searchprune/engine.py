@@ -109,7 +109,6 @@ class PruningEngine(SearchSpaceView):
     def from_config(cls, cfg: Config, *, progress: bool = False) -> PruningEngine:
         """Load data and model as the config says and prepare everything done once per study."""
         from searchprune.data import load_data
-        from searchprune.models import build_model
 
         data = load_data(cfg.data)
         model = _load_model(cfg, data, progress=progress)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 __all__ = [
-    "SearchpruneError",
-    "ConfigError",
-    "ModelError",
-    "CheckpointError",
-    "DataError",
-    "StorageError",
     "BandError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "SearchpruneError",
+    "StorageError",
     "StudyConfigMismatch",
 ]
 

@@ -26,7 +26,7 @@ from searchprune.evaluate import evaluate
 if TYPE_CHECKING:
     from searchprune.data import Split
 
-__all__ = ["fit", "accuracy", "LossFn"]
+__all__ = ["LossFn", "accuracy", "fit"]
 
 _log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_search import FakeEngine  # noqa: E402
+from test_search import FakeEngine
 
-import searchprune.cli._workers as workers  # noqa: E402
-import searchprune.search.runner as runner  # noqa: E402
-from searchprune.cli.main import main  # noqa: E402
+import searchprune.cli._workers as workers
+from searchprune.cli.main import main
+from searchprune.search import runner
 
 
 class SlowEngine(FakeEngine):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from searchprune.criteria import cached_scores, compute_scores, get_criterion
 from searchprune.criteria import _base as base
+from searchprune.criteria import cached_scores, compute_scores, get_criterion
 from searchprune.data import Split
 from searchprune.models import CifarResNet
 from searchprune.prune import prune_model

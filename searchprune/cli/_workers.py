@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from searchprune.config import Config
 

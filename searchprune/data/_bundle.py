@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from searchprune.data._images import RawImages
 
-__all__ = ["Split", "DataBundle", "Normalise", "TrainSet"]
+__all__ = ["DataBundle", "Normalise", "Split", "TrainSet"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from searchprune.data._cache import default_cache_dir
 from searchprune.data._images import ArrayImages, FileImages, RawImages
 from searchprune.errors import DataError
 
-__all__ = ["Source", "LOADERS", "IMAGENET_MEAN", "IMAGENET_STD", "DIGITS_TEST_SIZE"]
+__all__ = ["DIGITS_TEST_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "LOADERS", "Source"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -18,7 +18,7 @@ __all__ = ["LISTED_RESNET_DEPTHS"]
 LISTED_RESNET_DEPTHS = (20, 32, 44, 56, 110)
 
 
-def cifar_resnet_builder(depth: int):  # noqa: ANN201 - returns a Builder
+def cifar_resnet_builder(depth: int):
     def build(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
         return CifarResNet(depth, num_classes, cfg.shortcut, in_channels)
 

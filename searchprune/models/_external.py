@@ -12,7 +12,7 @@ from torch import nn
 
 from searchprune.errors import ModelError
 
-__all__ = ["torchvision_names", "build_torchvision", "build_from_factory"]
+__all__ = ["build_from_factory", "build_torchvision", "torchvision_names"]
 
 
 @lru_cache(maxsize=1)

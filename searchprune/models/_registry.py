@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from searchprune.config import ModelConfig
 
-__all__ = ["Builder", "register_model", "list_models", "get_builder"]
+__all__ = ["Builder", "get_builder", "list_models", "register_model"]
 
 # builder(cfg, num_classes, in_channels) -> model (random init; build_model loads checkpoints)
 Builder = Callable[["ModelConfig", int, int], "nn.Module"]

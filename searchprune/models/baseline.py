@@ -20,7 +20,7 @@ from searchprune.models import build_model, load_checkpoint
 if TYPE_CHECKING:
     from searchprune.data import DataBundle
 
-__all__ = ["digits_baseline", "DIGITS_RECIPE"]
+__all__ = ["DIGITS_RECIPE", "digits_baseline"]
 
 _log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from searchprune.models._layers import IndexShortcut
 
-__all__ = ["BasicBlock", "CifarResNet", "SHORTCUTS"]
+__all__ = ["SHORTCUTS", "BasicBlock", "CifarResNet"]
 
 SHORTCUTS = ("pad", "projection")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from searchprune.search._band_random import BandRandomSampler
+from searchprune.search._interrupt import StudyInterrupted
 from searchprune.search.band import Band, project_to_band
+from searchprune.search.budget import Budget
 from searchprune.search.callbacks import (
     ProgressCallback,
     RecordRejections,
@@ -11,8 +13,6 @@ from searchprune.search.callbacks import (
     StopOnSignal,
 )
 from searchprune.search.objective import Counters, make_objective, make_pruner, rejected_proposals
-from searchprune.search._interrupt import StudyInterrupted
-from searchprune.search.budget import Budget
 from searchprune.search.runner import (
     check_band,
     config_diff,
@@ -34,10 +34,10 @@ __all__ = [
     "Budget",
     "Counters",
     "ProgressCallback",
-    "StudyInterrupted",
     "RecordRejections",
     "StopOnFailures",
     "StopOnSignal",
+    "StudyInterrupted",
     "available_samplers",
     "check_band",
     "config_diff",

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BandRandomSampler", "REJECTED_DRAWS_ATTR"]
+__all__ = ["REJECTED_DRAWS_ATTR", "BandRandomSampler"]
 
 REJECTED_DRAWS_ATTR = "rejected_draws"
 _log = logging.getLogger(__name__)

@@ -24,8 +24,9 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -38,7 +39,7 @@ __all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "StopAtBudget", "counts_towar
 
 CLAIM_ATTR = "budget_claim"
 REFUSED_ATTR = "refused"
-Lock = Callable[[], ContextManager[None]]
+Lock = Callable[[], AbstractContextManager[None]]
 _THREAD_LOCK = threading.Lock()
 
 

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
 
     from searchprune.search._interrupt import InterruptGuard
 
-__all__ = ["ProgressCallback", "RecordRejections", "StopOnFailures", "StopOnSignal",
-           "REJECTED_PROPOSALS_ATTR"]
+__all__ = [
+    "REJECTED_PROPOSALS_ATTR",
+    "ProgressCallback",
+    "RecordRejections",
+    "StopOnFailures",
+    "StopOnSignal",
+]
 
 REJECTED_PROPOSALS_ATTR = "rejected_proposals"
 

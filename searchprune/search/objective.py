@@ -25,8 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from searchprune.errors import ConfigError
 from searchprune.search._band_random import REJECTED_DRAWS_ATTR
 from searchprune.search._interrupt import InterruptGuard, signal_name
-from searchprune.search.budget import REFUSED_ATTR, Budget
 from searchprune.search.band import Band, project_to_band
+from searchprune.search.budget import REFUSED_ATTR, Budget
 from searchprune.search.samplers import sampler_spec
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.config import Config, config_to_dict
 from searchprune.errors import BandError, StudyConfigMismatch
-from searchprune.search._interrupt import InterruptGuard, Interrupted, StudyInterrupted
+from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search.band import Band
 from searchprune.search.budget import Budget, Lock, StopAtBudget, n_evaluated, study_lock
 from searchprune.search.callbacks import (

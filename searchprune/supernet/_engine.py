@@ -42,7 +42,7 @@ def check_supernet_config(cfg: Config) -> None:
                           "supernet.bn_calib_images >= 2")
 
 
-def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:  # noqa: ANN001
+def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` training images (no augmentation), a seeded random sample, stacked in memory."""
     train = data.train_set(augment=False)
     n = min(n, len(train))
@@ -53,7 +53,7 @@ def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:  # noqa: AN
 class SupernetEngine(SearchSpaceView):
     """A trained supernet, its channel groups, allowed widths and BN-calibration images."""
 
-    def __init__(self, cfg: Config, model: nn.Module, data, *,  # noqa: ANN001
+    def __init__(self, cfg: Config, model: nn.Module, data, *,
                  device: torch.device | None = None, space: SearchSpace | None = None) -> None:
         check_supernet_config(cfg)
         self.cfg = cfg

@@ -70,7 +70,7 @@ class MaskedSupernet:
             mod = self.model.get_submodule(name)
             self._handles.append(mod.register_forward_pre_hook(self._hook(name)))
 
-    def _hook(self, name: str):  # noqa: ANN202 - a forward pre-hook
+    def _hook(self, name: str):
         def apply(module: nn.Module, args: tuple) -> tuple | None:
             mask = self._masks.get(name)
             if mask is None:

@@ -108,7 +108,7 @@ class SupernetLoss:
         return dict(self.last)
 
 
-class _frozen_running_stats:  # noqa: N801 - used as a context manager
+class _frozen_running_stats:
     """BN layers keep normalising with batch statistics but stop updating running ones."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -181,9 +181,8 @@ def train_supernet(cfg: Config, *, data: DataBundle | None = None, epochs: int |
     """
     from searchprune.data import load_data
     from searchprune.engine import resolve_device
-    from searchprune.train import fit
-
     from searchprune.supernet._engine import check_supernet_config
+    from searchprune.train import fit
 
     check_supernet_config(cfg)
     s = cfg.supernet
