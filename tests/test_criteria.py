@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from _nets import randomize_bn
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -33,21 +34,9 @@ class FakeData:
         return self._train
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def _resnet(shortcut: str, images: int = 12, hw: int = 8, seed: int = 0, widths=(16, 32, 64)):
     torch.manual_seed(seed)
-    model = _randomize_bn(CifarResNet(8, 10, shortcut, in_channels=3, widths=widths), seed)
+    model = randomize_bn(CifarResNet(8, 10, shortcut, in_channels=3, widths=widths), seed)
     x = torch.randn(images, 3, hw, hw)
     y = torch.randint(0, 10, (images,))
     return model, SearchSpace.from_model(model, x[:1]), FakeData(x, y)
@@ -235,7 +224,7 @@ class _Tiny(nn.Module):
 @pytest.mark.parametrize("relu,stride", [(True, 1), (False, 2)])
 def test_es_matches_a_brute_force_loop(relu, stride):
     torch.manual_seed(2)
-    net = _randomize_bn(_Tiny(relu, stride))
+    net = randomize_bn(_Tiny(relu, stride))
     x = torch.randn(2, 2, 5, 5)
     g0 = _group(("conv0", "out", [0, 1, 2]), ("bn0", "out", [0, 1, 2]), ("conv1", "in", [0, 1, 2]))
     g1 = ChannelGroup("h", 4, (Member("conv1", "out", (0, 1, 2, 3), (0, 1, 2, 3)),

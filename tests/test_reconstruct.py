@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _nets import randomize_bn
 from torch import nn
 
 from searchprune.config import ReconstructionConfig
@@ -14,22 +15,10 @@ from searchprune.reconstruct import Reconstructor, find_residual_blocks, merge_a
 from searchprune.space import SearchSpace
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def test_merge_equals_explicit_channel_mixing():
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(5, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6)
-    _randomize_bn(nn.Sequential(bn))
+    randomize_bn(nn.Sequential(bn))
     x = torch.randn(3, 5, 8, 8)
     X, c = torch.randn(6, 6), torch.randn(6)
     with torch.no_grad():
@@ -41,7 +30,7 @@ def test_merge_equals_explicit_channel_mixing():
 
 def test_merge_diagonal_for_depthwise():
     conv, bn = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4)
-    _randomize_bn(nn.Sequential(bn))
+    randomize_bn(nn.Sequential(bn))
     x = torch.randn(2, 4, 6, 6)
     a, c = torch.rand(4) + 0.5, torch.randn(4)
     with torch.no_grad():
@@ -52,7 +41,7 @@ def test_merge_diagonal_for_depthwise():
 
 @pytest.mark.parametrize("shortcut", ["pad", "projection"])
 def test_nothing_pruned_leaves_the_network_unchanged(shortcut):
-    model = _randomize_bn(CifarResNet(8, 10, shortcut))
+    model = randomize_bn(CifarResNet(8, 10, shortcut))
     x = torch.randn(32, 3, 16, 16)
     space = SearchSpace.from_model(model, x[:1])
     rec = Reconstructor(model, space, x, ReconstructionConfig(positions_per_image=16))
@@ -65,7 +54,7 @@ def test_nothing_pruned_leaves_the_network_unchanged(shortcut):
 @pytest.mark.parametrize("shortcut", ["pad", "projection"])
 def test_reconstruction_brings_pruned_features_closer_to_the_original(shortcut):
     torch.manual_seed(0)
-    model = _randomize_bn(CifarResNet(14, 10, shortcut))
+    model = randomize_bn(CifarResNet(14, 10, shortcut))
     x = torch.randn(128, 3, 16, 16)
     space = SearchSpace.from_model(model, x[:1])
     scores = compute_scores("l1", model, space)
@@ -94,7 +83,7 @@ def test_residual_blocks_found_with_their_shortcut_kind():
 
 
 def test_nan_features_fail_with_a_reason():
-    model = _randomize_bn(CifarResNet(8, 10, "pad"))
+    model = randomize_bn(CifarResNet(8, 10, "pad"))
     x = torch.randn(16, 3, 16, 16)
     space = SearchSpace.from_model(model, x[:1])
     rec = Reconstructor(model, space, x, ReconstructionConfig(positions_per_image=8))
