@@ -64,6 +64,7 @@ class DataConfig:
     val_size: int = 400
     val_from: str = "train"
     test_size: int | None = None
+    train_size: int | None = None
     image_size: int | None = None
     seed: int = 0
     batch_size: int = 256

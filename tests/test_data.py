@@ -61,6 +61,17 @@ def test_val_from_test_halves_test() -> None:
     assert not set(idx.val.tolist()) & set(idx.test.tolist())
 
 
+def test_train_size_is_a_seeded_subset_holding_calib() -> None:
+    full = draw_splits(1497, 300, calib_size=64, val_size=400, seed=3)
+    sub = draw_splits(1497, 300, calib_size=64, val_size=400, train_size=200, seed=3)
+    assert sub.train.numel() == 200 and torch.equal(sub.val, full.val)
+    assert set(sub.calib.tolist()) <= set(sub.train.tolist())
+    assert set(sub.train.tolist()) <= set(full.train.tolist())
+    assert load_data(DataConfig(train_size=600)).train_size == 600
+    with pytest.raises(DataError, match="calib_size 64 exceeds the 50"):
+        draw_splits(1497, 300, calib_size=64, val_size=400, train_size=50)
+
+
 def test_sizes_that_do_not_fit() -> None:
     with pytest.raises(DataError, match="calib_size 5000"):
         load_data(DataConfig(calib_size=5000))

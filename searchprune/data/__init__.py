@@ -73,6 +73,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
         val_size=cfg.val_size,
         val_from=cfg.val_from,
         test_size=cfg.test_size,
+        train_size=cfg.train_size,
         seed=cfg.seed,
     )
     mean, std = _stats(source, idx.train)

@@ -31,6 +31,7 @@ def draw_splits(
     val_size: int,
     val_from: str = "train",
     test_size: int | None = None,
+    train_size: int | None = None,
     seed: int = 0,
 ) -> SplitIndices:
     """Draw the splits from one seeded generator; the same arguments give the same indices.
@@ -38,7 +39,8 @@ def draw_splits(
     ``val_from="train"``: ``val`` is a hold-out of ``val_size`` training images and ``train``
     is the rest. ``val_from="test"``: the test set is halved at random, ``val`` takes up to
     ``val_size`` images of the first half and ``test`` is the second half. ``calib`` is the
-    first ``calib_size`` images of the (shuffled) ``train`` and ``test_size`` caps ``test``.
+    first ``calib_size`` images of the (shuffled) ``train``; ``test_size`` caps ``test`` and
+    ``train_size`` caps ``train`` (a seeded subset, e.g. to train from scratch on a CPU).
     Splits are kept in shuffled order, so any prefix is a random sample.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -56,6 +58,10 @@ def draw_splits(
         val, train, test = perm_test[: min(val_size, half)], perm_train, perm_test[half:]
     else:
         raise DataError(f"data.val_from must be 'train' or 'test', got '{val_from}'")
+    if train_size is not None:
+        if train_size < 1:
+            raise DataError(f"data.train_size must be a positive number of images, got {train_size}")
+        train = train[:train_size]
     if calib_size > train.numel():
         raise DataError(
             f"data.calib_size {calib_size} exceeds the {train.numel()} training images left "
