@@ -183,13 +183,39 @@ class TestSamplerContract:
         assert study.user_attrs["rejected_proposals"] == rejected_proposals(study.get_trials())
 
 
-def test_random_sampler_study_holds_no_rejected_trials(tmp_path):
-    study = run(make_cfg(tmp_path, "random", n_trials=8))
+@pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes", "qmc", "nsga2"])
+def test_shipped_samplers_never_store_an_out_of_band_trial(tmp_path, sampler):
+    # 14 trials: TPE's model proposes the last four (10 startup trials)
+    study = run(make_cfg(tmp_path, sampler, n_trials=14))
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 14
+    assert study.user_attrs["rejected_proposals"] == rejected_proposals(trials)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_rejection_happens_inside_the_sampler(tmp_path, sampler):
+    study = run(make_cfg(tmp_path, sampler, n_trials=14))
+    trials = study.get_trials()
     drawn = sum(t.user_attrs["rejected_draws"] for t in trials)
     assert drawn > 0  # the band is narrow: rejection happened, inside the sampler
     assert study.user_attrs["rejected_proposals"] == drawn
+    if sampler == "tpe":  # the model's proposals are not the band-random draws of those numbers
+        uniform = BandRandomSampler([g.name for g in FakeEngine().groups], 0.3,
+                                    lambda r: Band(GAMMA, TOL).contains_ratios(FakeEngine(), r))
+        assert all(t.params != uniform.draw(t.number)[0] for t in trials[10:])
+        assert all(t.params == uniform.draw(t.number)[0] for t in trials[:10])
+
+
+def test_band_tpe_favours_the_better_region(tmp_path):
+    # FakeEngine rewards keeping late layers: TPE's proposals should keep more of the last layer
+    # than the band-random draws of the same trial numbers
+    study = run(make_cfg(tmp_path, "tpe", n_trials=30))
+    last = FakeEngine().groups[-1].name
+    uniform = BandRandomSampler([g.name for g in FakeEngine().groups], 0.3,
+                                lambda r: Band(GAMMA, TOL).contains_ratios(FakeEngine(), r))
+    model = [t.params[last] for t in study.get_trials()[10:]]
+    drawn = [uniform.draw(t.number)[0][last] for t in study.get_trials()[10:]]
+    assert sum(model) / len(model) > sum(drawn) / len(drawn)
 
 
 def test_cmaes_records_projection_and_keeps_the_proposal(tmp_path):
