@@ -324,6 +324,17 @@ def _gram(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return acc
 
 
+def _row_sums(A: torch.Tensor) -> torch.Tensor:
+    """Row sums of a float32 matrix, accumulated in float64 across chunks of columns (a
+    matrix-vector product per chunk: several times faster than ``sum(1)`` on a column slice)."""
+    acc = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+    ones = torch.ones(min(A.shape[1], _CHUNK), dtype=A.dtype, device=A.device)
+    for i in range(0, A.shape[1], _CHUNK):
+        block = A[:, i:i + _CHUNK]
+        acc += (block @ ones[:block.shape[1]]).double()
+    return acc
+
+
 def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConfig, *,
            base: torch.Tensor):
     """Ridge least squares ``T ~ X Z + c`` on the first ``cols`` columns (float64 normal
@@ -332,11 +343,11 @@ def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConf
     Zf, Tf = Z[:, :cols], T[:, :cols]
     G = torch.empty(k + 1, k + 1, dtype=torch.float64, device=Z.device)
     G[:k, :k] = _gram(Zf, Zf)
-    G[:k, k] = G[k, :k] = Zf.sum(1, dtype=torch.float64)
+    G[:k, k] = G[k, :k] = _row_sums(Zf)
     G[k, k] = cols
     C = torch.empty(n, k + 1, dtype=torch.float64, device=Z.device)
     C[:, :k] = _gram(Tf, Zf)
-    C[:, k] = Tf.sum(1, dtype=torch.float64)
+    C[:, k] = _row_sums(Tf)
     if not (torch.isfinite(G).all() and torch.isfinite(C).all()):
         raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
     if not rcfg.intercept:
