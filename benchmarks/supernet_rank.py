@@ -5,12 +5,16 @@
     by the trained supernet (first-k extraction + BN recalibration, val top-1 and val NLL) and
     by training each one alone from a random init for ``--alone-epochs`` (default: the
     supernet's epochs), averaged over ``--seeds`` seeds. Kendall's tau between the two.
-(b) The supernet's best configuration vs the uniform-width network of the closest FLOPs,
-    both retrained from scratch with the same recipe (``--retrain-epochs``), ``--seeds`` seeds.
+(b) Search: ``--search-n`` random in-band configurations ranked by the supernet (what
+    ``study run`` does with the random sampler); the best one against the uniform-width network
+    of the same FLOPs (one keep-ratio for every group, integer widths, the ratio chosen to match
+    the searched network's FLOPs), both retrained from scratch with the same recipe
+    (``--retrain-epochs``), ``--seeds`` seeds.
 
 Prints figures; asserts nothing about time.
 
     python benchmarks/supernet_rank.py studies/quickstart-scratch.yaml --n 10 --seeds 2
+    python benchmarks/supernet_rank.py studies/cifar-subset-scratch.yaml --part b
 """
 
 from __future__ import annotations
@@ -54,11 +58,12 @@ def train_alone(engine: SupernetEngine, widths: dict[str, int], epochs: int, see
 
 
 def uniform_like(engine: SupernetEngine, target: float) -> dict[str, int]:
-    """All groups at one keep-ratio, the FLOPs ratio closest to ``target``."""
+    """One keep-ratio ``r`` for every group (widths ``round(r * channels)``, not restricted to
+    the supernet's multiples) with the FLOPs ratio closest to ``target``."""
     best, err = None, float("inf")
-    for i in range(1001):
-        r = 0.2 + 0.8 * i / 1000
-        w = engine.widths({g.name: r for g in engine.groups})
+    for i in range(2001):
+        r = 0.2 + 0.8 * i / 2000
+        w = {g.name: max(1, round(r * g.channels)) for g in engine.groups}
         e = abs(engine.flops_ratio(w) - target)
         if e < err:
             best, err = w, e
@@ -78,12 +83,15 @@ def main() -> None:
     ap.add_argument("--alone-epochs", type=int, default=None)
     ap.add_argument("--retrain-epochs", type=int, default=None)
     ap.add_argument("--checkpoint", default=None, help="supernet checkpoint (trained if missing)")
+    ap.add_argument("--part", choices=("a", "b", "both"), default="both")
+    ap.add_argument("--search-n", type=int, default=40,
+                    help="(b): in-band configurations the supernet ranks")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
 
     cfg = load_config(args.config, {"supernet.checkpoint": args.checkpoint})
-    s, p = cfg.supernet, cfg.pruning
+    s = cfg.supernet
     t = time.perf_counter()
     run = train_supernet(cfg)
     print(f"supernet: {cfg.model.name} on {cfg.data.name}, {run.epochs} epochs, "
@@ -92,7 +100,14 @@ def main() -> None:
     engine = SupernetEngine.from_config(cfg)
     print(f"full width (BN-recalibrated) val top-1: {engine.evaluate_baseline()[0]:.2f}%")
 
-    # (a) rank check
+    if args.part in ("a", "both"):
+        rank_check(engine, args)
+    if args.part in ("b", "both"):
+        searched_vs_uniform(engine, args)
+
+
+def rank_check(engine: SupernetEngine, args) -> None:
+    s, p = engine.cfg.supernet, engine.cfg.pruning
     configs = sample_in_band(engine, args.n, seed=0)
     ranked = rank_candidates(engine, configs)
     nll = []
@@ -118,11 +133,19 @@ def main() -> None:
     print(f"Kendall tau, val top-1: {tau1.statistic:.3f} (p={tau1.pvalue:.3f}); "
           f"val NLL: {tau2.statistic:.3f} (p={tau2.pvalue:.3f})")
 
-    # (b) best searched vs uniform width, both retrained from scratch
+
+def searched_vs_uniform(engine: SupernetEngine, args) -> None:
+    s = engine.cfg.supernet
+    names = [g.name for g in engine.groups]
+    t = time.perf_counter()
+    ranked = rank_candidates(engine, sample_in_band(engine, args.search_n, seed=1))
+    print(f"\n(b) search: {len(ranked)} in-band configurations ranked by the supernet in "
+          f"{time.perf_counter() - t:.0f}s; best {ranked[0].top1:.2f}%, median "
+          f"{ranked[len(ranked) // 2].top1:.2f}%, worst {ranked[-1].top1:.2f}% (supernet val)")
     best = ranked[0].widths
     uniform = uniform_like(engine, engine.flops_ratio(best))
     epochs = args.retrain_epochs or s.retrain_epochs
-    print(f"\n(b) retrained from scratch, {epochs} epochs x {args.seeds} seeds "
+    print(f"retrained from scratch, {epochs} epochs x {args.seeds} seeds "
           f"(lr {s.lr}, batch {s.batch_size}, wd {s.weight_decay})")
     for label, widths in (("searched best", best), ("uniform width", uniform)):
         runs = [train_alone(engine, widths, epochs, 100 + seed, s.lr)
