@@ -179,9 +179,29 @@ class Config:
             raise ConfigError("data.calib_size and data.val_size must be >= 1")
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(_unknown("model.shortcut", self.model.shortcut, ("pad", "projection")))
+        if d.train_size is not None and d.train_size < 1:
+            raise ConfigError(f"data.train_size must be >= 1 (or left out), got {d.train_size}")
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(_unknown("setting", self.setting, ("pretrained", "scratch")))
+        validate_supernet(self.supernet)
         return self
+
+
+def validate_supernet(s: SupernetConfig) -> None:
+    """Range checks of the ``supernet`` section (one-line :class:`ConfigError`)."""
+    if s.width_multiple < 1:
+        raise ConfigError(f"supernet.width_multiple must be >= 1, got {s.width_multiple}")
+    if not (0.0 < s.min_ratio <= 1.0):
+        raise ConfigError(f"supernet.min_ratio must be in (0, 1], got {s.min_ratio}")
+    for key in ("num_random", "epochs", "finetune_epochs", "retrain_epochs"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"supernet.{key} must be >= 0, got {getattr(s, key)}")
+    for key, low in (("batch_size", 1), ("top_k", 1), ("bn_calib_images", 2)):
+        if getattr(s, key) < low:
+            raise ConfigError(f"supernet.{key} must be >= {low}, got {getattr(s, key)}")
+    if not (s.lr > 0.0) or s.weight_decay < 0.0:
+        raise ConfigError(f"supernet.lr must be > 0 and supernet.weight_decay >= 0, got "
+                          f"{s.lr} and {s.weight_decay}")
 
 
 def _validate_objective(s: SearchConfig) -> None:

@@ -56,6 +56,8 @@ def env(tmp_path_factory) -> Path:
     (tmp / "noroot.yaml").write_text(f"data: {{name: imagefolder, root: {tmp / 'nope'}}}\n")
     (tmp / "noimages.yaml").write_text(f"data: {{name: imagefolder, root: {tmp / 'empty'}}}\n")
     (tmp / "nomodel.yaml").write_text("model: {name: resnet5O}\n")
+    (tmp / "supernet-lr.yaml").write_text("setting: scratch\nsupernet: {lr: 0}\n")
+    (tmp / "supernet-topk.yaml").write_text("supernet: {top_k: 0}\n")
     return tmp
 
 
@@ -79,6 +81,8 @@ CASES = [
      r"unknown criterion 'gmm' \(did you mean 'gm'\?\)"),
     ("unknown-model", "nomodel.yaml", [], 2,
      r"unknown model 'resnet5O' \(did you mean 'resnet50'\?\)"),
+    ("supernet-lr-zero", "supernet-lr.yaml", [], 2, r"supernet.lr must be > 0"),
+    ("supernet-top-k-zero", "supernet-topk.yaml", [], 2, r"supernet.top_k must be >= 1, got 0"),
     ("ckpt-missing-keys", "ckpt-missing.yaml", [], 1,
      r"does not fit model cifar_resnet20: missing keys layer3"),
     ("ckpt-unexpected-keys", "ckpt-unexpected.yaml", [], 1, r"unexpected keys extra.weight"),

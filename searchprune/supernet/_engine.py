@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from searchprune.config import Config
+from searchprune.config import Config, validate_supernet
 from searchprune.engine import EvalResult, SearchSpaceView, resolve_device
-from searchprune.errors import CheckpointError, ConfigError
+from searchprune.errors import CheckpointError
 from searchprune.space import SearchSpace
 from searchprune.supernet._bn import recalibrate_bn
 from searchprune.supernet._masking import MaskedSupernet
@@ -31,15 +31,9 @@ _log = logging.getLogger(__name__)
 
 
 def check_supernet_config(cfg: Config) -> None:
-    """Range checks of the ``supernet`` section (one-line :class:`ConfigError`)."""
-    s = cfg.supernet
-    if s.width_multiple < 1:
-        raise ConfigError(f"supernet.width_multiple must be >= 1, got {s.width_multiple}")
-    if not (0.0 < s.min_ratio <= 1.0):
-        raise ConfigError(f"supernet.min_ratio must be in (0, 1], got {s.min_ratio}")
-    if s.num_random < 0 or s.epochs < 0 or s.bn_calib_images < 2:
-        raise ConfigError("supernet.num_random and supernet.epochs must be >= 0 and "
-                          "supernet.bn_calib_images >= 2")
+    """Range checks of the ``supernet`` section (one-line :class:`ConfigError`); configs built
+    through :func:`~searchprune.config.load_config` are already checked."""
+    validate_supernet(cfg.supernet)
 
 
 def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:
