@@ -306,9 +306,11 @@ def _keep_dead(X: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
 
 
 def _apply(out: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``X z + c`` over whole feature maps, as a 1x1 convolution."""
-    weight = X.to(out.dtype)[:, :, None, None]
-    return torch.nn.functional.conv2d(out, weight, c.to(out.dtype))
+    """``X z + c`` over whole feature maps: a batched matrix product over the channel axis
+    (several times faster on a CPU than the equivalent 1x1 convolution)."""
+    n, ch = out.shape[:2]
+    y = X.to(out.dtype) @ out.reshape(n, ch, -1)
+    return y.add_(c.to(out.dtype).view(1, -1, 1)).view(n, X.shape[0], *out.shape[2:])
 
 
 _CHUNK = 1 << 16
