@@ -272,7 +272,7 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
         f"- target for 'evals to reach': {c.reference_sampler}'s mean final value ({target}); "
         "the mean counts the seeds that reach it (reached/seeds in brackets)",
         "- rejected proposals: out-of-band configurations that were never evaluated (draws "
-        "rejected inside the random sampler, PRUNED trials of the others)",
+        "rejected inside the random and TPE samplers, PRUNED out-of-band trials of any other)",
         "- wall time: first trial start to the budget-th evaluation's end (per study)",
     ]
     if c.objective == "pareto":

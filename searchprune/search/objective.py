@@ -160,8 +160,8 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def rejected_proposals(trials: Iterable[FrozenTrial]) -> int:
-    """Out-of-band proposals: draws rejected inside the random sampler plus PRUNED infeasible
-    trials of the other samplers."""
+    """Out-of-band proposals: draws rejected inside the random and TPE samplers plus PRUNED
+    infeasible trials (any other sampler that proposes out of band)."""
     total = 0
     for t in trials:
         total += int(t.user_attrs.get(REJECTED_DRAWS_ATTR, 0))
