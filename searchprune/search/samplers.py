@@ -11,9 +11,10 @@ Out-of-band proposals never become trials with the shipped samplers in the singl
 study: ``random`` redraws inside the sampler, ``tpe`` keeps only in-band candidates of its Parzen
 estimator (both check the analytic FLOPs function, microseconds per draw), and CMA-ES, GP,
 NSGA-II and QMC, which cannot be steered that way, have their proposals projected onto the band
-by one common width scale in the objective (``SamplerSpec.projects``). A registered sampler without ``projects`` may still propose out of band: such a
-trial is PRUNED before any evaluation with ``trial.set_constraint``, which TPE, GP and NSGA-II
-also read in the Pareto study (there the range is wide and nothing is projected).
+by one common width scale in the objective (``SamplerSpec.projects``). A registered sampler
+without ``projects`` may still propose out of band: such a trial is PRUNED before any evaluation
+with ``trial.set_constraint``, which TPE, GP and NSGA-II also read in the Pareto study (there
+the range is wide and nothing is projected).
 """
 
 from __future__ import annotations
