@@ -60,7 +60,7 @@ def draw_splits(
         raise DataError(f"data.val_from must be 'train' or 'test', got '{val_from}'")
     if train_size is not None:
         if train_size < 1:
-            raise DataError(f"data.train_size must be a positive number of images, got {train_size}")
+            raise DataError(f"data.train_size must be >= 1 (or left out), got {train_size}")
         train = train[:train_size]
     if calib_size > train.numel():
         raise DataError(
