@@ -45,11 +45,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SearchSpaceView:
-    """The search-space side every engine shares (expects ``self.space`` and ``self.cfg``):
-    prunable groups, keep-ratio -> width, analytic cost and reachable FLOPs ratios."""
+    """The search-space side every engine shares (expects ``self.space``, ``self.cfg``,
+    ``self.data`` and ``self.device``): prunable groups, keep-ratio -> width, analytic cost,
+    reachable FLOPs ratios, and scoring a built network."""
 
     space: SearchSpace
     cfg: Config
+    device: torch.device
+
+    def _score(self, net: nn.Module, widths: dict[str, int], split: str,
+               on_chunk: Callable[[int, float], bool] | None,
+               seconds: dict[str, float]) -> EvalResult:
+        """Top-1/top-5 of the built ``net`` on ``split`` (chunked, may stop early)."""
+        from searchprune.evaluate import evaluate_chunks
+
+        t = time.perf_counter()
+        sp = getattr(self.data, split)
+        top1, top5, seen, stopped = evaluate_chunks(
+            net, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
+            on_chunk=on_chunk,
+        )
+        seconds["evaluate"] = time.perf_counter() - t
+        return EvalResult(top1, top5, self.cost(widths), widths, seconds, stopped, seen)
 
     @property
     def groups(self):
@@ -147,19 +164,10 @@ class PruningEngine(SearchSpaceView):
         ``on_chunk(images_seen, top1_so_far)`` is called after each validation chunk; returning
         True stops the evaluation early (used by Optuna pruners).
         """
-        from searchprune.evaluate import evaluate_chunks
-
         seconds: dict[str, float] = {}
         widths = dict(widths)
         pruned = self.build(widths, reconstruct=reconstruct, seconds=seconds)
-        t = time.perf_counter()
-        sp = getattr(self.data, split)
-        top1, top5, seen, stopped = evaluate_chunks(
-            pruned, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
-            on_chunk=on_chunk,
-        )
-        seconds["evaluate"] = time.perf_counter() - t
-        return EvalResult(top1, top5, self.cost(widths), widths, seconds, stopped, seen)
+        return self._score(pruned, widths, split, on_chunk, seconds)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
         from searchprune.evaluate import evaluate

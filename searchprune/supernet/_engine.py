@@ -112,19 +112,10 @@ class SupernetEngine(SearchSpaceView):
 
         ``on_chunk(images_seen, top1_so_far)`` may stop the evaluation early (Optuna pruners).
         """
-        from searchprune.evaluate import evaluate_chunks
-
         seconds: dict[str, float] = {}
         widths = {k: int(v) for k, v in widths.items()}
         sub = self.build(widths, calibrate=calibrate, seconds=seconds)
-        t = time.perf_counter()
-        sp = getattr(self.data, split)
-        top1, top5, seen, stopped = evaluate_chunks(
-            sub, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
-            on_chunk=on_chunk,
-        )
-        seconds["evaluate"] = time.perf_counter() - t
-        return EvalResult(top1, top5, self.cost(widths), widths, seconds, stopped, seen)
+        return self._score(sub, widths, split, on_chunk, seconds)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
         """The full-width supernet, BN-recalibrated like every sub-network."""
