@@ -58,8 +58,8 @@ def main() -> None:
     print(f"{'cfg':>3} {'flops':>6} {'no LS':>7} {'LS':>7} {'build s':>8} {'LS s':>6} {'eval s':>7}")
     for i in range(args.configs):
         widths = _band_sample(engine, args.gamma, args.tolerance, args.eta, rng)
-        plain = engine.evaluate(widths, reconstruct=False)
-        ls = engine.evaluate(widths, reconstruct=True)
+        plain = engine.evaluate(widths, proxy="none")
+        ls = engine.evaluate(widths, proxy="ls")
         rows.append((plain.top1, ls.top1))
         print(f"{i:>3} {engine.flops_ratio(widths):6.3f} {plain.top1:7.2f} {ls.top1:7.2f} "
               f"{ls.seconds['build']:8.3f} {ls.seconds['reconstruct']:6.2f} "

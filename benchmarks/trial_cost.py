@@ -62,7 +62,7 @@ def _in_band(engine: PruningEngine, gamma: float, tol: float, eta: float, rng: r
 
 
 def _floor(engine: PruningEngine, widths) -> float:
-    pruned = engine.build(widths, reconstruct=False)
+    pruned = engine.build(widths, proxy="none")
     data = engine.data
     start = time.perf_counter()
     with torch.inference_mode():

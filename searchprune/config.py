@@ -31,10 +31,16 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "upgrade_stored",
 ]
 
 SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")
 VAL_SOURCES = ("train", "test")
+# How a pruned candidate's weights are restored before it is scored (README, "Proxies").
+PROXIES = ("ls", "abn", "abn+ls", "none")
+DEFAULT_PROXY = "ls"
+# A study stored before ``pruning.proxy`` existed was scored with least squares.
+LEGACY_PROXY = "ls"
 OBJECTIVES = ("single", "pareto")
 
 
@@ -72,9 +78,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ReconstructionConfig:
-    """Layer-wise least-squares reconstruction (paper Sec. 4.2)."""
+    """Layer-wise least-squares reconstruction (paper Sec. 4.2); used by the ``ls`` and
+    ``abn+ls`` proxies."""
 
-    enabled: bool = True
     ridge: float = 1e-4
     positions_per_image: int = 32
     intercept: bool = True
@@ -84,12 +90,19 @@ class ReconstructionConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """The FLOPs band, the search-space bounds and the channel criterion."""
+    """The FLOPs band, the search-space bounds, the channel criterion and the proxy.
+
+    ``proxy``: ``ls`` (least-squares rebuild), ``abn`` (BatchNorm statistics re-estimated on
+    ``abn_images`` calibration images, all of them when None), ``abn+ls`` (both, statistics
+    first) or ``none`` (prune only).
+    """
 
     gamma: float = 0.5
     tolerance: float = 0.02
     eta: float = 0.3
     criterion: str = "l1"
+    proxy: str = DEFAULT_PROXY
+    abn_images: int | None = None
     round_to: int = 1
     prune_classifier_input: bool = False
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
@@ -159,6 +172,11 @@ class Config:
             raise ConfigError(f"pruning.eta must be in (0, 1], got {p.eta}")
         if p.round_to < 1:
             raise ConfigError(f"pruning.round_to must be >= 1, got {p.round_to}")
+        if p.proxy not in PROXIES:
+            raise ConfigError(_unknown("pruning.proxy", p.proxy, PROXIES))
+        if p.abn_images is not None and not (2 <= p.abn_images <= self.data.calib_size):
+            raise ConfigError(f"pruning.abn_images must be between 2 and data.calib_size "
+                              f"({self.data.calib_size}), got {p.abn_images}")
         r = p.reconstruction
         if r.ridge < 0:
             raise ConfigError(f"pruning.reconstruction.ridge must be >= 0, got {r.ridge}")
@@ -241,6 +259,9 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in known:
+            if path == "pruning.reconstruction.enabled":
+                raise ConfigError("'pruning.reconstruction.enabled' was replaced by "
+                                  "'pruning.proxy': use proxy: ls (enabled) or none (disabled)")
             close = difflib.get_close_matches(str(key), list(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{path}'{hint}")
@@ -278,6 +299,20 @@ def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) 
     if source is not None:
         cfg = dataclasses.replace(cfg, source=source)
     return cfg.validate()
+
+
+def upgrade_stored(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored with an older study, in today's schema: a study stored before
+    ``pruning.proxy`` existed used least squares (or nothing, with ``reconstruction.enabled:
+    false``), whatever today's default is, so it resumes, fine-tunes and exports as before."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    pruning = out.setdefault("pruning", {})
+    recon = dict(pruning.get("reconstruction") or {})
+    enabled = recon.pop("enabled", True)
+    if "reconstruction" in pruning:
+        pruning["reconstruction"] = recon
+    pruning.setdefault("proxy", LEGACY_PROXY if enabled else "none")
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

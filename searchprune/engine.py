@@ -12,14 +12,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from searchprune.config import Config
+from searchprune.config import PROXIES, Config
+from searchprune.errors import ConfigError
 from searchprune.space import Cost, SearchSpace
 
-__all__ = ["EvalResult", "PruningEngine", "SearchSpaceView", "resolve_device"]
+if TYPE_CHECKING:
+    from searchprune.reconstruct import Reconstructor
+
+__all__ = ["EvalResult", "PruningEngine", "SearchSpaceView", "proxy_steps", "resolve_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -97,8 +102,6 @@ class PruningEngine(SearchSpaceView):
 
     def __init__(self, cfg: Config, model: nn.Module, data, *, device: torch.device | None = None,
                  scores: dict[str, torch.Tensor] | None = None) -> None:
-        from searchprune.reconstruct import Reconstructor
-
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval().to(self.device)
@@ -112,14 +115,24 @@ class PruningEngine(SearchSpaceView):
         t = time.perf_counter()
         self.scores = scores if scores is not None else self._compute_scores(cfg.pruning.criterion)
         self.seconds["scores"] = time.perf_counter() - t
-        self.reconstructor: Reconstructor | None = None
-        if cfg.pruning.reconstruction.enabled:
+        self._reconstructor: Reconstructor | None = None
+        if "ls" in proxy_steps(cfg.pruning.proxy):
+            self.reconstructor  # noqa: B018 -- the original's features, once per worker
+
+    @property
+    def reconstructor(self) -> Reconstructor:
+        """The least-squares fitter with the original network's features on the calibration
+        images (captured on first use, then reused by every trial)."""
+        from searchprune.reconstruct import Reconstructor
+
+        if self._reconstructor is None:
             t = time.perf_counter()
-            self.reconstructor = Reconstructor(
-                self.model, self.space, data.calib.x, cfg.pruning.reconstruction,
-                device=self.device, seed=cfg.data.seed,
+            self._reconstructor = Reconstructor(
+                self.model, self.space, self.data.calib.x, self.cfg.pruning.reconstruction,
+                device=self.device, seed=self.cfg.data.seed,
             )
             self.seconds["features"] = time.perf_counter() - t
+        return self._reconstructor
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -137,36 +150,45 @@ class PruningEngine(SearchSpaceView):
         return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
 
     # -- per trial ----------------------------------------------------------------------------
-    def build(self, widths: Mapping[str, int], *, reconstruct: bool | None = None,
+    def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
               seconds: dict[str, float] | None = None) -> nn.Module:
-        """The physically pruned (and, if enabled, least-squares rebuilt) network."""
+        """The physically pruned network, its weights restored by ``proxy`` (default: the
+        config's ``pruning.proxy``): ``abn`` re-estimates BatchNorm statistics on calibration
+        images, ``ls`` rebuilds weights by least squares, ``abn+ls`` does both in that order,
+        ``none`` leaves the kept weights as they are. ``seconds`` gets each step's time."""
+        from searchprune.bn import recalibrate_bn
         from searchprune.prune import prune_model
 
+        steps = proxy_steps(self.cfg.pruning.proxy if proxy is None else proxy)
         seconds = {} if seconds is None else seconds
         t = time.perf_counter()
         keep = self.space.keep_indices(widths, self.scores)
         pruned = prune_model(self.model, self.space, keep)
         seconds["build"] = time.perf_counter() - t
-        use_ls = self.reconstructor is not None if reconstruct is None else reconstruct
-        if use_ls:
-            if self.reconstructor is None:
-                raise RuntimeError("reconstruction is disabled in this engine's config")
+        if "abn" in steps:
             t = time.perf_counter()
-            self.reconstructor.rebuild(pruned, keep)
+            n = self.cfg.pruning.abn_images or len(self.data.calib)
+            recalibrate_bn(pruned, self.data.calib.x[:n], batch_size=self.cfg.data.batch_size,
+                           device=self.device)
+            seconds["abn"] = time.perf_counter() - t
+        if "ls" in steps:
+            reconstructor = self.reconstructor
+            t = time.perf_counter()
+            reconstructor.rebuild(pruned, keep)
             seconds["reconstruct"] = time.perf_counter() - t
         return pruned
 
     def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
-                 reconstruct: bool | None = None,
+                 proxy: str | None = None,
                  on_chunk: Callable[[int, float], bool] | None = None) -> EvalResult:
-        """Build, reconstruct and evaluate one configuration.
+        """Build, restore (``proxy``, default the config's) and evaluate one configuration.
 
         ``on_chunk(images_seen, top1_so_far)`` is called after each validation chunk; returning
         True stops the evaluation early (used by Optuna pruners).
         """
         seconds: dict[str, float] = {}
         widths = dict(widths)
-        pruned = self.build(widths, reconstruct=reconstruct, seconds=seconds)
+        pruned = self.build(widths, proxy=proxy, seconds=seconds)
         return self._score(pruned, widths, split, on_chunk, seconds)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
@@ -175,6 +197,13 @@ class PruningEngine(SearchSpaceView):
         sp = getattr(self.data, split)
         return evaluate(self.model, sp.x, sp.y, batch_size=self.cfg.data.batch_size,
                         device=self.device)
+
+
+def proxy_steps(proxy: str) -> tuple[str, ...]:
+    """``"abn+ls"`` -> ``("abn", "ls")``; ``"none"`` -> ``()``; unknown names are refused."""
+    if proxy not in PROXIES:
+        raise ConfigError(f"unknown proxy '{proxy}'; choose one of: {', '.join(PROXIES)}")
+    return () if proxy == "none" else tuple(proxy.split("+"))
 
 
 def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:

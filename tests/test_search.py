@@ -246,6 +246,16 @@ def test_study_records_config_baseline_and_metric_name(tmp_path):
     assert best.value == max(t.value for t in study.get_trials(states=(TrialState.COMPLETE,)))
 
 
+@pytest.mark.parametrize("proxy", ["abn", "none"])
+def test_every_trial_and_the_stored_config_record_the_proxy(tmp_path, proxy):
+    cfg = make_cfg(tmp_path, n_trials=3, **{"pruning.proxy": proxy})
+    study = run_study(cfg, engine=FakeEngine(), progress=False)
+    assert study.user_attrs["config"]["pruning"]["proxy"] == proxy
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    assert [t.user_attrs["proxy"] for t in complete] == [proxy] * 3
+
+
 class Exploding:
     def __getattr__(self, name):
         raise AssertionError(f"the engine was used ({name}) although the study was complete")

@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--out", metavar="DIR", help="write report.md, report.json and the PNGs here")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; build the report from the stored studies")
+    p.add_argument("--proxy", help="ls, abn, abn+ls or none (default: the file's)")
     p.add_argument("--force-config", action="store_true",
                    help="continue studies whose stored config differs")
     p.set_defaults(func=_compare)
@@ -51,7 +52,8 @@ def _compare(args: argparse.Namespace) -> int:
     from searchprune.search.runner import open_storage
 
     cfg = load_config(args.config, {"search.n_trials": args.n_trials, "storage": args.storage,
-                                    "search.study_name": args.study_name})
+                                    "search.study_name": args.study_name,
+                                    "pruning.proxy": args.proxy})
     samplers = (_list(args.samplers, "--samplers") if args.samplers
                 else list(DEFAULT_SAMPLERS[cfg.search.objective]))
     plan = plan_comparison(cfg, samplers, _seeds(args.seeds), derive_study_name(cfg))

@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--gamma", type=float)
     p.add_argument("--tolerance", type=float)
     p.add_argument("--eta", type=float)
+    p.add_argument("--proxy", help="ls, abn, abn+ls or none (default: the file's)")
     p.add_argument("--storage", help="where the per-criterion studies go (default: config's)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write criteria.json and criteria.png here (default runs/criteria/<name>)")
@@ -37,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {"pruning.gamma": args.gamma,
                                     "pruning.tolerance": args.tolerance, "pruning.eta": args.eta,
+                                    "pruning.proxy": args.proxy,
                                     "storage": args.storage})
     names = [c.strip() for c in args.criteria.split(",") if c.strip()]
     for name in names:

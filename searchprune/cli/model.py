@@ -45,7 +45,7 @@ def _engine(path: str, eta: float | None = None) -> Any:
     from searchprune.config import load_config
     from searchprune.engine import PruningEngine
 
-    cfg = load_config(path, {"pruning.reconstruction.enabled": False, "pruning.criterion": "l1",
+    cfg = load_config(path, {"pruning.proxy": "none", "pruning.criterion": "l1",
                              "pruning.eta": eta})
     return PruningEngine.from_config(cfg, progress=False)
 

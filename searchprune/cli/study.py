@@ -18,6 +18,7 @@ _OVERRIDES = {
     "sampler": "search.sampler", "n_trials": "search.n_trials", "seed": "search.seed",
     "study_name": "search.study_name", "storage": "storage", "gamma": "pruning.gamma",
     "tolerance": "pruning.tolerance", "eta": "pruning.eta", "criterion": "pruning.criterion",
+    "proxy": "pruning.proxy",
 }
 
 
@@ -36,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     run.add_argument("--tolerance", type=float, help="band half-width T")
     run.add_argument("--eta", type=float, help="smallest keep-ratio per group")
     run.add_argument("--criterion", help="channel importance criterion")
+    run.add_argument("--proxy", help="how a candidate is restored before scoring: ls, abn, "
+                     "abn+ls, none")
     run.add_argument("--force-config", action="store_true",
                      help="continue a study whose stored config differs")
     run.add_argument("--workers", type=int, default=1, metavar="K",

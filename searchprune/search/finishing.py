@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchprune.config import Config, config_from_dict
+from searchprune.config import Config, config_from_dict, upgrade_stored
 from searchprune.errors import SearchpruneError
 from searchprune.finetune import Candidate, FinetuneResult, FinetuneSettings, finetune_candidates
 
@@ -29,7 +29,7 @@ def load_study_config(study: optuna.Study) -> Config:
     if stored is None:
         raise SearchpruneError(f"study '{study.study_name}' has no stored config; it was not "
                                "created by 'searchprune study run'")
-    return config_from_dict(stored)
+    return config_from_dict(upgrade_stored(stored))
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:

@@ -85,7 +85,8 @@ def make_objective(engine: PruningEngine, cfg: Config, counters: Counters | None
                 result = engine.evaluate(widths, split="val", on_chunk=_early_stop(trial))
         except FloatingPointError as exc:
             return _fail(trial, counts, f"reconstruction failed: {exc}")
-        for key in ("build", "reconstruct", "evaluate"):
+        trial.set_user_attr("proxy", cfg.pruning.proxy if cfg.setting == "pretrained" else "supernet-bn")
+        for key in ("build", "abn", "reconstruct", "evaluate"):
             trial.set_user_attr(f"seconds_{key}", float(result.seconds.get(key, 0.0)))
         if not (math.isfinite(result.top1) and math.isfinite(result.top5)):
             return _fail(trial, counts, f"evaluation returned top1={result.top1}, "

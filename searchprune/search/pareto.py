@@ -137,7 +137,7 @@ def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
         f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
         f"- objectives: maximise `val_top1` (%), minimise `flops_ratio` over [{lo}, {hi}]; "
         f"keep-ratios in [{p.eta}, 1]",
-        f"- criterion: `{p.criterion}`, reconstruction: {p.reconstruction.enabled}",
+        f"- criterion: `{p.criterion}`, proxy: `{p.proxy}`",
         f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",
         f"- prunable groups: {len(engine.groups)}, base FLOPs {engine.base_cost.flops:,}",
         f"- config file: `{cfg.source}`",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchprune.config import Config, config_to_dict
+from searchprune.config import Config, config_to_dict, upgrade_stored
 from searchprune.errors import BandError, StudyConfigMismatch
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search.band import Band
@@ -184,7 +184,7 @@ def check_band(cfg: Config, engine: PruningEngine) -> None:
 
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ, runtime keys excluded: ``{key: (stored, new)}``."""
-    a, b = _flatten(stored), _flatten(new)
+    a, b = _flatten(upgrade_stored(stored)), _flatten(new)
     # A key added to the schema after a study was stored compares as its default value.
     defaults = _flatten(config_to_dict(Config()))
     a, b = {**defaults, **a}, {**defaults, **b}
@@ -277,7 +277,7 @@ def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
         f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
         f"- band: FLOPs ratio {p.gamma} ± {p.tolerance}; keep-ratios in [{p.eta}, 1] "
         f"(reachable FLOPs ratios [{low:.3f}, 1])",
-        f"- criterion: `{p.criterion}`, reconstruction: {p.reconstruction.enabled}",
+        f"- criterion: `{p.criterion}`, proxy: `{p.proxy}`",
         f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",
         f"- prunable groups: {len(engine.groups)}, base FLOPs {engine.base_cost.flops:,}",
         f"- config file: `{cfg.source}`",

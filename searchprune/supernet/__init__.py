@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from searchprune.supernet._bn import bn_layers, recalibrate_bn
+from searchprune.bn import bn_layers, recalibrate_bn
 from searchprune.supernet._engine import SupernetEngine, calibration_images, check_supernet_config
 from searchprune.supernet._masking import MaskedSupernet, first_k_keep
 from searchprune.supernet._topk import (

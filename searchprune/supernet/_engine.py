@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from searchprune.bn import recalibrate_bn
 from searchprune.config import Config, validate_supernet
 from searchprune.engine import EvalResult, SearchSpaceView, resolve_device
 from searchprune.errors import CheckpointError
 from searchprune.space import SearchSpace
-from searchprune.supernet._bn import recalibrate_bn
 from searchprune.supernet._masking import MaskedSupernet
 from searchprune.supernet._training import build_scratch_model, build_space, default_checkpoint
 from searchprune.supernet._widths import WidthChoices

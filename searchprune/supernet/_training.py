@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchprune.bn import bn_layers
 from searchprune.space import SearchSpace
-from searchprune.supernet._bn import bn_layers
 from searchprune.supernet._masking import MaskedSupernet
 from searchprune.supernet._widths import WidthChoices, sample_configs
 

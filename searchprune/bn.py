@@ -1,4 +1,5 @@
-"""BatchNorm recalibration of a sub-network (US-Nets "post-statistics", ALGORITHMS.md pitfall 4)."""
+"""BatchNorm statistics re-estimated on a set of images: a supernet sub-network's recalibration
+and the `abn` proxy of a pruned network (both need statistics that match the kept channels)."""
 
 from __future__ import annotations
 
