@@ -151,18 +151,21 @@ class PruningEngine(SearchSpaceView):
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
+              keep: Mapping[str, torch.Tensor] | None = None,
               seconds: dict[str, float] | None = None) -> nn.Module:
         """The physically pruned network, its weights restored by ``proxy`` (default: the
         config's ``pruning.proxy``): ``abn`` re-estimates BatchNorm statistics on calibration
         images, ``ls`` rebuilds weights by least squares, ``abn+ls`` does both in that order,
-        ``none`` leaves the kept weights as they are. ``seconds`` gets each step's time."""
+        ``none`` leaves the kept weights as they are. ``keep`` (group -> kept channel indices)
+        overrides the criterion's choice (a baseline that picks its own channels). ``seconds``
+        gets each step's time."""
         from searchprune.bn import recalibrate_bn
         from searchprune.prune import prune_model
 
         steps = proxy_steps(self.cfg.pruning.proxy if proxy is None else proxy)
         seconds = {} if seconds is None else seconds
         t = time.perf_counter()
-        keep = self.space.keep_indices(widths, self.scores)
+        keep = self.space.keep_indices(widths, self.scores) if keep is None else dict(keep)
         pruned = prune_model(self.model, self.space, keep)
         seconds["build"] = time.perf_counter() - t
         if "abn" in steps:
@@ -179,7 +182,7 @@ class PruningEngine(SearchSpaceView):
         return pruned
 
     def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
-                 proxy: str | None = None,
+                 proxy: str | None = None, keep: Mapping[str, torch.Tensor] | None = None,
                  on_chunk: Callable[[int, float], bool] | None = None) -> EvalResult:
         """Build, restore (``proxy``, default the config's) and evaluate one configuration.
 
@@ -188,7 +191,7 @@ class PruningEngine(SearchSpaceView):
         """
         seconds: dict[str, float] = {}
         widths = dict(widths)
-        pruned = self.build(widths, proxy=proxy, seconds=seconds)
+        pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds)
         return self._score(pruned, widths, split, on_chunk, seconds)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:

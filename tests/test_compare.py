@@ -250,3 +250,53 @@ def test_pareto_comparison_plots(tmp_path, counting_engine):
     assert c.target is not None
     assert plot_anytime(c, tmp_path / "a.png").stat().st_size > 0
     assert plot_fronts(runs, tmp_path / "f.png").stat().st_size > 0
+
+
+# -- baselines without search -----------------------------------------------------------------
+REFS = [{"name": "uniform", "top1": 66.5, "flops_ratio": 0.49, "params_ratio": 0.58,
+         "seconds_solve": 0.01, "seconds_evaluate": 1.0},
+        {"name": "tp-global", "top1": 72.0, "flops_ratio": 0.50, "params_ratio": 0.67,
+         "seconds_solve": 1.0, "seconds_evaluate": 1.0}]
+
+
+def test_baselines_are_reference_rows_in_table_json_and_plot(tmp_path, monkeypatch):
+    from searchprune.report import plots
+    from searchprune.report.compare import table_rows
+
+    storage = get_storage(str(tmp_path / "s.db"), heartbeat_interval=None)
+    runs = [run_from_study(hand_made(storage, f"b-{s}-s0", vals), s, 0)
+            for s, vals in (("random", [60, 70]), ("tpe", [65, 75]))]
+    c = compare_runs(runs, budget=2, references=REFS)
+    assert c.to_dict()["references"] == REFS
+    cols, rows = table_rows(c)
+    assert cols[-1] == "vs tp-global"
+    assert [r[-1] for r in rows[:2]] == ["-2.00", "+3.00"]  # 70 - 72, 75 - 72
+    assert [r[0] for r in rows[2:]] == ["uniform (no search)", "tp-global (no search)"]
+    assert "(no search)" in to_markdown(c)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_anytime(c, tmp_path / "a.png")
+    ax = figures[0].axes[0]
+    flat = {round(line.get_ydata()[0], 2) for line in ax.get_lines()
+            if len(set(line.get_ydata())) == 1}
+    assert {66.5, 72.0} <= flat
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("tp-global, no search") for t in labels)
+
+
+def test_cli_compare_with_baselines_on_the_default_problem(tmp_path):
+    db = tmp_path / "s.db"
+    storage = get_storage(str(db), heartbeat_interval=None)
+    hand_made(storage, "base-random-s0", [60, 70])
+    (tmp_path / "c.yaml").write_text("search:\n  n_trials: 2\n")
+    proc = cli("compare", str(tmp_path / "c.yaml"), "--report-only", "--samplers", "random",
+               "--seeds", "1", "--study-name", "base", "--storage", str(db), "--out",
+               str(tmp_path / "out"), "--baselines", "uniform,tp-global", "--json")
+    assert proc.returncode == 0, proc.stderr
+    refs = json.loads((tmp_path / "out" / "report.json").read_text())["references"]
+    assert [r["name"] for r in refs] == ["uniform", "tp-global"]
+    assert all(abs(r["flops_ratio"] - 0.5) <= 0.02 and 0 <= r["top1"] <= 100 for r in refs)
+    assert refs[0]["widths"] != refs[1]["widths"]
+    bad = cli("compare", str(tmp_path / "c.yaml"), "--report-only", "--baselines", "unifrom",
+              "--storage", str(db))
+    assert bad.returncode == 2 and "unknown baseline 'unifrom'" in bad.stderr

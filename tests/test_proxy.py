@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nets import randomize_bn
+from _nets import tiny_engine
 from torch import nn
 
 from searchprune.config import (
@@ -15,23 +15,13 @@ from searchprune.config import (
     load_config,
     upgrade_stored,
 )
-from searchprune.data._bundle import DataBundle, Split
 from searchprune.engine import PruningEngine, proxy_steps
 from searchprune.errors import ConfigError
-from searchprune.models import CifarResNet
 from searchprune.prune import prune_model
 
 
-def _engine(proxy: str = "ls", **overrides) -> PruningEngine:
-    torch.manual_seed(0)
-    model = randomize_bn(CifarResNet(8, 10, "pad"))
-    x = torch.randn(64, 3, 16, 16) * 2 + 0.5  # statistics unlike the randomised BN's
-    y = torch.randint(0, 10, (64,))
-    data = DataBundle("tiny", 10, (3, 16, 16), (0.0,) * 3, (1.0,) * 3,
-                      calib=Split(x, y), val=Split(x[:32], y[:32]), test=Split(x[:32], y[:32]))
-    cfg = apply_overrides(Config(), {"pruning.proxy": proxy, "data.calib_size": 64,
-                                     "device": "cpu", **overrides})
-    return PruningEngine(cfg, model, data)
+def _engine(proxy: str = "ls", **overrides):
+    return tiny_engine(proxy, **overrides)
 
 
 def _half(engine: PruningEngine) -> dict[str, int]:

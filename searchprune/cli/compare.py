@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; build the report from the stored studies")
     p.add_argument("--proxy", help="ls, abn, abn+ls or none (default: the file's)")
+    p.add_argument("--baselines", default=None, metavar="LIST",
+                   help="reference rows without search, comma list of uniform, tp-global")
     p.add_argument("--force-config", action="store_true",
                    help="continue studies whose stored config differs")
     p.set_defaults(func=_compare)
@@ -57,6 +59,8 @@ def _compare(args: argparse.Namespace) -> int:
     samplers = (_list(args.samplers, "--samplers") if args.samplers
                 else list(DEFAULT_SAMPLERS[cfg.search.objective]))
     plan = plan_comparison(cfg, samplers, _seeds(args.seeds), derive_study_name(cfg))
+    baselines = _list(args.baselines, "--baselines") if args.baselines else []
+    engine = _baseline_engine(cfg, baselines, progress=not args.json)
     storage = open_storage(cfg)
     if not args.report_only:
         def announce(i: int, planned: Any, status: str) -> None:
@@ -64,7 +68,7 @@ def _compare(args: argparse.Namespace) -> int:
                 verb = "complete" if status == "done" else "running"
                 console.print(f"[{i + 1}/{len(plan)}] {planned.name}: {verb}")
 
-        run_comparison(plan, storage=storage, progress=not args.json,
+        run_comparison(plan, storage=storage, engine=engine, progress=not args.json,
                        force_config=args.force_config, announce=announce)
     runs, missing = load_runs(plan, storage, cfg.search.n_trials)
     if not runs:
@@ -72,7 +76,13 @@ def _compare(args: argparse.Namespace) -> int:
                                + ", ".join(missing[:3]) + ", ...); run it without --report-only")
     if missing and not args.json:
         console.print(f"[yellow]missing studies (left out):[/] {', '.join(missing)}")
-    comparison = compare_runs(runs, reference="random", budget=cfg.search.n_trials)
+    references = []
+    if engine is not None:
+        from searchprune.baselines import evaluate_baselines
+
+        references = evaluate_baselines(engine, baselines)
+    comparison = compare_runs(runs, reference="random", budget=cfg.search.n_trials,
+                              references=references)
     files = _write_report(comparison, runs, Path(args.out), _baseline(plan, storage),
                           derive_study_name(cfg)) if args.out else {}
     if args.json:
@@ -80,6 +90,24 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         _print(comparison, files)
     return 0
+
+
+def _baseline_engine(cfg: Any, names: list[str], progress: bool) -> Any:
+    """The engine the baselines are scored with (None without baselines); bad names and a
+    Pareto comparison fail before any work."""
+    if not names:
+        return None
+    from searchprune.baselines import BASELINES
+
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown baseline '{unknown[0]}' in --baselines; choose from: "
+                          f"{', '.join(BASELINES)}")
+    if cfg.search.objective != "single":
+        raise ConfigError("--baselines needs a single-objective comparison (one FLOPs band)")
+    from searchprune.supernet import engine_for
+
+    return engine_for(cfg, progress=progress)
 
 
 def _list(text: str, flag: str) -> list[str]:

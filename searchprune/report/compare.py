@@ -175,15 +175,22 @@ class Comparison:
     rows: list[SamplerRow]
     curves: dict[str, CurveBand]
     studies: list[str]
+    # configurations chosen without search (searchprune.baselines), scored like trials
+    references: list[dict[str, Any]] = field(default_factory=list)
+
+    def best_reference(self) -> dict[str, Any] | None:
+        return max(self.references, key=lambda r: r["top1"], default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def compare_runs(runs: Sequence[Run], *, reference: str = "random",
-                 budget: int | None = None) -> Comparison:
+                 budget: int | None = None,
+                 references: Sequence[Mapping[str, Any]] = ()) -> Comparison:
     """Aggregate runs per sampler (in first-seen order). The target for "evaluations to reach"
-    is the reference sampler's mean final value (None when it has no runs)."""
+    is the reference sampler's mean final value (None when it has no runs). ``references`` are
+    baseline rows (:func:`searchprune.baselines.evaluate_baselines`)."""
     if not runs:
         raise ValueError("no runs to compare")
     objective = runs[0].objective
@@ -196,7 +203,7 @@ def compare_runs(runs: Sequence[Run], *, reference: str = "random",
     curves = {s: _band([r.curve for r in rs]) for s, rs in by_sampler.items()}
     metric = "hypervolume" if objective == "pareto" else "best val top-1 (%)"
     return Comparison(objective, metric, reference, target, budget, rows, curves,
-                      [r.name for r in runs])
+                      [r.name for r in runs], [dict(r) for r in references])
 
 
 def _row(sampler: str, runs: list[Run], target: float | None) -> SamplerRow:
@@ -246,6 +253,9 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     final = "final HV" if c.objective == "pareto" else "final best %"
     cols = ["sampler", "seeds", "evaluated", f"{final} (mean ± std)", "per seed",
             f"evals to reach {c.reference_sampler}", "rejected (mean)", "wall (mean)"]
+    best_ref = c.best_reference()
+    if best_ref is not None:
+        cols.append(f"vs {best_ref['name']}")
     rows = []
     for r in c.rows:
         rows.append([
@@ -254,7 +264,13 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
             ", ".join(fmt.format(v) for v in r.finals),
             _reach_text(r, c.target), f"{r.rejected_mean:.1f}",
             "-" if r.wall_mean is None else _duration(r.wall_mean),
-        ])
+        ] + ([f"{r.final_mean - best_ref['top1']:+.2f}"] if best_ref is not None else []))
+    for ref in c.references:
+        rows.append([
+            f"{ref['name']} (no search)", "-", "1", f"{ref['top1']:.2f}",
+            f"FLOPs {ref['flops_ratio']:.3f}, params {ref['params_ratio']:.3f}",
+            "-", "-", _duration(ref["seconds_solve"] + ref["seconds_evaluate"]),
+        ] + (["-"] if best_ref is not None else []))
     return cols, rows
 
 
@@ -275,6 +291,10 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
         "rejected inside the random and TPE samplers, PRUNED out-of-band trials of any other)",
         "- wall time: first trial start to the budget-th evaluation's end (per study)",
     ]
+    if c.references:
+        lines.append("- rows marked '(no search)': baselines a user gets without searching, "
+                     "scored with the same proxy on the same validation images; the last column "
+                     "is each sampler's mean final value minus the best of them")
     if c.objective == "pareto":
         lines.append(f"- hypervolume: accuracy as a fraction x FLOPs ratio, reference point "
                      f"{HV_REFERENCE}")

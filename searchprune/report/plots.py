@@ -52,6 +52,9 @@ def plot_anytime(c: Comparison, path: str | Path, *, baseline: float | None = No
     if baseline is not None and c.objective != "pareto":
         ax.axhline(baseline, color="#2ca02c", linestyle=":", linewidth=1,
                    label=f"unpruned network ({baseline:.2f}%)")
+    for j, ref in enumerate(c.references):
+        ax.axhline(ref["top1"], color=_REF_COLORS[j % len(_REF_COLORS)], linestyle="-.",
+                   linewidth=1.2, label=f"{ref['name']}, no search ({ref['top1']:.2f}%)")
     ax.set_xlabel("evaluated (in-band) trials")
     ax.set_ylabel("hypervolume of the front so far" if c.objective == "pareto"
                   else "best-so-far validation top-1 (%)")
@@ -63,6 +66,9 @@ def plot_anytime(c: Comparison, path: str | Path, *, baseline: float | None = No
     return _save(fig, path)
 
 
+_REF_COLORS = ("#7f7f7f", "#8c564b", "#e377c2", "#bcbd22")
+
+
 def _zoom(ax, c: Comparison, baseline: float | None) -> None:
     """Start the y axis where the curves are after a few evaluations, so the differences that
     matter are visible (the first evaluations of a random start can be far lower)."""
@@ -72,6 +78,8 @@ def _zoom(ax, c: Comparison, baseline: float | None) -> None:
         highs.append(c.target)
     if baseline is not None and c.objective != "pareto":
         highs.append(baseline)
+    lows += [r["top1"] for r in c.references]
+    highs += [r["top1"] for r in c.references]
     if lows and highs:
         lo, hi = min(lows), max(highs)
         pad = 0.08 * (hi - lo) or 0.5

@@ -18,7 +18,7 @@ from torch import nn
 
 from searchprune.models._layers import IndexShortcut
 
-__all__ = ["ChannelGroup", "Member", "discover_groups", "is_depthwise"]
+__all__ = ["ChannelGroup", "IndexShortcutPruner", "Member", "discover_groups", "is_depthwise"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,19 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
-class _IndexShortcutPruner(tp.pruner.BasePruningFunc):
+class IndexShortcutPruner(tp.pruner.BasePruningFunc):
     """Tells Torch-Pruning that an :class:`IndexShortcut`'s input and output channels are separate
-    dimensions (the actual pruning is done by :mod:`searchprune.prune`)."""
+    dimensions, and prunes it when Torch-Pruning itself prunes (the ``tp-global`` baseline;
+    searchprune's own pruning is done by :mod:`searchprune.prune`)."""
 
     TARGET_MODULES = (IndexShortcut,)
 
-    def prune_out_channels(self, layer: nn.Module, idxs):  # pragma: no cover - never called
+    def prune_out_channels(self, layer: nn.Module, idxs):
         keep = torch.tensor(sorted(set(range(layer.out_channels)) - set(idxs)))
         layer.select(None, keep)
         return layer
 
-    def prune_in_channels(self, layer: nn.Module, idxs):  # pragma: no cover - never called
+    def prune_in_channels(self, layer: nn.Module, idxs):
         keep = torch.tensor(sorted(set(range(layer.in_channels)) - set(idxs)))
         layer.select(keep, None)
         return layer
@@ -98,7 +99,7 @@ def discover_groups(model: nn.Module, example: torch.Tensor, *,
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=example,
-            customized_pruners={IndexShortcut: _IndexShortcutPruner()},
+            customized_pruners={IndexShortcut: IndexShortcutPruner()},
         )
     roots = list(graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)))
     groups: list[ChannelGroup] = []

@@ -1,0 +1,226 @@
+"""What does the search buy over no search, after fine-tuning?
+
+Every row gets the identical final fine-tune (same recipe, epochs, images and fine-tune seeds)
+and is reported as **test** top-1 on the half of the official test split that nothing was ever
+selected on. Rows (FLOPs 0.5 +- 0.02 on the ../shared ResNet-20 by default):
+
+- ``random eta=0.3``: the best of 30 evaluated band-random configurations (today's default eta),
+- ``random eta=0.5``: the same with the paper's eta (equal to gamma),
+- ``tpe``: the best of 30 evaluated band-aware TPE configurations,
+- ``paper``: the paper's protocol on the ``random eta=0.3`` studies: the top-k by proxy, each
+  briefly fine-tuned, the best on validation gets the final fine-tune (its short fine-tunes are
+  reported as extra cost),
+- ``uniform`` and ``tp-global``: no search (:mod:`searchprune.baselines`).
+
+Searched rows come from ``--search-seeds`` studies each; every configuration is fine-tuned with
+each of ``--ft-seeds``. Mean +- std per row over all its (search seed, fine-tune seed) runs, and
+paired differences against ``uniform`` and ``tp-global`` (each run against the baseline
+fine-tuned with the same seed).
+
+    python benchmarks/end_to_end.py --out runs/end_to_end --threads 1
+
+Resumable: searches live in a SQLite file under ``--out``, fine-tune results in
+``results.json``. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from searchprune.baselines import solve_baseline  # noqa: E402
+from searchprune.config import apply_overrides, load_config  # noqa: E402
+from searchprune.engine import PruningEngine  # noqa: E402
+from searchprune.evaluate import evaluate  # noqa: E402
+from searchprune.finetune import FinetuneSettings  # noqa: E402
+from searchprune.search import run_study  # noqa: E402
+from searchprune.search.finishing import top_trials  # noqa: E402
+from searchprune.train import fit  # noqa: E402
+
+SEARCHES = {"random eta=0.3": ("random", 0.3), "random eta=0.5": ("random", 0.5),
+            "tpe": ("tpe", 0.3)}
+
+
+def tune(engine, widths, keep, epochs: float, seed: int, s: FinetuneSettings, train_set,
+         device) -> tuple[object, dict]:
+    """Fine-tune one configuration from its proxy-restored weights; val and test top-1."""
+    net = engine.build(widths, keep=keep)
+    t = time.perf_counter()
+    if epochs >= 1:
+        fit(net, train_set, epochs=int(epochs), lr=s.lr, momentum=s.momentum,
+            weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=seed)
+    else:  # a fraction of an epoch: a seeded prefix of the training images
+        n = max(s.batch_size, int(len(train_set) * epochs))
+        part = torch.utils.data.Subset(train_set, range(n))
+        fit(net, part, epochs=1, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
+            batch_size=s.batch_size, device=device, seed=seed)
+    d = engine.data
+    return net, {"val_top1": evaluate(net, d.val.x, d.val.y, device=device)[0],
+                 "test_top1": evaluate(net, d.test.x, d.test.y, device=device)[0],
+                 "seconds": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", nargs="?", default=str(ROOT / "studies/compare-resnet20.yaml"))
+    ap.add_argument("--n-trials", type=int, default=30)
+    ap.add_argument("--search-seeds", default="0,1")
+    ap.add_argument("--ft-seeds", default="0,1")
+    ap.add_argument("--epochs", type=int, default=1, help="final fine-tune epochs (1)")
+    ap.add_argument("--train-size", type=int, default=10000, help="fine-tuning images")
+    ap.add_argument("--top-k", type=int, default=3, help="paper protocol: candidates (3)")
+    ap.add_argument("--short", type=float, default=0.25,
+                    help="paper protocol: epochs of each candidate's short fine-tune (0.25)")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "runs/end_to_end"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "results.json"
+    res = json.loads(saved.read_text()) if saved.is_file() else {"search": {}, "tune": {}}
+
+    def save() -> None:
+        saved.write_text(json.dumps(res, indent=1))
+
+    cfg = load_config(args.config, {"data.train_size": args.train_size, "device": args.device,
+                                    "search.n_trials": args.n_trials,
+                                    "storage": str(out / "searches.db")})
+    device = torch.device(args.device)
+    t0 = time.perf_counter()
+    engine = PruningEngine.from_config(cfg)
+    d = engine.data
+    print(f"engine ready in {time.perf_counter() - t0:.0f} s; proxy {cfg.pruning.proxy}, "
+          f"criterion {cfg.pruning.criterion}; val {len(d.val)}, test {len(d.test)}, fine-tune "
+          f"images {d.train_size}", flush=True)
+    s = FinetuneSettings(lr=args.lr)
+    train_set = d.train_set(augment=True)
+    search_seeds = [int(x) for x in args.search_seeds.split(",")]
+    ft_seeds = [int(x) for x in args.ft_seeds.split(",")]
+
+    # 1. searches and the configurations each row fine-tunes ----------------------------------
+    candidates: dict[str, dict] = {}  # key -> {"row", "widths", "keep", ...}
+    for row, (sampler, eta) in SEARCHES.items():
+        for seed in search_seeds:
+            key = f"{row} s{seed}"
+            name = f"e2e-{sampler}-eta{eta}-s{seed}"
+            rc = apply_overrides(cfg, {"search.sampler": sampler, "search.seed": seed,
+                                       "pruning.eta": eta, "search.study_name": name})
+            if key not in res["search"]:
+                t = time.perf_counter()
+                study = run_study(rc, engine=engine, progress=False)
+                trials = top_trials(study, args.top_k)
+                res["search"][key] = {
+                    "study": name, "seconds": time.perf_counter() - t,
+                    "top": [{"number": tr.number, "val_proxy": tr.value,
+                             "widths": tr.user_attrs["widths"],
+                             "flops_ratio": tr.user_attrs["flops_ratio"]} for tr in trials]}
+                save()
+                print(f"search {key}: best proxy {trials[0].value:.2f} "
+                      f"({res['search'][key]['seconds']:.0f} s)", flush=True)
+            top = res["search"][key]["top"]
+            candidates[key] = {"row": row, "widths": top[0]["widths"], "keep": None,
+                               "val_proxy": top[0]["val_proxy"],
+                               "flops_ratio": top[0]["flops_ratio"]}
+    for name in ("uniform", "tp-global"):
+        b = solve_baseline(name, engine)
+        r = engine.evaluate(b.widths, keep=b.keep)
+        candidates[name] = {"row": name, "widths": b.widths, "keep": b.keep,
+                            "val_proxy": r.top1, "flops_ratio": engine.flops_ratio(b.widths)}
+
+    # 2. the paper's protocol: short fine-tunes of the top-k, best on validation --------------
+    for seed in search_seeds:
+        key = f"paper s{seed}"
+        if key not in res["tune"]:
+            res["tune"][key] = {"short": {}}
+        short = res["tune"][key]["short"]
+        for cand in res["search"][f"random eta=0.3 s{seed}"]["top"]:
+            tag = str(cand["number"])
+            if tag not in short:
+                _, short[tag] = tune(engine, cand["widths"], None, args.short, 0, s, train_set,
+                                     device)
+                save()
+        best = max(res["search"][f"random eta=0.3 s{seed}"]["top"],
+                   key=lambda c: short[str(c["number"])]["val_top1"])
+        candidates[key] = {"row": "paper", "widths": best["widths"], "keep": None,
+                           "val_proxy": best["val_proxy"], "flops_ratio": best["flops_ratio"],
+                           "extra_seconds": sum(v["seconds"] for v in short.values())}
+
+    # 3. the identical final fine-tune for every configuration ---------------------------------
+    for key, cand in candidates.items():
+        entry = res["tune"].setdefault(key, {})
+        for seed in ft_seeds:
+            tag = f"ft{seed}"
+            if tag in entry:
+                continue
+            _, entry[tag] = tune(engine, cand["widths"], cand["keep"], args.epochs, seed, s,
+                                 train_set, device)
+            save()
+            print(f"fine-tuned {key} seed {seed}: test {entry[tag]['test_top1']:.2f} "
+                  f"({entry[tag]['seconds']:.0f} s)", flush=True)
+    report(res, candidates, ft_seeds, args, out)
+
+
+def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path) -> None:
+    rows: dict[str, list[tuple[str, int, float]]] = {}
+    for key, cand in candidates.items():
+        for seed in ft_seeds:
+            rows.setdefault(cand["row"], []).append(
+                (key, seed, res["tune"][key][f"ft{seed}"]["test_top1"]))
+    order = [*SEARCHES, "paper", "uniform", "tp-global"]
+    lines = [f"Final fine-tune: {args.epochs} epoch(s) on {args.train_size} training images, "
+             f"lr {args.lr} cosine, fine-tune seeds {ft_seeds}; test top-1 on the held-out "
+             "test half", "",
+             "| row | runs | test top-1 mean ± std | per run | proxy top-1 (val) | FLOPs | "
+             "vs uniform | vs tp-global |", "|---|---|---|---|---|---|---|---|"]
+    summary = {}
+
+    for row in order:
+        vals = np.array([v for _, _, v in rows[row]])
+        cands = [c for c in candidates.values() if c["row"] == row]
+        diffs = {}
+        for ref in ("uniform", "tp-global"):
+            b = {seed: v for _, seed, v in rows[ref]}  # one configuration per baseline
+            paired = [v - b[seed] for _, seed, v in rows[row]]
+            diffs[ref] = (float(np.mean(paired)), float(np.std(paired, ddof=1))
+                          if len(paired) > 1 else 0.0)
+        summary[row] = {"runs": len(vals), "mean": float(vals.mean()),
+                        "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                        "values": vals.tolist(),
+                        "proxy_mean": float(np.mean([c["val_proxy"] for c in cands])),
+                        "flops": [c["flops_ratio"] for c in cands], "paired": diffs}
+        lines.append(
+            f"| {row} | {len(vals)} | {vals.mean():.2f} ± {summary[row]['std']:.2f} | "
+            + ", ".join(f"{v:.2f}" for v in vals) + f" | {summary[row]['proxy_mean']:.2f} | "
+            + ", ".join(f"{f:.3f}" for f in summary[row]["flops"]) + " | "
+            + " | ".join(f"{diffs[r][0]:+.2f} ± {diffs[r][1]:.2f}" for r in ("uniform",
+                                                                            "tp-global")) + " |")
+    searches = res["search"]
+    lines += ["", "Search wall times: " + ", ".join(f"{k} {v['seconds']:.0f} s"
+                                                    for k, v in searches.items())]
+    extra = [c.get("extra_seconds", 0) for c in candidates.values() if c["row"] == "paper"]
+    lines.append(f"Paper protocol's short fine-tunes ({args.top_k} x {args.short} epoch per "
+                 f"search seed): {np.mean(extra):.0f} s extra per search seed")
+    text = "\n".join(lines)
+    print(text)
+    (out / "report.md").write_text(text + "\n")
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
