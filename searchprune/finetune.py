@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,17 +19,20 @@ from torch import nn
 from searchprune.evaluate import evaluate
 from searchprune.train import fit
 
-__all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "finetune_candidates"]
+__all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "finetune_candidates",
+           "finetune_each"]
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A configuration to fine-tune: its key (e.g. the trial number) and widths."""
+    """A configuration to fine-tune: its key (a trial number, or a baseline's name), widths and,
+    for a baseline that chose its own channels, the kept channels per group."""
 
-    key: int
+    key: int | str
     widths: Mapping[str, int]
+    keep: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,53 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     torch.save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best}, final)
     result.checkpoint = str(final)
     return result
+
+
+def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSettings,
+                  out_dir: str | Path, *, latency_batch: int | None = 64,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune every candidate with the same recipe (``settings.epochs`` epochs, same images
+    and seed) and report them side by side: validation and test top-1 before and after, FLOPs
+    and params ratios, and (unless ``latency_batch`` is None) CPU latency of the fine-tuned net.
+
+    Each candidate's training is checkpointed under ``out_dir``; calling again resumes.
+    """
+    from searchprune.export import measure_latency
+
+    if not candidates:
+        raise ValueError("no candidates to fine-tune")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data, device = engine.data, engine.device
+    train_set = data.train_set(augment=True)
+    base = engine.base_cost
+    shape = (1, *data.input_shape)
+    base_ms = (measure_latency(engine.model.cpu().eval(), shape, latency_batch)
+               if latency_batch else None)
+    engine.model.to(device)
+    rows = []
+    for i, cand in enumerate(candidates, 1):
+        model = engine.build(cand.widths, keep=cand.keep)
+        before, _ = evaluate(model, data.val.x, data.val.y, device=device)
+        if progress:
+            _log.info("[%d/%d] fine-tuning %s", i, len(candidates), cand.key)
+        if settings.epochs > 0:
+            _fit(model, train_set, settings, settings.epochs, out / f"{cand.key}-each.pt",
+                 device, progress)
+        val1, _ = evaluate(model, data.val.x, data.val.y, device=device)
+        test1, test5 = evaluate(model, data.test.x, data.test.y, device=device)
+        cost = engine.cost(cand.widths)
+        row: dict[str, Any] = {
+            "key": cand.key, "widths": dict(cand.widths), "epochs": settings.epochs,
+            "val_top1_before": before, "val_top1": val1, "test_top1": test1,
+            "test_top5": test5, "flops_ratio": cost.flops / base.flops,
+            "params_ratio": cost.params / base.params,
+        }
+        if base_ms is not None:
+            ms = measure_latency(model.cpu().eval(), shape, latency_batch)
+            row.update(latency_ms=ms, latency_ratio=ms / base_ms, latency_batch=latency_batch)
+        rows.append(row)
+    return rows
 
 
 def _fit(model, train_set, s: FinetuneSettings, epochs, ckpt, device, progress) -> None:

@@ -75,3 +75,38 @@ def test_export_loads_without_searchprune_and_matches(study, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ok-without-searchprune" in proc.stdout
+
+
+def test_finetune_each_gives_trials_and_baselines_one_recipe(study, capsys):
+    from searchprune.baselines import solve_baseline
+    from searchprune.cli.main import main
+    from searchprune.search.finishing import load_study_config
+    from searchprune.supernet import engine_for
+
+    st, tmp = study
+    best = st.best_trial.number
+    code = main(["finetune", "--study-name", "finish", "--storage", str(tmp / "s.db"), "--each",
+                 "--trials", str(best), "--baselines", "uniform,tp-global", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(tmp / "each"), "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["key"] for r in rows] == [best, "uniform", "tp-global"]
+    assert all(r["epochs"] == 1 and abs(r["flops_ratio"] - 0.6) <= 0.05 for r in rows)
+    assert all(r["latency_ms"] > 0 and r["latency_batch"] == 64 for r in rows)
+    assert rows[0]["widths"] == st.best_trial.user_attrs["widths"]
+    engine = engine_for(load_study_config(st))
+    assert rows[2]["widths"] == solve_baseline("tp-global", engine).widths
+    assert all((tmp / "each" / f"{k}-each.pt").is_file() for k in (best, "uniform", "tp-global"))
+    stored = optuna.load_study(study_name="finish", storage=f"sqlite:///{tmp / 's.db'}"
+                               ).user_attrs["finetune_each"]
+    assert [r["test_top1"] for r in stored["rows"]] == [r["test_top1"] for r in rows]
+
+
+def test_finetune_trials_without_each_is_refused(study, capsys):
+    from searchprune.cli.main import main
+
+    st, tmp = study
+    code = main(["finetune", "--study-name", "finish", "--storage", str(tmp / "s.db"),
+                 "--baselines", "uniform"])
+    assert code == 2
+    assert "go with --each" in capsys.readouterr().err

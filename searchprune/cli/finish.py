@@ -7,6 +7,7 @@ from pathlib import Path
 
 from searchprune.cli._output import console, emit_json, table
 from searchprune.cli.study import load_study
+from searchprune.errors import ConfigError
 
 __all__ = ["add_parser"]
 
@@ -27,6 +28,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                     help="checkpoint folder (default runs/finetune/<study>); resumable")
     ft.add_argument("--artifact-dir", default="studies/artifacts",
                     help="where the fine-tuned checkpoint is stored as an Optuna artifact")
+    ft.add_argument("--each", action="store_true",
+                    help="fine-tune every candidate with the same recipe (--epochs) and compare "
+                    "them side by side, instead of the top-K-then-best protocol")
+    ft.add_argument("--trials", default=None, metavar="N,M,...",
+                    help="with --each: these trial numbers (default: the --top best)")
+    ft.add_argument("--baselines", default=None, metavar="LIST",
+                    help="with --each: also fine-tune these no-search baselines "
+                    "(uniform, tp-global)")
+    ft.add_argument("--seed", type=int, default=0, help="fine-tuning seed (0)")
+    ft.add_argument("--no-latency", action="store_true",
+                    help="with --each: skip the latency measurement")
     ft.set_defaults(func=_finetune)
 
     ex = sub.add_parser("export", parents=[common],
@@ -44,10 +56,25 @@ def _finetune(args: argparse.Namespace) -> int:
     from searchprune.finetune import FinetuneSettings
     from searchprune.search.finishing import finetune_study
 
+    trials = _ints(args.trials, "--trials") if args.trials else None
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines \
+        else []
+    if (trials or baselines) and not args.each:
+        raise ConfigError("--trials and --baselines go with --each (one recipe for all)")
+    if baselines:
+        from searchprune.baselines import BASELINES
+
+        for name in baselines:
+            if name not in BASELINES:
+                raise ConfigError(f"unknown baseline '{name}' in --baselines; choose from: "
+                                  f"{', '.join(BASELINES)}")
     study = load_study(args.storage, args.study_name)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
-                                weight_decay=args.weight_decay, batch_size=args.batch_size)
+                                weight_decay=args.weight_decay, batch_size=args.batch_size,
+                                seed=args.seed)
     out = args.out or str(Path("runs") / "finetune" / args.study_name)
+    if args.each:
+        return _finetune_each(args, study, trials, baselines, settings, out)
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
                    artifact_dir=args.artifact_dir, progress=not args.json)
     record = study.user_attrs["finetune"]
@@ -62,6 +89,35 @@ def _finetune(args: argparse.Namespace) -> int:
         f"best: trial {record['best_trial']} +{record['final_epochs']} epochs -> val top-1 "
         f"{record['val_top1']:.2f}%; test top-1 {record['test_top1_before']:.2f}% before "
         f"fine-tuning, {record['test_top1']:.2f}% after\ncheckpoint: {record['checkpoint']}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes a comma list of trial numbers, got {text!r}") from None
+
+
+def _finetune_each(args, study, trials, baselines, settings, out) -> int:
+    from searchprune.search.finishing import finetune_study_each
+
+    rows = finetune_study_each(study, trials=trials, top=args.top, baselines=baselines,
+                               settings=settings, out_dir=out,
+                               latency_batch=None if args.no_latency else 64,
+                               progress=not args.json)
+    if args.json:
+        emit_json({"epochs": settings.epochs, "rows": rows})
+        return 0
+    cols = ["candidate", "val before", "val after", "test after", "FLOPs", "params"]
+    lat = not args.no_latency
+    if lat:
+        cols.append("latency (batch 64)")
+    table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe",
+          cols, [[str(r["key"]), f"{r['val_top1_before']:.2f}", f"{r['val_top1']:.2f}",
+                  f"{r['test_top1']:.2f}", f"{r['flops_ratio']:.3f}", f"{r['params_ratio']:.3f}"]
+                 + ([f"{r['latency_ms']:.1f} ms ({r['latency_ratio']:.2f}x)"] if lat else [])
+                 for r in rows])
     return 0
 
 

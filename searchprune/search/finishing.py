@@ -15,12 +15,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.config import Config, config_from_dict, upgrade_stored
 from searchprune.errors import SearchpruneError
-from searchprune.finetune import Candidate, FinetuneResult, FinetuneSettings, finetune_candidates
+from searchprune.finetune import (
+    Candidate,
+    FinetuneResult,
+    FinetuneSettings,
+    finetune_candidates,
+    finetune_each,
+)
 
-__all__ = ["FINETUNE_ATTR", "export_trial", "finetune_study", "load_study_config",
-           "top_trials"]
+__all__ = ["FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "export_trial", "finetune_study",
+           "finetune_study_each", "load_study_config", "top_trials"]
 
 FINETUNE_ATTR = "finetune"
+FINETUNE_EACH_ATTR = "finetune_each"
 _log = logging.getLogger(__name__)
 
 
@@ -68,6 +75,40 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         record["artifact_id"] = _upload(study, result.checkpoint, artifact_dir)
     study.set_user_attr(FINETUNE_ATTR, record)
     return result
+
+
+def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None, top: int = 5,
+                        baselines: list[str] = (), settings: FinetuneSettings,
+                        out_dir: str | Path, latency_batch: int | None = 64,
+                        progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune the listed trials (default: the ``top`` best) and the named baselines
+    (:mod:`searchprune.baselines`, solved for the study's band) with one recipe; store and
+    return one row per candidate."""
+    from searchprune.baselines import solve_baseline
+
+    cfg = load_study_config(study)
+    if trials:
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False,
+                                                           states=(TrialState.COMPLETE,))}
+        missing = [n for n in trials if n not in by_number or "widths" not in
+                   by_number[n].user_attrs]
+        if missing:
+            raise SearchpruneError(f"trial {missing[0]} of study '{study.study_name}' is not an "
+                                   "evaluated trial; see 'searchprune study show'")
+        chosen = [by_number[n] for n in trials]
+    else:
+        chosen = top_trials(study, top) if top > 0 else []
+    engine = _engine(cfg)
+    candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in chosen]
+    for name in baselines:
+        b = solve_baseline(name, engine)
+        candidates.append(Candidate(name, b.widths, b.keep))
+    rows = finetune_each(engine, candidates, settings, out_dir, latency_batch=latency_batch,
+                         progress=progress)
+    record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
+              "proxy": cfg.pruning.proxy, "rows": rows}
+    study.set_user_attr(FINETUNE_EACH_ATTR, record)
+    return rows
 
 
 def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | None:
