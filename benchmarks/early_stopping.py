@@ -20,9 +20,9 @@ import optuna
 import torch
 
 from searchprune.config import load_config
+from searchprune.engine import engine_for
 from searchprune.search import run_study
-from searchprune.search.budget import counts_toward_budget
-from searchprune.supernet import engine_for
+from searchprune.search.trials import is_evaluated
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         start = time.perf_counter()
         study = run_study(cfg, engine=engine, progress=False)
         wall = time.perf_counter() - start
-        trials = [t for t in study.trials if counts_toward_budget(t)]
+        trials = [t for t in study.trials if is_evaluated(t)]
         images = [args.val if t.state.name == "COMPLETE" else
                   int(t.intermediate_values and max(t.intermediate_values)) for t in trials]
         evals = [t.user_attrs.get("seconds_evaluate", 0.0) for t in trials]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchprune.errors import ConfigError, SearchpruneError
+from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
 __all__ = ["BASELINES", "BaselineConfig", "evaluate_baselines", "solve_baseline", "tp_global",
            "uniform"]
@@ -162,7 +162,7 @@ BASELINES: dict[str, Callable[..., BaselineConfig]] = {"uniform": uniform, "tp-g
 def solve_baseline(name: str, engine) -> BaselineConfig:
     """The named baseline's configuration for ``engine``'s band (no network evaluation)."""
     if name not in BASELINES:
-        raise ConfigError(f"unknown baseline '{name}'; choose from: {', '.join(BASELINES)}")
+        raise ConfigError(unknown_choice("baseline", name, BASELINES))
     if name == "tp-global" and engine.cfg.setting != "pretrained":
         raise ConfigError("the tp-global baseline prunes a pretrained network; it does not "
                           "apply to setting: scratch")

@@ -1,5 +1,6 @@
 """BatchNorm statistics re-estimated on a set of images: a supernet sub-network's recalibration
-and the `abn` proxy of a pruned network (both need statistics that match the kept channels)."""
+and the `abn` proxy of a pruned network (both need statistics that match the kept channels;
+docs/algorithms.md §5)."""
 
 from __future__ import annotations
 

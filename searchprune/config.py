@@ -7,7 +7,6 @@ Precedence is flag > file > default, resolved in one place (:func:`load_config` 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from searchprune.errors import ConfigError
+from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 
 __all__ = [
     "Config",
@@ -173,7 +172,7 @@ class Config:
         if p.round_to < 1:
             raise ConfigError(f"pruning.round_to must be >= 1, got {p.round_to}")
         if p.proxy not in PROXIES:
-            raise ConfigError(_unknown("pruning.proxy", p.proxy, PROXIES))
+            raise ConfigError(unknown_choice("pruning.proxy", p.proxy, PROXIES))
         if p.abn_images is not None and not (2 <= p.abn_images <= self.data.calib_size):
             raise ConfigError(f"pruning.abn_images must be between 2 and data.calib_size "
                               f"({self.data.calib_size}), got {p.abn_images}")
@@ -186,21 +185,21 @@ class Config:
             raise ConfigError("pruning.reconstruction.holdout_fraction must be in [0, 1)")
         s = self.search
         if s.sampler not in SAMPLERS:
-            raise ConfigError(_unknown("sampler", s.sampler, SAMPLERS))
+            raise ConfigError(unknown_choice("sampler", s.sampler, SAMPLERS))
         if s.n_trials < 1:
             raise ConfigError(f"search.n_trials must be >= 1, got {s.n_trials}")
         _validate_objective(s)
         d = self.data
         if d.val_from not in VAL_SOURCES:
-            raise ConfigError(_unknown("data.val_from", d.val_from, VAL_SOURCES))
+            raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
         if d.calib_size < 1 or d.val_size < 1:
             raise ConfigError("data.calib_size and data.val_size must be >= 1")
         if self.model.shortcut not in ("pad", "projection"):
-            raise ConfigError(_unknown("model.shortcut", self.model.shortcut, ("pad", "projection")))
+            raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut, ("pad", "projection")))
         if d.train_size is not None and d.train_size < 1:
             raise ConfigError(f"data.train_size must be >= 1 (or left out), got {d.train_size}")
         if self.setting not in ("pretrained", "scratch"):
-            raise ConfigError(_unknown("setting", self.setting, ("pretrained", "scratch")))
+            raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         return self
 
@@ -225,7 +224,7 @@ def validate_supernet(s: SupernetConfig) -> None:
 def _validate_objective(s: SearchConfig) -> None:
     """``search.objective`` and, for ``pareto``, ``search.gamma_range`` and what it excludes."""
     if s.objective not in OBJECTIVES:
-        raise ConfigError(_unknown("search.objective", s.objective, OBJECTIVES))
+        raise ConfigError(unknown_choice("search.objective", s.objective, OBJECTIVES))
     if s.objective == "single":
         if s.gamma_range is not None:
             raise ConfigError("search.gamma_range is only used with search.objective: pareto; "
@@ -245,12 +244,6 @@ def _validate_objective(s: SearchConfig) -> None:
                           "cannot stop multi-objective trials early)")
 
 
-def _unknown(what: str, value: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(valid), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown {what} '{value}'{hint}; choose one of: {', '.join(valid)}"
-
-
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{where or 'config'}' must be a mapping, got {type(data).__name__}")
@@ -262,9 +255,7 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
             if path == "pruning.reconstruction.enabled":
                 raise ConfigError("'pruning.reconstruction.enabled' was replaced by "
                                   "'pruning.proxy': use proxy: ls (enabled) or none (disabled)")
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{path}'{hint}")
+            raise ConfigError(f"unknown config key '{path}'{did_you_mean(key, known)}")
         default = getattr(cls(), key)
         if is_dataclass(default):
             kwargs[key] = _build(type(default), value or {}, path)

@@ -1,30 +1,38 @@
-"""The pruning engine: from a model and a channel configuration to a rebuilt, evaluated pruned net.
+"""Engines: from a channel configuration to a built, evaluated network. They know nothing of Optuna.
 
-Everything that is done once per study (model, data, channel groups, FLOPs profile, importance
-scores, the original network's features on the calibration images) happens in
-:meth:`PruningEngine.from_config`; :meth:`PruningEngine.evaluate` is the per-trial path.
-The engine knows nothing of Optuna.
+:class:`Engine` is the interface the search layer, the reports and the finishing steps use;
+:func:`engine_for` picks one by the config's ``setting`` from the registry :data:`ENGINES`:
+``pretrained`` is :class:`PruningEngine` (prune a trained network by a criterion, restore the
+kept weights as ``pruning.proxy`` says), ``scratch`` is
+:class:`~searchprune.supernet.SupernetEngine` (sub-networks of a trained slimmable supernet).
+
+For :class:`PruningEngine`, everything that is done once per study (model, data, channel groups,
+FLOPs profile, importance scores, the original network's features on the calibration images)
+happens in :meth:`PruningEngine.from_config`; :meth:`PruningEngine.evaluate` is the per-trial
+path.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from searchprune.config import PROXIES, Config
-from searchprune.errors import ConfigError
+from searchprune.errors import ConfigError, unknown_choice
 from searchprune.space import Cost, SearchSpace
 
 if TYPE_CHECKING:
     from searchprune.reconstruct import Reconstructor
 
-__all__ = ["EvalResult", "PruningEngine", "SearchSpaceView", "proxy_steps", "resolve_device"]
+__all__ = ["ENGINES", "Engine", "EvalResult", "PruningEngine", "SearchSpaceView", "engine_for",
+           "proxy_steps", "resolve_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +48,65 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     images: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers (the search layer, reports and finishing use nothing else).
+
+    ``groups``: the prunable channel groups (``.name``, ``.channels``), in a stable order;
+    ``widths``: keep-ratios to channel counts; ``cost``/``base_cost``/``flops_ratio``/
+    ``ratio_range``: the analytic cost model; ``build``: the network of a configuration
+    (``seconds`` collects timings); ``evaluate``: build and score it on ``split``
+    (``on_chunk(images, top1)`` returning True stops early); ``evaluate_baseline``: the unpruned
+    network's top-1/top-5. ``cfg``, ``data``, ``device``, ``model`` and ``seconds`` (time spent
+    preparing, by step) are plain attributes.
+    """
+
+    cfg: Config
+    data: Any
+    device: torch.device
+    model: nn.Module
+    seconds: dict[str, float]
+
+    @property
+    def groups(self) -> Sequence[Any]: ...
+
+    @property
+    def base_cost(self) -> Cost: ...
+
+    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]: ...
+
+    def cost(self, widths: Mapping[str, int]) -> Cost: ...
+
+    def flops_ratio(self, widths: Mapping[str, int]) -> float: ...
+
+    def ratio_range(self, eta: float | None = None) -> tuple[float, float]: ...
+
+    def build(self, widths: Mapping[str, int], *,
+              seconds: dict[str, float] | None = None) -> nn.Module: ...
+
+    def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
+                 on_chunk: Callable[[int, float], bool] | None = None) -> EvalResult: ...
+
+    def evaluate_baseline(self, split: str = "val") -> tuple[float, float]: ...
+
+
+# setting -> "module:attribute" of a class with ``from_config(cfg, *, progress)``; resolved when
+# used, so listing an engine here never imports it (and engines may import this module).
+ENGINES: dict[str, str] = {
+    "pretrained": "searchprune.engine:PruningEngine",
+    "scratch": "searchprune.supernet:SupernetEngine",
+}
+
+
+def engine_for(cfg: Config, *, progress: bool = False) -> Engine:
+    """The prepared engine of ``cfg.setting`` (model, data and everything done once per study)."""
+    if cfg.setting not in ENGINES:
+        raise ConfigError(unknown_choice("setting", cfg.setting, sorted(ENGINES)))
+    module, _, attr = ENGINES[cfg.setting].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    return cls.from_config(cfg, progress=progress)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,7 +165,7 @@ class SearchSpaceView:
 
 
 class PruningEngine(SearchSpaceView):
-    """Prepared pruning problem for one model, dataset and criterion."""
+    """Prepared pruning problem for one model, dataset and criterion (an :class:`Engine`)."""
 
     def __init__(self, cfg: Config, model: nn.Module, data, *, device: torch.device | None = None,
                  scores: dict[str, torch.Tensor] | None = None) -> None:
@@ -205,7 +272,7 @@ class PruningEngine(SearchSpaceView):
 def proxy_steps(proxy: str) -> tuple[str, ...]:
     """``"abn+ls"`` -> ``("abn", "ls")``; ``"none"`` -> ``()``; unknown names are refused."""
     if proxy not in PROXIES:
-        raise ConfigError(f"unknown proxy '{proxy}'; choose one of: {', '.join(PROXIES)}")
+        raise ConfigError(unknown_choice("proxy", proxy, PROXIES))
     return () if proxy == "none" else tuple(proxy.split("+"))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "BandError",
     "CheckpointError",
@@ -11,7 +14,21 @@ __all__ = [
     "SearchpruneError",
     "StorageError",
     "StudyConfigMismatch",
+    "did_you_mean",
+    "unknown_choice",
 ]
+
+
+def did_you_mean(value: object, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or an empty string."""
+    close = difflib.get_close_matches(str(value), list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_choice(what: str, value: object, valid: Iterable[str]) -> str:
+    """``unknown <what> '<value>' (did you mean 'x'?); choose one of: a, b, c``."""
+    names = list(valid)
+    return f"unknown {what} '{value}'{did_you_mean(value, names)}; choose one of: {', '.join(names)}"
 
 
 class SearchpruneError(Exception):

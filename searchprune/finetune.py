@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from searchprune.evaluate import evaluate
-from searchprune.train import fit
+from searchprune.train import TrainConfig, fit
 
 __all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "finetune_candidates",
            "finetune_each"]
@@ -36,16 +36,11 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
-    """SGD with momentum, cosine schedule, standard augmentation (crop + flip)."""
+class FinetuneSettings(TrainConfig):
+    """:class:`~searchprune.train.TrainConfig` (``epochs`` for every candidate) plus
+    ``final_epochs`` for the best one; standard augmentation (crop + flip)."""
 
-    epochs: int = 5
     final_epochs: int = 50
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 128
-    seed: int = 0
 
 
 @dataclass
@@ -155,6 +150,5 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
 
 
 def _fit(model, train_set, s: FinetuneSettings, epochs, ckpt, device, progress) -> None:
-    fit(model, train_set, epochs=epochs, lr=s.lr, momentum=s.momentum,
-        weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=s.seed,
+    fit(model, train_set, **s.with_(epochs=epochs).fit_kwargs(), device=device,
         progress=progress, checkpoint_path=ckpt)

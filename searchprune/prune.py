@@ -49,7 +49,6 @@ def prune_model(model: nn.Module, space: SearchSpace,
     with torch.no_grad():
         for name, k in per_module.items():
             _slice(name, pruned.get_submodule(name), k)
-    pruned.searchprune_keep = per_module  # used by reconstruction
     return pruned
 
 

@@ -1,4 +1,5 @@
-"""Layer-wise least-squares reconstruction of a pruned network (paper Sec. 4.2, ALGORITHMS.md 2).
+"""Layer-wise least-squares reconstruction of a pruned network (paper Sec. 4.2,
+docs/algorithms.md §3).
 
 For every conv followed by BN, in forward order, fit ``min ||T - (X z + c)||^2`` where ``z`` is
 the pruned net's BN output (pre-activation) and ``T`` the original's on the kept channels, then
@@ -17,6 +18,7 @@ are fitted jointly on the stacked branch and shortcut features, the intercept go
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 
 from searchprune.config import ReconstructionConfig
 from searchprune.models._layers import IndexShortcut
+from searchprune.prune import module_keep
 from searchprune.space import SearchSpace, is_depthwise
 
 __all__ = ["Reconstructor", "find_residual_blocks", "find_sites", "merge_affine"]
@@ -116,7 +119,7 @@ def _block(prefix, name, last_bn, short_name, short) -> Block:
 
 def merge_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, X: torch.Tensor, c: torch.Tensor | None,
                  *, diagonal: bool = False) -> None:
-    """Fold ``z -> X z + c`` on BN outputs into the conv weights and BN shift (ALGORITHMS 2.2).
+    """Fold ``z -> X z + c`` on BN outputs into the conv weights and BN shift (docs/algorithms.md §3).
 
     ``BN(W'x + b') = X BN(Wx + b) + c`` with ``W' = diag(1/s) X diag(s) W`` and
     ``beta' = X t + c + s*mu``, where ``s = gamma/sqrt(var+eps)`` and ``t = beta - s*mu``.
@@ -154,6 +157,7 @@ class Reconstructor:
                  rcfg: ReconstructionConfig, *, device: torch.device | None = None,
                  seed: int = 0, batch_size: int = 256) -> None:
         self.rcfg = rcfg
+        self.space = space
         self.device = device or torch.device("cpu")
         self.calib_x = calib_x.to(self.device)
         self.seed = seed
@@ -217,12 +221,14 @@ class Reconstructor:
         return targets
 
     # -- per trial ----------------------------------------------------------------------------
-    def rebuild(self, pruned: nn.Module, keep=None) -> dict[str, float]:
-        """Fit and merge every site of ``pruned`` (a :func:`prune_model` copy), in place.
+    def rebuild(self, pruned: nn.Module, keep: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Fit and merge every site of ``pruned``, in place. ``pruned`` is
+        ``prune_model(model, space, keep)``: ``keep`` (kept channel indices per group, as given
+        to :func:`prune_model`) says which original output channels each layer still has.
 
         Returns the relative holdout error (fitted / identity) per site.
         """
-        per_module = getattr(pruned, "searchprune_keep", {})
+        per_module = module_keep(self.space, keep)
         shortcut_out: dict[str, torch.Tensor] = {}
         errors: dict[str, float] = {}
         handles = []

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,29 @@ def _progress(enabled: bool, total: int) -> Any:
         console=Console(stderr=True),
         transient=True,
     )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training hyper-parameters of :func:`fit` (SGD with momentum, cosine learning-rate
+    schedule) for fine-tuning searched networks and for the supernet's top-k fine-tuning
+    and retraining."""
+
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`fit` this config sets."""
+        return {"epochs": self.epochs, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "batch_size": self.batch_size,
+                "seed": self.seed}
 
 
 def fit(

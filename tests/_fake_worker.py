@@ -1,4 +1,4 @@
-"""A ``searchprune`` CLI process whose engine is the fast FakeEngine (tests/test_search.py).
+"""A ``searchprune`` CLI process whose engine is the fast FakeEngine (tests/_helpers.py).
 
 Run as ``python tests/_fake_worker.py study run CONFIG.yaml ...``; ``--workers K`` starts K
 copies of this script. Environment: ``FAKE_DELAY`` seconds per evaluation (default 0.1),
@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_search import FakeEngine
+from _helpers import FakeEngine
 
 import searchprune.cli._workers as workers
 from searchprune.cli.main import main
@@ -24,18 +24,18 @@ from searchprune.search import runner
 
 
 class SlowEngine(FakeEngine):
-    def evaluate(self, widths, split="val", on_chunk=None):
+    def evaluate(self, widths, *, split="val", on_chunk=None):
         mark = os.environ.get("FAKE_MARK")
         if mark:
             (Path(mark) / str(os.getpid())).touch()
         time.sleep(float(os.environ.get("FAKE_DELAY", "0.1")))
-        return super().evaluate(widths, split, on_chunk)
+        return super().evaluate(widths, split=split, on_chunk=on_chunk)
 
 
 # the runner imports engine_for from here; a stub module keeps torch out of these processes
-supernet = types.ModuleType("searchprune.supernet")
-supernet.engine_for = lambda cfg, progress=False: SlowEngine()  # type: ignore[attr-defined]
-sys.modules["searchprune.supernet"] = supernet
+engines = types.ModuleType("searchprune.engine")
+engines.engine_for = lambda cfg, progress=False: SlowEngine()  # type: ignore[attr-defined]
+sys.modules["searchprune.engine"] = engines
 # optuna-dashboard (for the study note) pulls in scikit-learn and scipy: seconds per process
 dashboard = types.ModuleType("optuna_dashboard")
 dashboard.save_note = lambda study, note: None  # type: ignore[attr-defined]

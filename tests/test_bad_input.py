@@ -17,9 +17,8 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from _helpers import ROOT, FakeEngine, make_cfg, one_line_error, run
 from optuna.trial import TrialState
-from test_cli import ROOT, one_line_error
-from test_search import FakeEngine, make_cfg, run
 
 from searchprune.cli.main import main
 from searchprune.config import ModelConfig
@@ -65,9 +64,9 @@ def env(tmp_path_factory) -> Path:
 CASES = [
     ("malformed-yaml", "malformed.yaml", [], 2, r"malformed YAML in .*malformed.yaml at line 3"),
     ("misspelled-key", "typo.yaml", [], 2,
-     r"unknown config key 'pruning.gama'; did you mean 'gamma'"),
+     r"unknown config key 'pruning.gama' \(did you mean 'gamma'\?\)"),
     ("misspelled-section", "typo-section.yaml", [], 2,
-     r"unknown config key 'serch'; did you mean 'search'"),
+     r"unknown config key 'serch' \(did you mean 'search'\?\)"),
     ("gamma-above-1", "s.yaml", ["--gamma", "1.5"], 2,
      r"pruning.gamma must be in \(0, 1\], got 1.5"),
     ("gamma-zero", "s.yaml", ["--gamma", "0"], 2, r"pruning.gamma must be in \(0, 1\], got 0"),
@@ -151,11 +150,11 @@ def test_unreachable_band_fails_fast_and_creates_nothing(tmp_path):
 class NaNFeatures(FakeEngine):
     """Every other evaluation meets NaN features in reconstruction, as reconstruct.py raises."""
 
-    def evaluate(self, widths, split="val", on_chunk=None):
+    def evaluate(self, widths, *, split="val", on_chunk=None):
         if self.calls % 2:
             self.calls += 1
             raise FloatingPointError("NaN/inf in feature maps during least-squares reconstruction")
-        return super().evaluate(widths, split, on_chunk)
+        return super().evaluate(widths, split=split, on_chunk=on_chunk)
 
 
 def test_nan_features_fail_the_trial_and_the_study_goes_on(tmp_path):

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import optuna
 import pytest
-from test_search import FakeEngine, make_cfg  # the fake engine lives with the search tests
+from _helpers import FakeEngine, cli, make_cfg, one_line_error, start_worker
+from optuna.trial import TrialState
 
 from searchprune.search import run_study
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    env.pop("SEARCHPRUNE_STORAGE", None)
-    return subprocess.run([sys.executable, "-m", "searchprune.cli.main", *args], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +26,8 @@ def test_study_show_json(study_db):
     data = json.loads(proc.stdout)
     assert data["study_name"] == "s"
     assert data["counts"]["COMPLETE"] == 4
-    assert set(data["trials"][0]) == {"number", "state", "value", "params", "user_attrs"}
+    assert set(data["trials"][0]) == {"number", "state", "value", "values", "params", "user_attrs"}
+    assert data["objective"] == "single" and data["evaluated"] == 4 and "front" not in data
     values = [t["value"] for t in data["trials"] if t["state"] == "COMPLETE"]
     assert values == sorted(values, reverse=True)
     assert data["best_trial"]["value"] == values[0]
@@ -68,9 +52,7 @@ def test_study_list_json(study_db):
 
 
 def test_storage_from_environment(study_db):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEARCHPRUNE_STORAGE": str(study_db)}
-    proc = subprocess.run([sys.executable, "-m", "searchprune.cli.main", "study", "list",
-                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = cli("study", "list", "--json", env={"SEARCHPRUNE_STORAGE": str(study_db)})
     assert json.loads(proc.stdout)["studies"][0]["study_name"] == "s"
 
 
@@ -133,9 +115,30 @@ def test_study_run_end_to_end_on_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["study_name"] == "digits" and summary["counts"]["COMPLETE"] == 2
-    assert 0.0 <= summary["best_trial"]["value"] <= 100.0
+    best = summary["best_trial"]
+    assert best["value"] == best["user_attrs"]["top1"] > 50.0  # a trained digits net at 50% FLOPs
+    assert abs(best["user_attrs"]["flops_ratio"] - 0.5) <= 0.05
     again = cli("study", "run", str(config), "--storage", str(db), "--json", cwd=tmp_path)
     assert json.loads(again.stdout)["counts"] == summary["counts"]  # budget reached: no work
     changed = cli("study", "run", str(config), "--storage", str(db), "--gamma", "0.7",
                   cwd=tmp_path)
     assert changed.returncode == 2 and "pruning.gamma" in one_line_error(changed)
+
+
+def test_two_workers_on_one_sqlite_file_stop_at_exactly_n_trials(tmp_path):
+    config = tmp_path / "fake.yaml"
+    config.write_text("pruning: {gamma: 0.4, tolerance: 0.05, eta: 0.3}\n")
+    db = tmp_path / "s.db"
+    proc = start_worker(config, str(db), "sq", 6, "--workers", "2", delay=0.05)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Optuna advises PostgreSQL" in err  # allowed, with a warning
+    study = optuna.load_study(study_name="sq", storage=f"sqlite:///{db}")
+    ts = study.get_trials()
+    complete = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6 and study.user_attrs["workers_joined"] == 2
+    assert all(t.state == TrialState.PRUNED and "refused" in t.user_attrs
+               for t in ts if t.state != TrialState.COMPLETE)
+    params = [tuple(t.params.values()) for t in complete]
+    assert len(set(params)) == 6, "a configuration was evaluated twice"
+    assert json.loads(out)["evaluated"] == 6

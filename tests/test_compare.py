@@ -7,10 +7,9 @@ from datetime import datetime, timedelta
 
 import optuna
 import pytest
+from _helpers import FakeEngine, cli, make_cfg
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from test_cli import cli
-from test_search import FakeEngine, make_cfg
 
 from searchprune.config import apply_overrides, config_to_dict
 from searchprune.errors import ConfigError
@@ -191,11 +190,15 @@ def test_hypervolume_of_a_hand_computed_front():
     # staircase: 0.2 * 0.7 + 0.3 * 0.8 + 0.2 * 0.9 (the point beyond ratio 1.0 adds nothing)
     assert hypervolume_2d(points) == pytest.approx(0.56)
     assert hypervolume_2d([]) == 0.0
+    # independently: the share of a fine grid over [0, 1]^2 that some point dominates
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume
 
-    loss = np.array([[-a / 100, r] for a, r in points if r < 1.0])
-    assert compute_hypervolume(loss, np.array([0.0, 1.0])) == pytest.approx(0.56)
+    acc, ratio = np.meshgrid(np.linspace(0, 1, 1001)[:-1] + 5e-4,
+                             np.linspace(0, 1, 1001)[:-1] + 5e-4)
+    covered = np.zeros_like(acc, dtype=bool)
+    for a, r in points:
+        covered |= (acc <= a / 100) & (ratio >= r)
+    assert covered.mean() == pytest.approx(hypervolume_2d(points), abs=2e-3)
 
 
 def test_pareto_config_is_validated(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_cli import cli, one_line_error
+from _helpers import cli, one_line_error
 
 from searchprune.config import apply_overrides, config_to_dict, load_config
 from searchprune.errors import ConfigError
@@ -11,7 +11,7 @@ from searchprune.errors import ConfigError
 
 @pytest.mark.parametrize(("text", "flags", "message"), [
     ("model: [unclosed\n", [], "malformed YAML .* line"),
-    ("pruning:\n  gama: 0.5\n", [], "unknown config key 'pruning.gama'; did you mean 'gamma'"),
+    ("pruning:\n  gama: 0.5\n", [], "unknown config key 'pruning.gama' \\(did you mean 'gamma'\\?\\)"),
     ("", ["--gamma", "1.5"], r"pruning.gamma must be in \(0, 1\]"),
     ("", ["--tolerance", "-0.1"], "pruning.tolerance must be >= 0"),
     ("", ["--eta", "0"], r"pruning.eta must be in \(0, 1\]"),

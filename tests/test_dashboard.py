@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_search import FakeEngine, make_cfg
+from _helpers import FakeEngine, make_cfg
 
 from searchprune.search import get_storage, run_study
 

@@ -1,4 +1,5 @@
-"""Several workers on one PostgreSQL study: exact budget, dead workers, signals.
+"""Several workers on one PostgreSQL study: exact budget (single and Pareto), dead workers,
+signals.
 
 The workers are real ``searchprune study run`` processes whose engine is the FakeEngine
 (``tests/_fake_worker.py``), so each trial costs a sleep instead of a forward pass.
@@ -6,22 +7,20 @@ The workers are real ``searchprune study run`` processes whose engine is the Fak
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+from _helpers import start_worker
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "_fake_worker.py"
 URL = "postgresql://postgres@127.0.0.1:5432/test"
 INTERRUPTED = "interrupted: trial {} marked FAIL; re-run the same command to resume"
 
@@ -60,15 +59,7 @@ def config(tmp_path) -> Path:
 
 def start(config: Path, name: str, n_trials: int, *extra: str, delay: float = 0.1,
           mark: Path | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "FAKE_DELAY": str(delay), "PYTHONPATH": str(ROOT)}
-    env.pop("SEARCHPRUNE_STORAGE", None)
-    if mark is not None:
-        mark.mkdir(exist_ok=True)
-        env["FAKE_MARK"] = str(mark)
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), "study", "run", str(config), "--storage", URL,
-         "--study-name", name, "--n-trials", str(n_trials), "--json", *extra],
-        env=env, cwd=config.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_worker(config, URL, name, n_trials, *extra, delay=delay, mark=mark)
 
 
 def wait_for_evaluation(mark: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -90,21 +81,45 @@ def states(ts) -> dict[str, int]:
     return out
 
 
-def test_two_workers_stop_at_exactly_n_trials(storage, study_name, config):
-    proc = start(config, study_name, 8, "--workers", "2", delay=0.1)
+def run_two_workers(storage, name: str, config: Path, n: int) -> tuple[optuna.Study, str]:
+    """Two workers to ``n`` trials: exactly ``n`` COMPLETE, none evaluated twice, the others
+    never evaluated (outside the band, or refused: at most one, by the second worker)."""
+    proc = start(config, name, n, "--workers", "2", delay=0.1)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    ts = trials(storage, study_name)
+    ts = trials(storage, name)
     complete = [t for t in ts if t.state == TrialState.COMPLETE]
-    assert len(complete) == 8, states(ts)
+    assert len(complete) == n, states(ts)
     params = [tuple(t.params.values()) for t in complete]
     assert len(set(params)) == len(params), "a configuration was evaluated twice"
-    # the only other trials: at most one refused (never evaluated) trial per extra worker
     others = [t for t in ts if t.state != TrialState.COMPLETE]
-    assert all(t.state == TrialState.PRUNED and "refused" in t.user_attrs for t in others)
-    assert len(others) <= 1
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    refused = [t for t in others if "refused" in t.user_attrs]
+    assert all(t.state == TrialState.PRUNED and "top1" not in t.user_attrs for t in others)
+    assert all(t.user_attrs["feasible"] is False for t in others if t not in refused)
+    assert len(refused) <= 1
+    study = optuna.load_study(study_name=name, storage=storage)
     assert study.user_attrs["workers_joined"] == 2
+    return study, out
+
+
+def test_two_workers_stop_at_exactly_n_trials(storage, study_name, config):
+    study, _ = run_two_workers(storage, study_name, config, 8)
+    # the band-aware random sampler never proposes out of band: the only other trial is refused
+    assert len(study.trials) <= 9
+
+
+def test_two_pareto_workers_stop_at_exactly_n_trials(storage, study_name, tmp_path):
+    config = tmp_path / "pareto.yaml"
+    config.write_text("pruning: {eta: 0.3}\n"
+                      "search: {objective: pareto, gamma_range: [0.3, 0.8], sampler: nsga2}\n")
+    study, out = run_two_workers(storage, study_name, config, 8)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(study.directions) == 2
+    assert all(t.values == [t.user_attrs["top1"], t.user_attrs["flops_ratio"]]
+               and 0.3 <= t.values[1] <= 0.8 for t in complete)
+    summary = json.loads(out)  # the final summary of the parent process
+    assert summary["objective"] == "pareto" and summary["evaluated"] == 8
+    assert {t["number"] for t in summary["front"]} == {t.number for t in study.best_trials}
 
 
 def test_killed_worker_trial_fails_and_the_study_still_finishes(storage, study_name, config,

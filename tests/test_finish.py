@@ -9,6 +9,7 @@ import sys
 import optuna
 import pytest
 import torch
+from _helpers import cli, one_line_error
 
 from searchprune.config import config_from_dict
 from searchprune.finetune import FinetuneSettings
@@ -38,26 +39,34 @@ def test_finetune_records_results_in_the_study_and_resumes(study):
     record = optuna.load_study(study_name="finish", storage=f"sqlite:///{tmp / 's.db'}"
                                ).user_attrs["finetune"]
     assert len(record["trials"]) == 2 and record["best_trial"] == result.best
-    assert 0 <= record["test_top1"] <= 100 and record["artifact_id"]
+    assert record["artifact_id"] and record["test_top1"] == pytest.approx(result.test_top1)
+    # the trained digits net, pruned to 60% FLOPs and fine-tuned, is far above chance (10%)
+    assert record["test_top1"] > 50.0 and record["val_top1"] == pytest.approx(result.val_top1)
     assert (tmp / "ft" / f"trial-{result.best}-stage2.pt").is_file()
     # a second call finds every epoch checkpointed and reproduces the result without training
     again = finetune_study(st, top=2, settings=settings, out_dir=tmp / "ft")
     assert again.test_top1 == pytest.approx(result.test_top1)
+    # export now defaults to the fine-tuned best, with its fine-tuned weights
+    card = export_trial(st, tmp / "ft-out", latency=False)
+    assert card["trial"] == result.best and card["accuracy"]["finetuned"] is True
+    assert card["accuracy"]["test_top1"] == pytest.approx(result.test_top1)
 
 
 def test_export_loads_without_searchprune_and_matches(study, tmp_path):
     st, _ = study
-    card = export_trial(st, tmp_path / "out", latency=False)
-    assert card["input_shape"] == [1, 1, 8, 8]
+    best = max(st.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)
+    card = export_trial(st, tmp_path / "out", trial=best.number, finetuned=False,
+                        latency=False)
+    assert card["trial"] == best.number and card["accuracy"]["finetuned"] is False
+    assert card["accuracy"]["val_top1_search"] == best.value
+    assert card["input_shape"] == [1, 1, 8, 8] and "latency_ms" not in card
     saved = json.loads((tmp_path / "out" / "card.json").read_text())
-    assert saved["flops_ratio"] == pytest.approx(card["flops_ratio"])
-    from searchprune.search.finishing import _engine, load_study_config
+    assert saved["flops_ratio"] == pytest.approx(best.user_attrs["flops_ratio"])
+    from searchprune.engine import engine_for
+    from searchprune.search.finishing import load_study_config
 
-    engine = _engine(load_study_config(st))
-    model = engine.build(st.trials[card["trial"]].user_attrs["widths"])
-    ft = st.user_attrs.get("finetune")
-    if ft and ft.get("best_trial") == card["trial"]:
-        model.load_state_dict(torch.load(ft["checkpoint"], weights_only=True)["state_dict"])
+    engine = engine_for(load_study_config(st))
+    model = engine.build(best.user_attrs["widths"])
     x = torch.randn(5, 1, 8, 8)
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
@@ -80,8 +89,8 @@ def test_export_loads_without_searchprune_and_matches(study, tmp_path):
 def test_finetune_each_gives_trials_and_baselines_one_recipe(study, capsys):
     from searchprune.baselines import solve_baseline
     from searchprune.cli.main import main
+    from searchprune.engine import engine_for
     from searchprune.search.finishing import load_study_config
-    from searchprune.supernet import engine_for
 
     st, tmp = study
     best = st.best_trial.number
@@ -110,3 +119,73 @@ def test_finetune_trials_without_each_is_refused(study, capsys):
                  "--baselines", "uniform"])
     assert code == 2
     assert "go with --each" in capsys.readouterr().err
+
+
+def test_export_measures_latency(study, tmp_path):
+    st, _ = study
+    card = export_trial(st, tmp_path / "out", trial=0, finetuned=False, latency=True)
+    saved = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert saved["latency_ms"] == card["latency_ms"]
+    assert set(card["latency_ms"]) == {"batch1", "batch64"}
+    for timing in card["latency_ms"].values():
+        assert set(timing) == {"pruned", "original"}
+        assert all(isinstance(v, float) and v > 0.0 for v in timing.values())
+    assert f"{torch.get_num_threads()} threads" in card["latency_method"]
+
+
+def test_pareto_study_through_run_show_finetune_export(tmp_path):
+    """The whole command line on a multi-objective study (real engine, digits)."""
+    config = tmp_path / "pareto.yaml"
+    config.write_text(
+        "data: {calib_size: 128, val_size: 200}\n"
+        "search: {objective: pareto, gamma_range: [0.3, 0.9], n_trials: 5, sampler: random}\n")
+    db = str(tmp_path / "s.db")
+    run = cli("study", "run", str(config), "--storage", db, "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["objective"] == "pareto" and summary["evaluated"] == 5
+    front = summary["front"]
+    ratios = [t["values"][1] for t in front]
+    assert front and ratios == sorted(ratios)
+    # a front: accuracy rises with the FLOPs ratio, and nothing evaluated dominates a member
+    accs = [t["values"][0] for t in front]
+    assert accs == sorted(accs) and len(set(accs)) == len(accs)
+
+    show = cli("study", "show", "--storage", db, "--study-name", "pareto", "--json")
+    shown = json.loads(show.stdout)
+    assert shown["front"] == front and [t["number"] for t in shown["trials"][:len(front)]] == [
+        t["number"] for t in front]
+    complete = [t for t in shown["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 5
+    for m in front:  # no evaluated trial dominates a front member
+        assert not any(t["values"][0] >= m["values"][0] and t["values"][1] <= m["values"][1]
+                       and t["values"] != m["values"] for t in complete)
+    table = cli("study", "show", "--storage", db, "--study-name", "pareto")
+    assert table.returncode == 0 and "front members" in table.stderr
+
+    listed = json.loads(cli("study", "list", "--storage", db, "--json").stdout)["studies"]
+    assert listed[0]["objective"] == "pareto" and listed[0]["front_size"] == len(front)
+
+    # fine-tune the front members under a FLOPs cap (the cheapest member always qualifies)
+    cap = ratios[0] + 1e-9
+    ft = cli("finetune", "--storage", db, "--study-name", "pareto", "--top", "2", "--epochs",
+             "1", "--final-epochs", "0", "--flops-max", str(cap), "--out",
+             str(tmp_path / "ft"), "--artifact-dir", str(tmp_path / "art"), "--json")
+    assert ft.returncode == 0, ft.stderr
+    record = json.loads(ft.stdout)
+    assert set(record["trials"]) == {str(front[0]["number"])}
+    assert record["best_trial"] == front[0]["number"]
+
+    ex = cli("export", "--storage", db, "--study-name", "pareto", "--out", str(tmp_path / "ex"),
+             "--no-latency", "--json")
+    assert ex.returncode == 0, ex.stderr
+    card = json.loads(ex.stdout)
+    assert card["trial"] == front[0]["number"] and card["accuracy"]["finetuned"] is True
+    assert card["flops_ratio"] == pytest.approx(ratios[0])
+    # with FLOPs bounds, export picks the most accurate front member inside them
+    ex2 = cli("export", "--storage", db, "--study-name", "pareto", "--out",
+              str(tmp_path / "ex2"), "--no-latency", "--flops-min", str(ratios[-1] - 1e-9),
+              "--json")
+    assert json.loads(ex2.stdout)["trial"] == front[-1]["number"]
+    bad = cli("finetune", "--storage", db, "--study-name", "pareto", "--flops-max", "0.01")
+    assert bad.returncode == 1 and "widen --flops-min/--flops-max" in one_line_error(bad)

@@ -46,7 +46,7 @@ def test_nothing_pruned_leaves_the_network_unchanged(shortcut):
     space = SearchSpace.from_model(model, x[:1])
     rec = Reconstructor(model, space, x, ReconstructionConfig(positions_per_image=16))
     pruned = prune_model(model, space, {})
-    rec.rebuild(pruned)
+    rec.rebuild(pruned, {})
     with torch.no_grad():
         assert (pruned(x) - model(x)).abs().max() < 1e-4
 
@@ -63,7 +63,7 @@ def test_reconstruction_brings_pruned_features_closer_to_the_original(shortcut):
     rec = Reconstructor(model, space, x, ReconstructionConfig(positions_per_image=32))
     plain = prune_model(model, space, keep)
     rebuilt = prune_model(model, space, keep)
-    errors = rec.rebuild(rebuilt)
+    errors = rec.rebuild(rebuilt, keep)
     assert min(errors.values()) < 1.0  # at least some layers improved on identity
     held_out = torch.randn(64, 3, 16, 16)
     with torch.no_grad():
@@ -91,4 +91,4 @@ def test_nan_features_fail_with_a_reason():
     with torch.no_grad():
         pruned.layer1[0].conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN"):
-        rec.rebuild(pruned)
+        rec.rebuild(pruned, {})

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections import namedtuple
-from collections.abc import Mapping
-from pathlib import Path
-
 import optuna
 import pytest
+from _helpers import GAMMA, SAMPLERS, TOL, ChunkedEngine, FakeEngine, configs, make_cfg, run
 from optuna.trial import TrialState
 
-from searchprune.config import Config, apply_overrides, config_to_dict
+from searchprune.config import config_to_dict
 from searchprune.errors import BandError, StorageError, StudyConfigMismatch
 from searchprune.search import (
     Band,
@@ -23,84 +18,6 @@ from searchprune.search import (
     run_study,
 )
 from searchprune.search.storage import ENV_VAR, resolve_storage_url
-
-Cost = namedtuple("Cost", "flops macs params")
-Group = namedtuple("Group", "name channels")
-SAMPLERS = ["random", "tpe", "cmaes", "qmc"]
-
-
-@dataclasses.dataclass
-class FakeResult:
-    top1: float
-    top5: float
-    cost: Cost
-    widths: dict[str, int]
-    seconds: dict[str, float]
-    stopped_early: bool = False
-    images: int = 100
-
-
-class FakeEngine:
-    """Same attributes as PruningEngine: a chain of convs whose FLOPs are bilinear in widths."""
-
-    def __init__(self, channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64), eta: float = 0.3,
-                 nan_every: int = 0) -> None:
-        self.groups = [Group(f"layer{i}.conv", c) for i, c in enumerate(channels)]
-        self.eta = eta
-        self.nan_every = nan_every
-        self.calls = 0
-        self.seconds = {"scores": 0.0, "features": 0.0}
-        self.base_cost = self.cost({g.name: g.channels for g in self.groups})
-
-    def widths(self, ratios: Mapping[str, float]) -> dict[str, int]:
-        return {g.name: max(1, round(ratios[g.name] * g.channels)) for g in self.groups}
-
-    def cost(self, widths: Mapping[str, int]) -> Cost:
-        w = [3] + [widths[g.name] for g in self.groups] + [10]
-        macs = sum(9 * 64 * a * b for a, b in zip(w[:-2], w[1:-1])) + w[-2] * w[-1]
-        params = sum(9 * a * b + 2 * b for a, b in zip(w[:-2], w[1:-1])) + w[-2] * 11
-        return Cost(2 * macs, macs, params)
-
-    def flops_ratio(self, widths: Mapping[str, int]) -> float:
-        return self.cost(widths).flops / self.base_cost.flops
-
-    def ratio_range(self, eta: float | None = None) -> tuple[float, float]:
-        eta = self.eta if eta is None else eta
-        return self.flops_ratio(self.widths({g.name: eta for g in self.groups})), 1.0
-
-    def evaluate(self, widths, split="val", on_chunk=None) -> FakeResult:
-        self.calls += 1
-        keep = [widths[g.name] / g.channels for g in self.groups]
-        top1 = 50.0 + 40.0 * sum(k * (i + 1) for i, k in enumerate(keep)) / 21.0
-        if self.nan_every and self.calls % self.nan_every == 0:
-            top1 = math.nan
-        return FakeResult(top1, min(100.0, top1 + 5), self.cost(widths), dict(widths),
-                          {"build": 0.001, "evaluate": 0.002})
-
-    def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
-        return 90.0, 99.0
-
-
-GAMMA, TOL = 0.4, 0.05
-
-
-def make_cfg(tmp_path: Path, sampler: str = "random", seed: int = 0, n_trials: int = 5,
-             **overrides) -> Config:
-    return apply_overrides(Config(), {
-        "search.sampler": sampler, "search.seed": seed, "search.n_trials": n_trials,
-        "search.study_name": "s", "storage": str(tmp_path / "studies.db"),
-        "pruning.gamma": GAMMA, "pruning.tolerance": TOL, "pruning.eta": 0.3, **overrides,
-    })
-
-
-def run(cfg: Config, engine=None, storage=None) -> optuna.Study:
-    """run_study on an in-memory storage unless one is given."""
-    storage = storage if storage is not None else optuna.storages.InMemoryStorage()
-    return run_study(cfg, engine=engine or FakeEngine(), progress=False, storage=storage)
-
-
-def configs(study: optuna.Study) -> list[tuple[float, ...]]:
-    return [tuple(round(v, 12) for v in t.params.values()) for t in study.get_trials()]
 
 
 # -- the band -------------------------------------------------------------------------------
@@ -177,9 +94,7 @@ class TestSamplerContract:
             assert t.user_attrs["feasible"] is True and t.user_attrs["band_violation"] == 0.0
             assert t.value == t.user_attrs["top1"]
             assert set(t.user_attrs["widths"]) == set(t.params)
-        for t in study.get_trials(states=(TrialState.PRUNED,)):
-            assert t.user_attrs["feasible"] is False and t.user_attrs["band_violation"] > 0
-            assert "top1" not in t.user_attrs
+        assert study.get_trials(states=(TrialState.PRUNED,)) == []  # nothing left the band
         assert study.user_attrs["rejected_proposals"] == rejected_proposals(study.get_trials())
 
 
@@ -220,13 +135,17 @@ def test_band_tpe_favours_the_better_region(tmp_path):
 
 def test_cmaes_records_projection_and_keeps_the_proposal(tmp_path):
     study = run(make_cfg(tmp_path, "cmaes", n_trials=4))
-    engine = FakeEngine()
-    for t in study.get_trials():
+    engine, band = FakeEngine(), Band(GAMMA, TOL)
+    trials = study.get_trials()
+    assert len(trials) == 4
+    for t in trials:
         assert t.user_attrs["projected"] is True
         # params hold CMA-ES's proposal; widths hold the projected configuration it was scored on
-        proposed = engine.widths(t.params)
-        in_band = Band(GAMMA, TOL).contains_ratios(engine, t.params)
-        assert t.user_attrs["widths"] != proposed or in_band
+        projected = engine.widths(project_to_band(engine, t.params, band, 0.3))
+        assert t.user_attrs["widths"] == projected
+        assert band.contains(engine.flops_ratio(projected))
+    # CMA-ES proposes out of band: at least one proposal was moved by the projection
+    assert any(t.user_attrs["widths"] != engine.widths(t.params) for t in trials)
 
 
 @pytest.mark.parametrize("sampler", ["gp", "nsga2"])
@@ -344,26 +263,17 @@ def test_real_engine_digits_default(tmp_path):
     study = run_study(cfg, engine=engine, progress=False)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 2
-    assert all(0.0 <= t.value <= 100.0 for t in complete)
+    again = [engine.evaluate(t.user_attrs["widths"]).top1 for t in complete]
+    assert [t.value for t in complete] == pytest.approx(again)  # the value is the evaluation
+    assert min(t.value for t in complete) > 50.0  # a trained digits net at 50% FLOPs
     assert all(abs(t.user_attrs["flops_ratio"] - 0.5) <= TOL for t in complete)
 
 
 # -- early stopping ---------------------------------------------------------------------------
-class ChunkedEngine(FakeEngine):
-    """Reports accuracy after each of 10 chunks, as the real engine does."""
-
-    def evaluate(self, widths, split="val", on_chunk=None) -> FakeResult:
-        result = super().evaluate(widths, split)
-        for seen in range(100, 1001, 100):
-            if on_chunk is not None and seen < 1000 and on_chunk(seen, result.top1):
-                result.stopped_early, result.images = True, seen
-                return result
-        result.stopped_early, result.images = False, 1000
-        return result
-
-
 def test_median_pruner_stops_weak_candidates_and_they_count_toward_the_budget(tmp_path):
-    from searchprune.search.budget import n_evaluated
+    import statistics
+
+    from searchprune.search import n_evaluated
 
     study = run(make_cfg(tmp_path, n_trials=16, **{"search.pruner": "median"}),
                 engine=ChunkedEngine())
@@ -372,6 +282,105 @@ def test_median_pruner_stops_weak_candidates_and_they_count_toward_the_budget(tm
     assert stopped, "a median pruner over 16 candidates stops some of them"
     assert all(t.state == TrialState.PRUNED and "partial_top1" in t.user_attrs for t in stopped)
     assert n_evaluated(study) == len(complete) + len(stopped) == 16
-    # a stopped candidate was worse than the median of the earlier ones at its step
-    best = max(t.value for t in complete)
-    assert all(t.user_attrs["partial_top1"] < best for t in stopped)
+    # a stopped candidate was below the median of the earlier COMPLETE ones at its step
+    for t in stopped:
+        step = max(t.intermediate_values)
+        earlier = [c.intermediate_values[step] for c in complete if c.number < t.number]
+        assert len(earlier) >= 5  # MedianPruner(n_startup_trials=5)
+        assert t.intermediate_values[step] < statistics.median(earlier)
+    # the progress bar, the budget and the comparison report count the same 16 evaluations
+    from searchprune.report.compare import run_from_study
+
+    assert len(run_from_study(study, "random", 0).curve) == 16
+
+
+# -- multi-objective studies take the same path -----------------------------------------------
+PARETO = {"search.objective": "pareto", "search.gamma_range": [0.3, 0.7]}
+
+
+def test_pareto_study_has_the_single_objective_guarantees(tmp_path):
+    from searchprune.search import best_trials
+    from searchprune.search.callbacks import best_text
+
+    storage = optuna.storages.InMemoryStorage()
+    study = run(make_cfg(tmp_path, n_trials=4, **PARETO), engine=FakeEngine(nan_every=3),
+                storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(complete) == 4 and failed  # a NaN fails its trial, the study goes on
+    assert all(t.user_attrs["fail_reason"].startswith("evaluation returned top1=nan")
+               for t in failed)
+    assert study.user_attrs["workers_joined"] == 1
+    study = run(make_cfg(tmp_path, n_trials=6, **PARETO), storage=storage)  # resume, extend
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert study.user_attrs["workers_joined"] == 2
+    front = best_trials(study)
+    assert {t.number for t in front} == {t.number for t in study.best_trials}
+    assert best_text(study) == f"front of {len(front)}"
+
+
+def test_single_and_pareto_studies_do_not_mix(tmp_path):
+    storage = optuna.storages.InMemoryStorage()
+    run(make_cfg(tmp_path, n_trials=2), storage=storage)
+    with pytest.raises(StudyConfigMismatch, match="is single-objective, this config is multi"):
+        run_study(make_cfg(tmp_path, n_trials=2, **PARETO), engine=FakeEngine(),
+                  progress=False, storage=storage, force_config=True)
+
+
+def test_pareto_range_below_the_reachable_ratios_fails_fast(tmp_path):
+    cfg = make_cfg(tmp_path, **{**PARETO, "search.gamma_range": [0.05, 0.1],
+                                "pruning.eta": 0.6})
+    with pytest.raises(BandError, match=r"search.gamma_range \[0.05, 0.1\] is below the FLOPs "
+                                        r"ratio .* raise search.gamma_range"):
+        run(cfg)
+
+
+def test_engines_implement_one_protocol():
+    import inspect
+
+    from searchprune.engine import Engine, PruningEngine
+    from searchprune.supernet import SupernetEngine
+
+    assert isinstance(FakeEngine(), Engine)
+    for cls in (PruningEngine, SupernetEngine, FakeEngine):
+        for method in ("build", "evaluate"):
+            params = inspect.signature(getattr(cls, method)).parameters
+            common = {"seconds"} if method == "build" else {"split", "on_chunk"}
+            assert common <= {n for n, p in params.items() if p.kind == p.KEYWORD_ONLY}, (
+                cls, method)
+
+
+def test_best_trials_single_and_pareto_within_flops_bounds(tmp_path):
+    from searchprune.search import best_trials
+
+    single = run(make_cfg(tmp_path, n_trials=8))
+    ranked = best_trials(single)
+    assert [t.value for t in ranked] == sorted((t.value for t in single.trials), reverse=True)
+    cap = sorted(t.user_attrs["flops_ratio"] for t in single.trials)[3]
+    capped = best_trials(single, flops_max=cap)
+    assert [t.number for t in capped] == [t.number for t in ranked
+                                          if t.user_attrs["flops_ratio"] <= cap]
+    assert len(capped) == 4
+
+    pareto = run(make_cfg(tmp_path, n_trials=10, **PARETO))
+    front = best_trials(pareto)
+    assert {t.number for t in front} == {t.number for t in pareto.best_trials}
+    assert [t.values[0] for t in front] == sorted((t.values[0] for t in front), reverse=True)
+    low = min(t.values[1] for t in front)
+    # the cheapest front member stays on the front of any range that contains it
+    assert best_trials(pareto, flops_max=low)[0].values[1] == low
+
+
+def test_dashboard_note_describes_the_objective(tmp_path):
+    from searchprune.search import describe_objective
+    from searchprune.search.runner import note_lines
+
+    for overrides, goal, band in [
+        ({}, "- objective: maximise `val_top1` (%)", f"FLOPs ratio {GAMMA:g} ± {TOL:g} (gamma"),
+        (PARETO, "minimise `flops_ratio`; Pareto front over FLOPs ratio 0.3 to 0.7",
+         "(search.gamma_range [0.3, 0.7])"),
+    ]:
+        cfg = make_cfg(tmp_path, **overrides)
+        text = "\n".join(note_lines("s", cfg, describe_objective(cfg), FakeEngine()))
+        assert goal in text and band in text
+        assert text.startswith("# s (Pareto front)" if overrides else "# s\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from searchprune.cli._output import console, emit_json, jsonable, table
-from searchprune.errors import ConfigError, SearchpruneError
+from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
 __all__ = ["add_parser"]
 
@@ -101,11 +101,10 @@ def _baseline_engine(cfg: Any, names: list[str], progress: bool) -> Any:
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise ConfigError(f"unknown baseline '{unknown[0]}' in --baselines; choose from: "
-                          f"{', '.join(BASELINES)}")
+        raise ConfigError(unknown_choice("baseline", unknown[0], BASELINES) + " (--baselines)")
     if cfg.search.objective != "single":
         raise ConfigError("--baselines needs a single-objective comparison (one FLOPs band)")
-    from searchprune.supernet import engine_for
+    from searchprune.engine import engine_for
 
     return engine_for(cfg, progress=progress)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from searchprune.cli._output import console, emit_json, table
 from searchprune.cli.study import load_study
-from searchprune.errors import ConfigError
+from searchprune.errors import ConfigError, unknown_choice
 
 __all__ = ["add_parser"]
 
@@ -17,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                         help="fine-tune a study's top trials, then the best one longer")
     ft.add_argument("--study-name", required=True)
     ft.add_argument("--storage", help="storage URL or SQLite file (env SEARCHPRUNE_STORAGE)")
-    ft.add_argument("--top", type=int, default=5, metavar="K", help="trials to fine-tune (5)")
+    ft.add_argument("--top", type=int, default=5, metavar="K",
+                    help="trials to fine-tune (5); of a Pareto study: front members, most "
+                         "accurate first")
+    _flops_bounds(ft)
     ft.add_argument("--epochs", type=int, default=5, help="epochs for each of the top K (5)")
     ft.add_argument("--final-epochs", type=int, default=50,
                     help="further epochs for the best on validation (50)")
@@ -47,9 +50,27 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ex.add_argument("--storage")
     ex.add_argument("--trial", type=int, default=None,
                     help="trial number (default: the fine-tuned best, else the best trial)")
+    _flops_bounds(ex)
     ex.add_argument("--out", required=True, metavar="DIR")
     ex.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     ex.set_defaults(func=_export)
+
+
+def _flops_bounds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flops-min", type=float, default=None, metavar="R",
+                        help="only trials whose FLOPs ratio is at least R")
+    parser.add_argument("--flops-max", type=float, default=None, metavar="R",
+                        help="only trials whose FLOPs ratio is at most R (e.g. pick from a "
+                             "Pareto front)")
+
+
+def _bounds(args: argparse.Namespace) -> dict[str, float | None]:
+    lo, hi = args.flops_min, args.flops_max
+    if (lo is not None and not 0.0 <= lo <= 1.0) or (hi is not None and not 0.0 <= hi <= 1.0) \
+            or (lo is not None and hi is not None and lo > hi):
+        raise ConfigError(f"--flops-min/--flops-max must be FLOPs ratios in [0, 1] with min <= "
+                          f"max, got {lo} and {hi}")
+    return {"flops_min": lo, "flops_max": hi}
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -66,17 +87,17 @@ def _finetune(args: argparse.Namespace) -> int:
 
         for name in baselines:
             if name not in BASELINES:
-                raise ConfigError(f"unknown baseline '{name}' in --baselines; choose from: "
-                                  f"{', '.join(BASELINES)}")
+                raise ConfigError(unknown_choice("baseline", name, BASELINES) + " (--baselines)")
+    bounds = _bounds(args)
     study = load_study(args.storage, args.study_name)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
                                 weight_decay=args.weight_decay, batch_size=args.batch_size,
                                 seed=args.seed)
     out = args.out or str(Path("runs") / "finetune" / args.study_name)
     if args.each:
-        return _finetune_each(args, study, trials, baselines, settings, out)
+        return _finetune_each(args, study, trials, baselines, settings, out, bounds)
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
-                   artifact_dir=args.artifact_dir, progress=not args.json)
+                   artifact_dir=args.artifact_dir, progress=not args.json, **bounds)
     record = study.user_attrs["finetune"]
     if args.json:
         emit_json(record)
@@ -99,13 +120,13 @@ def _ints(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} takes a comma list of trial numbers, got {text!r}") from None
 
 
-def _finetune_each(args, study, trials, baselines, settings, out) -> int:
+def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int:
     from searchprune.search.finishing import finetune_study_each
 
     rows = finetune_study_each(study, trials=trials, top=args.top, baselines=baselines,
                                settings=settings, out_dir=out,
                                latency_batch=None if args.no_latency else 64,
-                               progress=not args.json)
+                               progress=not args.json, **bounds)
     if args.json:
         emit_json({"epochs": settings.epochs, "rows": rows})
         return 0
@@ -124,8 +145,9 @@ def _finetune_each(args, study, trials, baselines, settings, out) -> int:
 def _export(args: argparse.Namespace) -> int:
     from searchprune.search.finishing import export_trial
 
+    bounds = _bounds(args)
     study = load_study(args.storage, args.study_name)
-    card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency)
+    card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency, **bounds)
     if args.json:
         emit_json(card)
         return 0

@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                      help="torch threads per worker (default: cores // workers when K > 1)")
     run.set_defaults(func=_run)
 
-    show = cmds.add_parser("show", parents=[common], help="the best trials of a study")
+    show = cmds.add_parser("show", parents=[common],
+                           help="the best trials of a study (its Pareto front if multi-objective)")
     show.add_argument("--storage")
     show.add_argument("--study-name", required=True)
     show.add_argument("--top", type=int, default=None, metavar="K")
@@ -81,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
     """Check what can be checked once, then supervise ``--workers`` processes."""
     from searchprune.cli._workers import run_workers, threads_per_worker
-    from searchprune.search import StudyInterrupted, preflight
+    from searchprune.search import StudyInterrupted, n_evaluated, preflight
     from searchprune.search.storage import resolve_storage_url
 
     url = resolve_storage_url(cfg.storage)
@@ -92,7 +93,7 @@ def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
         sys.stderr.write("warning: several workers on one SQLite file work on one machine, but "
                          "Optuna advises PostgreSQL for parallel workers\n")
     storage, existing = preflight(cfg, force_config=args.force_config)
-    if existing is None or _n_complete(existing) < cfg.search.n_trials:
+    if existing is None or n_evaluated(existing) < cfg.search.n_trials:
         threads = args.threads or threads_per_worker(args.workers)
         code, lines, abandoned, signum = run_workers(
             cfg, storage, _worker_args(args, threads), args.workers, progress=not args.json)
@@ -117,12 +118,6 @@ def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
         ["--debug"] if args.debug else [])
 
 
-def _n_complete(study: Any) -> int:
-    from searchprune.search.budget import n_evaluated
-
-    return n_evaluated(study)
-
-
 def _study_name(cfg: Any) -> str:
     from searchprune.search import derive_study_name
 
@@ -139,37 +134,46 @@ def _report(args: argparse.Namespace, study: Any) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     study = load_study(args.storage, args.study_name)
-    trials = _ranked(study.get_trials(deepcopy=False))
+    trials = _ranked(study)
     if args.top is not None:
         trials = trials[: args.top]
+    summary = _summary(study)
     if args.json:
-        emit_json({**_summary(study), "trials": [_trial(t) for t in trials]})
+        emit_json({**summary, "trials": [_trial(t) for t in trials]})
     else:
-        _print_summary(_summary(study))
-        _print_trials(trials[:10] if args.top is None else trials)
+        _print_summary(summary)
+        front = {t["number"] for t in summary.get("front", [])}
+        _print_trials(trials[:10] if args.top is None else trials,
+                      front if "front" in summary else None)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     import optuna
 
-    from searchprune.search import get_storage
+    from searchprune.search import best_trials, get_storage
 
     storage = get_storage(args.storage, heartbeat_interval=None)
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
-        rows.append({"study_name": s.study_name, "n_trials": s.n_trials,
-                     "best_value": best.value if best else None,
-                     "best_trial": best.number if best else None,
+        multi = len(s.directions) > 1
+        best = best_trials(optuna.load_study(study_name=s.study_name, storage=storage)) if multi \
+            else [s.best_trial] if s.best_trial else []
+        rows.append({"study_name": s.study_name, "objective": "pareto" if multi else "single",
+                     "n_trials": s.n_trials,
+                     "best_value": best[0].values[0] if best else None,
+                     "best_trial": best[0].number if best else None,
+                     "front_size": len(best) if multi else None,
                      "sampler": s.user_attrs.get("config", {}).get("search", {}).get("sampler"),
                      "datetime_start": s.datetime_start.isoformat() if s.datetime_start else None})
     if args.json:
         emit_json({"studies": rows})
     else:
-        table("studies", ["study", "trials", "best val top-1", "sampler", "started"],
-              [[r["study_name"], r["n_trials"], _pct(r["best_value"]), r["sampler"],
-                r["datetime_start"]] for r in rows])
+        table("studies", ["study", "objective", "trials", "best val top-1", "sampler", "started"],
+              [[r["study_name"], r["objective"] + (f" (front of {r['front_size']})"
+                                                   if r["front_size"] is not None else ""),
+                r["n_trials"], _pct(r["best_value"]), r["sampler"], r["datetime_start"]]
+               for r in rows])
     return 0
 
 
@@ -188,51 +192,82 @@ def load_study(storage_url: str | None, name: str) -> Any:
                                "see 'searchprune study list'") from None
 
 
-def _ranked(trials: list[Any]) -> list[Any]:
-    """COMPLETE trials by value (best first), then the rest by number."""
+def _ranked(study: Any) -> list[Any]:
+    """The best (the Pareto front, by FLOPs ratio, for a multi-objective study), then the other
+    COMPLETE trials by validation top-1, then the rest by number."""
     from optuna.trial import TrialState
 
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE),
-                  key=lambda t: -(t.value if t.value is not None else float("-inf")))
-    return done + sorted((t for t in trials if t.state != TrialState.COMPLETE),
-                         key=lambda t: t.number)
+    from searchprune.search import best_trials
+    from searchprune.search.trials import is_multi_objective
+
+    trials = study.get_trials(deepcopy=False)
+    first = best_trials(study)
+    if is_multi_objective(study):
+        first = sorted(first, key=lambda t: t.values[1])
+    seen = {t.number for t in first}
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.number not in seen
+                   and t.values), key=lambda t: (-t.values[0], t.number))
+    seen |= {t.number for t in done}
+    return first + done + sorted((t for t in trials if t.number not in seen),
+                                 key=lambda t: t.number)
 
 
 def _trial(t: Any) -> dict[str, Any]:
-    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-            "user_attrs": t.user_attrs}
+    """One trial as JSON; ``value`` is validation top-1 (the first objective) in both kinds of
+    study, ``values`` all objectives."""
+    return {"number": t.number, "state": t.state.name,
+            "value": t.values[0] if t.values else None, "values": t.values,
+            "params": t.params, "user_attrs": t.user_attrs}
 
 
 def _summary(study: Any) -> dict[str, Any]:
+    from searchprune.search import best_trials, n_evaluated
+    from searchprune.search.trials import is_multi_objective
+
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
-    try:
-        best = _trial(study.best_trial)
-    except ValueError:  # no feasible COMPLETE trial yet
-        best = None
-    return {"study_name": study.study_name, "counts": dict(counts), "best_trial": best,
-            "user_attrs": study.user_attrs}
+    best = best_trials(study)
+    multi = is_multi_objective(study)
+    out = {"study_name": study.study_name, "objective": "pareto" if multi else "single",
+           "directions": [d.name.lower() for d in study.directions],
+           "counts": dict(counts), "evaluated": n_evaluated(study),
+           "best_trial": _trial(best[0]) if best else None, "user_attrs": study.user_attrs}
+    if multi:
+        out["front"] = [_trial(t) for t in sorted(best, key=lambda t: t.values[1])]
+    return out
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     attrs, best = summary["user_attrs"], summary["best_trial"]
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary["counts"].items())) or "none"
-    rows = [["trials", counts],
+    rows = [["trials", counts], ["evaluated", summary["evaluated"]],
             ["rejected proposals", attrs.get("rejected_proposals", 0)],
             ["baseline val top-1", _pct(attrs.get("baseline_val_top1"))]]
+    if "front" in summary:
+        ratios = [t["user_attrs"].get("flops_ratio") for t in summary["front"]]
+        rows += [["objectives", "max val top-1, min FLOPs ratio (Pareto front)"],
+                 ["front members", len(summary["front"])]]
+        if ratios:
+            rows += [["front FLOPs ratios", f"{min(ratios):.4f} to {max(ratios):.4f}"]]
     if best is not None:
         u = best["user_attrs"]
-        rows += [["best trial", best["number"]], ["best val top-1", _pct(best["value"])],
+        rows += [["best trial" if "front" not in summary else "most accurate member",
+                  best["number"]], ["its val top-1", _pct(best["value"])],
                  ["its FLOPs ratio", _num(u.get("flops_ratio"))],
                  ["its params ratio", _num(u.get("params_ratio"))]]
     table(f"study {summary['study_name']}", ["", ""], rows)
 
 
-def _print_trials(trials: list[Any]) -> None:
-    table("trials", ["#", "state", "val top-1", "top-5", "FLOPs ratio", "params ratio"],
-          [[t.number, t.state.name, _pct(t.value), _pct(t.user_attrs.get("top5")),
-            _num(t.user_attrs.get("flops_ratio")), _num(t.user_attrs.get("params_ratio"))]
-           for t in trials])
+def _print_trials(trials: list[Any], front: set[int] | None = None) -> None:
+    """The trials table; with ``front`` (a Pareto study) a column marks the front members."""
+    head = ["#", "state", "val top-1", "top-5", "FLOPs ratio", "params ratio"]
+    rows = [[t.number, t.state.name, _pct(t.values[0] if t.values else None),
+             _pct(t.user_attrs.get("top5")), _num(t.user_attrs.get("flops_ratio")),
+             _num(t.user_attrs.get("params_ratio"))] for t in trials]
+    if front is not None:
+        head.append("front")
+        rows = [[*r, "yes" if t.number in front else ""] for r, t in zip(rows, trials)]
+    table("trials" if front is None else "trials (Pareto front first, by FLOPs ratio)", head, rows)
     if not trials:
         console.print("no trials yet")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchprune.errors import ConfigError
+from searchprune.errors import ConfigError, unknown_choice
 from searchprune.space import SearchSpace
 
 __all__ = [
@@ -77,10 +76,7 @@ def available() -> list[str]:
 
 def get_criterion(name: str, **options) -> Criterion:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, available(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(
-            f"unknown criterion '{name}'{hint}; choose one of: {', '.join(available())}")
+        raise ConfigError(unknown_choice("criterion", name, available()))
     try:
         return _REGISTRY[name](**options)
     except (TypeError, ValueError) as exc:  # an unknown option or a bad value

@@ -6,7 +6,6 @@ Names: ``digits`` (scikit-learn, offline default), ``cifar10``, ``cifar100`` (to
 
 from __future__ import annotations
 
-import difflib
 import logging
 import time
 
@@ -18,7 +17,7 @@ from searchprune.data._cache import default_cache_dir
 from searchprune.data._images import RawImages
 from searchprune.data._sources import LOADERS, Source
 from searchprune.data._splits import SplitIndices, draw_splits
-from searchprune.errors import DataError
+from searchprune.errors import DataError, unknown_choice
 
 __all__ = [
     "DataBundle",
@@ -59,11 +58,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
     """
     loader = LOADERS.get(cfg.name)
     if loader is None:
-        close = difflib.get_close_matches(cfg.name, list(LOADERS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DataError(
-            f"unknown data set '{cfg.name}'{hint}; choose one of: {', '.join(list_datasets())}"
-        )
+        raise DataError(unknown_choice("data set", cfg.name, list_datasets()))
     start = time.perf_counter()
     source = loader(cfg)
     idx = draw_splits(

@@ -6,13 +6,12 @@ classification model name, or ``package.module:factory``.
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from torch import nn
 
 from searchprune.config import ModelConfig
-from searchprune.errors import ModelError
+from searchprune.errors import ModelError, did_you_mean
 from searchprune.models import _builtin
 from searchprune.models._checkpoint import load_checkpoint, read_state_dict
 from searchprune.models._external import build_from_factory, build_torchvision, torchvision_names
@@ -56,8 +55,7 @@ def _random_init(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Mod
         return build_from_factory(name, num_classes, in_channels)
     if tv:
         return build_torchvision(name, num_classes, in_channels, cfg.pretrained)
-    close = difflib.get_close_matches(name, [*list_models(), *torchvision_names()], n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(name, [*list_models(), *torchvision_names()])
     raise ModelError(f"unknown model '{name}'{hint}; run 'searchprune model list'")
 
 

@@ -4,9 +4,10 @@ A comparison is a set of studies on one problem that differ only in sampler and 
 becomes a :class:`Run` (its evaluated trials in trial-number order, cut at the budget); the
 report aggregates runs per sampler (:func:`compare_runs`):
 
-- the anytime curve: best-so-far validation top-1 after k evaluated (COMPLETE) trials, or, for a
-  Pareto study, the hypervolume of the front so far (accuracy as a fraction, reference point
-  ``(0, 1.0)``: 0 % accuracy at the unpruned FLOPs);
+- the anytime curve: best-so-far validation top-1 after k evaluated trials (COMPLETE, or stopped
+  early by the median pruner: those improve nothing), or, for a Pareto study, the hypervolume
+  of the front so far (accuracy as a fraction, reference point ``(0, 1.0)``: 0 % accuracy at
+  the unpruned FLOPs);
 - final value, mean ± std over seeds (sample std);
 - evaluations needed to reach the reference sampler's (random search's) mean final value, over the
   seeds that reach it;
@@ -20,15 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from searchprune.search.pareto import (
+    HV_REFERENCE,
+    hypervolume_2d,
+    hypervolume_curve,
+    pareto_front,
+)
+
 if TYPE_CHECKING:
     import optuna
 
 __all__ = ["Comparison", "CurveBand", "Run", "SamplerRow", "best_so_far", "compare_runs",
            "evals_to_reach", "hypervolume_2d", "hypervolume_curve", "pareto_front",
            "run_from_study", "to_markdown"]
-
-HV_REFERENCE = (0.0, 1.0)  # (accuracy fraction, FLOPs ratio)
-
 
 # -- one study --------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -58,21 +63,21 @@ class Run:
 def run_from_study(study: optuna.Study, sampler: str, seed: int,
                    budget: int | None = None) -> Run:
     """Reduce a stored study to a :class:`Run`, counting only the trials up to (and including)
-    the ``budget``-th COMPLETE one, so an extended study is compared on the same budget."""
-    from optuna.trial import TrialState
-
-    from searchprune.search.objective import rejected_proposals
+    the ``budget``-th evaluated one, so an extended study is compared on the same budget. A
+    candidate the median pruner stopped is an evaluation that improves nothing (``-inf``)."""
+    from searchprune.search.trials import is_evaluated, is_multi_objective, rejected_proposals
 
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    kept, n_complete = [], 0
+    kept, n_done = [], 0
     for t in trials:
-        if budget is not None and n_complete >= budget:
+        if budget is not None and n_done >= budget:
             break
         kept.append(t)
-        n_complete += t.state == TrialState.COMPLETE
-    pareto = len(study.directions) > 1
-    points = tuple(tuple(float(v) for v in (t.values if pareto else t.values[:1]))
-                   for t in kept if t.state == TrialState.COMPLETE and t.values is not None)
+        n_done += is_evaluated(t)
+    pareto = is_multi_objective(study)
+    points = tuple(
+        tuple(float(v) for v in (t.values if pareto else t.values[:1])) if t.values is not None
+        else (-math.inf,) for t in kept if is_evaluated(t))
     return Run(name=study.study_name, sampler=sampler, seed=seed, points=points,
                rejected=rejected_proposals(kept), wall_seconds=_wall_seconds(kept),
                objective="pareto" if pareto else "single")
@@ -92,38 +97,6 @@ def best_so_far(values: Iterable[float]) -> list[float]:
     for v in values:
         out.append(v if not out else max(out[-1], v))
     return out
-
-
-def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated ``(accuracy, flops_ratio)`` points (maximise the first, minimise the
-    second), sorted by FLOPs ratio."""
-    front: list[tuple[float, float]] = []
-    for a, r in sorted(set(points), key=lambda p: (p[1], -p[0])):
-        if not front or a > front[-1][0]:
-            front.append((a, r))
-    return front
-
-
-def hypervolume_2d(points: Iterable[tuple[float, float]],
-                   reference: tuple[float, float] = HV_REFERENCE, *,
-                   percent: bool = True) -> float:
-    """Area dominated by ``(accuracy, flops_ratio)`` points and bounded by ``reference``
-    (accuracy at least ``reference[0]``, ratio at most ``reference[1]``). With ``percent``,
-    accuracies are in percent and divided by 100, so the area lies in ``[0, 1]``."""
-    scale = 0.01 if percent else 1.0
-    a_ref, r_ref = reference
-    front = [(a * scale, r) for a, r in pareto_front(points)]
-    front = [(a, r) for a, r in front if a > a_ref and r < r_ref]
-    area = 0.0
-    for i, (a, r) in enumerate(front):  # sorted by ratio, accuracy rising: a staircase
-        r_next = front[i + 1][1] if i + 1 < len(front) else r_ref
-        area += (r_next - r) * (a - a_ref)
-    return area
-
-
-def hypervolume_curve(points: Sequence[tuple[float, float]],
-                      reference: tuple[float, float] = HV_REFERENCE) -> list[float]:
-    return [hypervolume_2d(points[: k + 1], reference) for k in range(len(points))]
 
 
 def evals_to_reach(curve: Sequence[float], target: float) -> int | None:
@@ -283,8 +256,8 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
     lines = [
         f"# {title}", "",
         f"- objective: {c.objective}; anytime metric and 'final': {c.metric} after the budget",
-        f"- budget: {c.budget if c.budget is not None else 'all'} evaluated (COMPLETE) trials "
-        "per study; the curves follow trial numbers",
+        f"- budget: {c.budget if c.budget is not None else 'all'} evaluated trials (COMPLETE, "
+        "or stopped early by the pruner) per study; the curves follow trial numbers",
         f"- target for 'evals to reach': {c.reference_sampler}'s mean final value ({target}); "
         "the mean counts the seeds that reach it (reached/seeds in brackets)",
         "- rejected proposals: out-of-band configurations that were never evaluated (draws "

@@ -49,15 +49,13 @@ class CriteriaReport:
 def draw_configs(engine, n: int, *, gamma: float, tolerance: float, eta: float, seed: int,
                  max_draws: int = 1_000_000) -> list[dict[str, float]]:
     """``n`` keep-ratio vectors uniform on ``[eta, 1]^L`` conditioned on the FLOPs band."""
-    rng = np.random.default_rng(seed)
-    names = [g.name for g in engine.groups]
-    out: list[dict[str, float]] = []
-    for _ in range(max_draws):
-        ratios = dict(zip(names, rng.uniform(eta, 1.0, len(names)).tolist()))
-        if abs(engine.flops_ratio(engine.widths(ratios)) - gamma) <= tolerance:
-            out.append(ratios)
-            if len(out) == n:
-                return out
+    from searchprune.search.band import Band, draws_in_band
+
+    band = Band(gamma, tolerance)
+    out = draws_in_band(np.random.default_rng(seed), [g.name for g in engine.groups], eta,
+                        lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws)
+    if len(out) == n:
+        return out
     raise RuntimeError(f"found only {len(out)} in-band configurations in {max_draws} draws")
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import optuna
 
     from searchprune.config import Config
-    from searchprune.engine import PruningEngine
+    from searchprune.engine import Engine
 
 __all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "PlannedStudy", "load_runs", "plan_comparison",
            "run_comparison"]
@@ -52,14 +52,15 @@ def plan_comparison(cfg: Config, samplers: Sequence[str], seeds: Sequence[int],
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,
-                   engine: PruningEngine | None = None, progress: bool = True,
+                   engine: Engine | None = None, progress: bool = True,
                    force_config: bool = False,
                    announce: Callable[[int, PlannedStudy, str], None] | None = None,
-                   engine_factory: Callable[[Config], PruningEngine] | None = None) -> int:
+                   engine_factory: Callable[[Config], Engine] | None = None) -> int:
     """Run or finish every planned study; build the engine (once, with ``engine_factory``,
-    default :func:`searchprune.supernet.engine_for`) only if some study needs trials.
+    default :func:`searchprune.engine.engine_for`) only if some study needs trials.
     ``announce(i, study, status)`` is told ``"done"`` (already complete) or ``"run"``.
     Returns the number of engines built (0 or 1)."""
+    from searchprune.engine import engine_for
     from searchprune.search import run_study
 
     built = 0
@@ -68,12 +69,8 @@ def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.Bas
         if announce is not None:
             announce(i, planned, "done" if complete else "run")
         if engine is None and not complete:
-            if engine_factory is None:
-                from searchprune.supernet import engine_for
-
-                engine = engine_for(planned.cfg, progress=progress)
-            else:
-                engine = engine_factory(planned.cfg)
+            engine = (engine_factory(planned.cfg) if engine_factory is not None
+                      else engine_for(planned.cfg, progress=progress))
             built += 1
         study = run_study(planned.cfg, engine=None if complete else engine, progress=progress,
                           force_config=force_config, storage=storage)
@@ -85,14 +82,14 @@ def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.Bas
 
 def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage) -> bool:
     import optuna
-    from optuna.trial import TrialState
+
+    from searchprune.search.trials import n_evaluated
 
     try:
         study = optuna.load_study(study_name=planned.name, storage=storage)
     except KeyError:
         return False
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return len(done) >= planned.cfg.search.n_trials
+    return n_evaluated(study) >= planned.cfg.search.n_trials
 
 
 def load_runs(plan: Sequence[PlannedStudy], storage: optuna.storages.BaseStorage,

@@ -12,7 +12,13 @@ from searchprune.search.callbacks import (
     StopOnFailures,
     StopOnSignal,
 )
-from searchprune.search.objective import Counters, make_objective, make_pruner, rejected_proposals
+from searchprune.search.objective import (
+    Counters,
+    ObjectiveSpec,
+    describe_objective,
+    make_objective,
+    make_pruner,
+)
 from searchprune.search.runner import (
     check_band,
     config_diff,
@@ -27,25 +33,31 @@ from searchprune.search.samplers import (
     resume_seed,
 )
 from searchprune.search.storage import get_storage
+from searchprune.search.trials import best_trials, is_evaluated, n_evaluated, rejected_proposals
 
 __all__ = [
     "Band",
     "BandRandomSampler",
     "Budget",
     "Counters",
+    "ObjectiveSpec",
     "ProgressCallback",
     "RecordRejections",
     "StopOnFailures",
     "StopOnSignal",
     "StudyInterrupted",
     "available_samplers",
+    "best_trials",
     "check_band",
     "config_diff",
     "derive_study_name",
+    "describe_objective",
     "get_storage",
+    "is_evaluated",
     "make_objective",
     "make_pruner",
     "make_sampler",
+    "n_evaluated",
     "preflight",
     "project_to_band",
     "register_sampler",

@@ -18,6 +18,8 @@ import numpy as np
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 
+from searchprune.search.band import draw_in_band
+
 if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial, TrialState
@@ -76,13 +78,11 @@ class BandRandomSampler(BaseSampler):
 
     def draw(self, number: int) -> tuple[dict[str, float], int]:
         """The in-band configuration of trial ``number`` and how many draws were rejected first."""
-        rng = trial_rng(self._seed, number)
-        ratios: dict[str, float] = {}
-        for attempt in range(self._max_draws):
-            values = rng.uniform(self._low, self._high, size=len(self._names))
-            ratios = {n: float(v) for n, v in zip(self._names, values)}
-            if self._in_band(ratios):
-                return ratios, attempt
+        ratios, rejected, found = draw_in_band(trial_rng(self._seed, number), self._names,
+                                               self._low, self._in_band, high=self._high,
+                                               max_draws=self._max_draws)
+        if found:
+            return ratios, rejected
         _log.warning("no in-band configuration in %d draws for trial %d; the band may be "
                      "unreachable with these groups", self._max_draws, number)
         return ratios, self._max_draws - 1

@@ -6,11 +6,13 @@ band when ``|flops_ratio - gamma| <= tolerance`` (paper Eq. 1, ``gamma`` = fract
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Band", "CostModel", "project_to_band"]
+import numpy as np
+
+__all__ = ["Band", "CostModel", "draw_in_band", "draws_in_band", "project_to_band"]
 
 
 class CostModel(Protocol):
@@ -37,6 +39,42 @@ class Band:
 
     def contains_ratios(self, model: CostModel, ratios: Mapping[str, float]) -> bool:
         return self.contains(model.flops_ratio(model.widths(ratios)))
+
+
+def draw_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
+                 in_band: Callable[[Mapping[str, float]], bool], *, high: float = 1.0,
+                 max_draws: int = 100_000) -> tuple[dict[str, float], int, bool]:
+    """The paper's random configuration: keep-ratios uniform on ``[eta, high]^L``, redrawn until
+    ``in_band``. Returns the ratios, the number of draws rejected before them, and whether they
+    are in band (False: ``max_draws`` draws failed; the last one is returned)."""
+    ratios: dict[str, float] = {}
+    for attempt in range(max_draws):
+        values = rng.uniform(eta, high, size=len(names))
+        ratios = {n: float(v) for n, v in zip(names, values)}
+        if in_band(ratios):
+            return ratios, attempt, True
+    return ratios, max_draws, False
+
+
+def draws_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
+                  in_band: Callable[[Mapping[str, float]], bool], n: int, *,
+                  max_draws: int = 1_000_000,
+                  key: Callable[[Mapping[str, float]], Hashable] | None = None
+                  ) -> list[dict[str, float]]:
+    """Up to ``n`` successive :func:`draw_in_band` configurations from one generator, at most
+    ``max_draws`` draws in all; with ``key``, configurations with a key already drawn are
+    skipped (e.g. two ratio vectors that map to the same widths)."""
+    out: list[dict[str, float]] = []
+    seen: set[Hashable] = set()
+    left = max_draws
+    while left > 0 and len(out) < n:
+        ratios, rejected, found = draw_in_band(rng, names, eta, in_band, max_draws=left)
+        left -= rejected + 1
+        k = key(ratios) if key is not None else len(out)
+        if found and k not in seen:
+            seen.add(k)
+            out.append(ratios)
+    return out
 
 
 def project_to_band(model: CostModel, ratios: Mapping[str, float], band: Band, eta: float,

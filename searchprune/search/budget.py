@@ -3,10 +3,10 @@
 ``MaxTrialsCallback`` stops a worker after its own trial once the study holds ``n`` COMPLETE
 trials, so ``k`` workers can overshoot by up to ``k - 1`` trials in flight. Here an in-band trial
 *claims* a slot before it is evaluated: under a lock that all workers of the study share, it
-counts the COMPLETE trials plus the other RUNNING trials holding a claim (user attr
-``budget_claim`` equal to their own number; a heartbeat retry copies the attr with the old
-number, so a copy does not count until it claims itself). Below ``n`` it claims. At ``n``
-COMPLETE it is *refused*: PRUNED with user attr ``refused`` and never evaluated, and the worker
+counts the evaluated trials (:func:`~searchprune.search.trials.is_evaluated`) plus the other
+RUNNING trials holding a claim (user attr ``budget_claim`` equal to their own number; a
+heartbeat retry copies the attr with the old number, so a copy does not count until it claims
+itself). Below ``n`` it claims. At ``n`` evaluated it is *refused*: PRUNED with user attr ``refused`` and never evaluated, and the worker
 stops. Otherwise (all slots held by trials still in flight) it waits: a claimed trial may yet
 FAIL, and a dead worker's claim is freed when the heartbeat marks its trial FAIL.
 
@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchprune.search.trials import is_evaluated, n_evaluated
+
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
-__all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "StopAtBudget", "counts_toward_budget",
-           "n_evaluated", "study_lock"]
+__all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "StopAtBudget", "study_lock"]
 
 CLAIM_ATTR = "budget_claim"
 REFUSED_ATTR = "refused"
@@ -88,7 +89,7 @@ def _thread_lock() -> Iterator[None]:
 
 
 class Budget:
-    """``n_trials`` COMPLETE trials in total, never more.
+    """``n_trials`` evaluated trials in total, never more.
 
     Args:
         n_trials: the budget of evaluated trials.
@@ -110,7 +111,7 @@ class Budget:
 
     def claim(self, trial: optuna.Trial) -> bool:
         """Claim a slot for ``trial`` (True), or False when the study already holds
-        ``n_trials`` COMPLETE trials. Blocks while all remaining slots are held in flight."""
+        ``n_trials`` evaluated trials. Blocks while all remaining slots are held in flight."""
         while True:
             with self.lock():
                 complete, claimed = self.count(trial.study, exclude=trial.number)
@@ -126,27 +127,15 @@ class Budget:
 
     @staticmethod
     def count(study: optuna.Study, exclude: int | None = None) -> tuple[int, int]:
-        """COMPLETE trials and RUNNING trials (other than ``exclude``) that hold a claim."""
+        """Evaluated trials and RUNNING trials (other than ``exclude``) that hold a claim."""
         complete = claimed = 0
         for t in study.get_trials(deepcopy=False, states=(
                 TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
-            if counts_toward_budget(t):
+            if is_evaluated(t):
                 complete += 1
             elif t.number != exclude and t.user_attrs.get(CLAIM_ATTR) == t.number:
                 claimed += 1
         return complete, claimed
-
-
-def counts_toward_budget(t: FrozenTrial) -> bool:
-    """An evaluated candidate: COMPLETE, or stopped early by the pruner after a partial
-    evaluation (so early stopping saves evaluations instead of buying extra candidates)."""
-    return t.state == TrialState.COMPLETE or (
-        t.state == TrialState.PRUNED and bool(t.user_attrs.get("stopped_early")))
-
-
-def n_evaluated(study: optuna.Study) -> int:
-    return sum(counts_toward_budget(t) for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 class StopAtBudget:

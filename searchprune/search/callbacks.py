@@ -10,7 +10,13 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from searchprune.search.objective import rejected_proposals
+from searchprune.search.trials import (
+    best_trials,
+    evaluated_trials,
+    is_multi_objective,
+    rejected_proposals,
+    top1,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -62,8 +68,8 @@ class StopOnSignal:
 
 
 class ProgressCallback:
-    """A rich bar on stderr: evaluated/target, rejected proposals, best top-1 and its FLOPs ratio,
-    ETA. Silent when ``enabled`` is False or stderr is not a terminal. Use as a context manager."""
+    """A rich bar on stderr: evaluated/target, rejected proposals, best top-1 and its FLOPs ratio
+    (or the size of the Pareto front), ETA. Silent when ``enabled`` is False or stderr is not a terminal. Use as a context manager."""
 
     def __init__(self, target: int, *, enabled: bool = True,
                  console: Console | None = None) -> None:
@@ -95,9 +101,15 @@ class ProgressCallback:
         if self._progress is None:
             return
         trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = max(complete, key=lambda t: t.value or 0.0, default=None)
-        best_text = "-" if best is None else (
-            f"{best.value:.2f}% @ FLOPs {best.user_attrs.get('flops_ratio', float('nan')):.3f}")
-        self._progress.update(self._task, completed=min(len(complete), self.target),
-                              rejected=rejected_proposals(trials), best=best_text)
+        self._progress.update(self._task, completed=min(len(evaluated_trials(trials)), self.target),
+                              rejected=rejected_proposals(trials), best=best_text(study))
+
+
+def best_text(study: optuna.Study) -> str:
+    """``-``, the best top-1 and its FLOPs ratio, or the size of the Pareto front."""
+    best = best_trials(study)
+    if not best:
+        return "-"
+    if is_multi_objective(study):
+        return f"front of {len(best)}"
+    return f"{top1(best[0]):.2f}% @ FLOPs {best[0].user_attrs['flops_ratio']:.3f}"

@@ -1,5 +1,9 @@
 """After a search: fine-tune a study's best trials and export one, recording results in the study.
 
+The candidates are :func:`~searchprune.search.trials.best_trials`: the top trials by validation
+top-1 of a single-objective study, the Pareto front of a multi-objective one; either may be
+restricted to a FLOPs-ratio range (``flops_min``/``flops_max``).
+
 Optuna does not let a finished trial change, so results go into the study's user attribute
 ``finetune`` (keyed by trial number) and the fine-tuned checkpoint becomes a study artifact.
 """
@@ -14,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.config import Config, config_from_dict, upgrade_stored
+from searchprune.engine import engine_for
 from searchprune.errors import SearchpruneError
 from searchprune.finetune import (
     Candidate,
@@ -22,6 +27,7 @@ from searchprune.finetune import (
     finetune_candidates,
     finetune_each,
 )
+from searchprune.search.trials import best_trials, top1
 
 __all__ = ["FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "export_trial", "finetune_study",
            "finetune_study_each", "load_study_config", "top_trials"]
@@ -39,28 +45,29 @@ def load_study_config(study: optuna.Study) -> Config:
     return config_from_dict(upgrade_stored(stored))
 
 
-def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and "widths" in t.user_attrs]
+def top_trials(study: optuna.Study, k: int, *, flops_min: float | None = None,
+               flops_max: float | None = None) -> list[FrozenTrial]:
+    """The ``k`` best trials (front members of a Pareto study) within the FLOPs-ratio bounds."""
+    done = best_trials(study, flops_min=flops_min, flops_max=flops_max)
     if not done:
-        raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials yet; run "
-                               "'searchprune study run' first")
-    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
-
-
-def _engine(cfg: Config):
-    from searchprune.supernet import engine_for
-
-    return engine_for(cfg)
+        bounds = ("" if flops_min is None and flops_max is None
+                  else f" with a FLOPs ratio in [{flops_min or 0:g}, {flops_max or 1:g}]")
+        hint = ("widen --flops-min/--flops-max" if bounds
+                else "run 'searchprune study run' first")
+        raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials{bounds} "
+                               f"yet; {hint}")
+    return done[:k]
 
 
 def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
                    out_dir: str | Path, artifact_dir: str | Path | None = None,
-                   progress: bool = False) -> FinetuneResult:
-    """Fine-tune the ``top`` best trials, then the best of them longer; store the results."""
+                   progress: bool = False, flops_min: float | None = None,
+                   flops_max: float | None = None) -> FinetuneResult:
+    """Fine-tune the ``top`` best trials (of a Pareto study: front members, most accurate first)
+    within the FLOPs-ratio bounds, then the best of them longer; store the results."""
     cfg = load_study_config(study)
-    trials = top_trials(study, top)
-    engine = _engine(cfg)
+    trials = top_trials(study, top, flops_min=flops_min, flops_max=flops_max)
+    engine = engine_for(cfg)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in trials]
     result = finetune_candidates(engine, candidates, settings, out_dir, progress=progress)
     record: dict[str, Any] = {
@@ -80,8 +87,10 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
 def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None, top: int = 5,
                         baselines: list[str] = (), settings: FinetuneSettings,
                         out_dir: str | Path, latency_batch: int | None = 64,
-                        progress: bool = False) -> list[dict[str, Any]]:
-    """Fine-tune the listed trials (default: the ``top`` best) and the named baselines
+                        progress: bool = False, flops_min: float | None = None,
+                        flops_max: float | None = None) -> list[dict[str, Any]]:
+    """Fine-tune the listed trials (default: the ``top`` best, of a Pareto study front members,
+    within the FLOPs-ratio bounds) and the named baselines
     (:mod:`searchprune.baselines`, solved for the study's band) with one recipe; store and
     return one row per candidate."""
     from searchprune.baselines import solve_baseline
@@ -97,8 +106,9 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
                                    "evaluated trial; see 'searchprune study show'")
         chosen = [by_number[n] for n in trials]
     else:
-        chosen = top_trials(study, top) if top > 0 else []
-    engine = _engine(cfg)
+        chosen = top_trials(study, top, flops_min=flops_min, flops_max=flops_max) if top > 0 \
+            else []
+    engine = engine_for(cfg)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in chosen]
     for name in baselines:
         b = solve_baseline(name, engine)
@@ -124,20 +134,28 @@ def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | N
 
 
 def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
-                 finetuned: bool = True, latency: bool = True) -> dict[str, Any]:
-    """Export trial ``trial`` (default: the fine-tuned best, else the best trial)."""
+                 finetuned: bool = True, latency: bool = True, flops_min: float | None = None,
+                 flops_max: float | None = None) -> dict[str, Any]:
+    """Export trial ``trial`` (default: the fine-tuned best, else the best trial; of a Pareto
+    study the most accurate front member; with FLOPs bounds, the best within them)."""
     import torch
 
     from searchprune.export import export_model, file_sha256, measure_latency
 
     cfg = load_study_config(study)
     ft = study.user_attrs.get(FINETUNE_ATTR) or {}
-    number = trial if trial is not None else ft.get("best_trial", top_trials(study, 1)[0].number)
+    bounded = flops_min is not None or flops_max is not None
+    if trial is not None:
+        number = trial
+    elif ft.get("best_trial") is not None and not bounded:
+        number = ft["best_trial"]
+    else:
+        number = top_trials(study, 1, flops_min=flops_min, flops_max=flops_max)[0].number
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if frozen is None or "widths" not in frozen.user_attrs or frozen.state != TrialState.COMPLETE:
         raise SearchpruneError(f"trial {number} of study '{study.study_name}' is not an "
                                "evaluated trial; see 'searchprune study show'")
-    engine = _engine(cfg)
+    engine = engine_for(cfg)
     widths = frozen.user_attrs["widths"]
     model = engine.build(widths)
     tuned = finetuned and ft.get("best_trial") == number and Path(ft.get("checkpoint", "")).is_file()
@@ -155,7 +173,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         "flops": cost.flops, "macs": cost.macs, "params": cost.params,
         "flops_ratio": cost.flops / base.flops, "params_ratio": cost.params / base.params,
         "base": {"flops": base.flops, "macs": base.macs, "params": base.params},
-        "accuracy": {"val_top1_search": frozen.value, "finetuned": tuned},
+        "accuracy": {"val_top1_search": top1(frozen), "finetuned": tuned},
         "config": study.user_attrs.get("config"),
         "source_checkpoint": cfg.model.checkpoint,
         "source_checkpoint_sha256": (file_sha256(cfg.model.checkpoint)

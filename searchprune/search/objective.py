@@ -1,5 +1,10 @@
 """The trial: suggest keep-ratios, gate on the analytic FLOPs band, evaluate, record.
 
+What a study optimises is an :class:`ObjectiveSpec` (:func:`describe_objective`): its directions
+and metric names, the band that gates candidates, whether proposals are projected onto it, and
+how a trial's value is computed from the evaluation (``single``: validation top-1; ``pareto``:
+validation top-1 and the FLOPs ratio over ``search.gamma_range``). Everything else is shared.
+
 Every trial stores, as user attributes (the dashboard shows them; it cannot show constraints):
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
 ``band_violation``; evaluated trials add ``top1``, ``top5`` and ``seconds_*``. Out-of-band
@@ -15,27 +20,70 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from searchprune.errors import ConfigError
-from searchprune.search._band_random import REJECTED_DRAWS_ATTR
+from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._interrupt import InterruptGuard, signal_name
 from searchprune.search.band import Band, project_to_band
 from searchprune.search.budget import REFUSED_ATTR, Budget
+from searchprune.search.pareto import DIRECTIONS, METRIC_NAMES, pareto_band
 from searchprune.search.samplers import sampler_spec
+from searchprune.search.trials import rejected_proposals
 
 if TYPE_CHECKING:
     from searchprune.config import Config
-    from searchprune.engine import PruningEngine
+    from searchprune.engine import Engine
 
-__all__ = ["BAND_CONSTRAINT", "Counters", "make_objective", "make_pruner", "rejected_proposals"]
+__all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective",
+           "make_objective", "make_pruner", "rejected_proposals"]
 
 BAND_CONSTRAINT = "flops_band"
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What a study optimises and how a trial's value is computed.
+
+    ``band`` gates every candidate before evaluation; ``target`` names it in messages and in
+    the dashboard note; ``project`` maps proposals onto the band first (samplers that cannot
+    be steered into it); ``values`` turns ``(top1, flops_ratio)`` into the trial's value(s).
+    """
+
+    kind: str
+    directions: tuple[str, ...]
+    metric_names: tuple[str, ...]
+    band: Band
+    target: str
+    project: bool = False
+
+    @property
+    def multi(self) -> bool:
+        return len(self.directions) > 1
+
+    def values(self, top1: float, flops_ratio: float) -> float | tuple[float, ...]:
+        if self.multi:
+            return float(top1), float(flops_ratio)
+        return float(top1)
+
+    def failed(self) -> float | tuple[float, ...]:
+        """The value that makes Optuna mark the trial FAIL (and go on)."""
+        return (math.nan,) * len(self.directions) if self.multi else math.nan
+
+
+def describe_objective(cfg: Config) -> ObjectiveSpec:
+    """The objective ``cfg.search.objective`` asks for."""
+    if cfg.search.objective == "pareto":
+        lo, hi = cfg.search.gamma_range or (0.0, 1.0)
+        return ObjectiveSpec("pareto", DIRECTIONS, METRIC_NAMES, pareto_band(cfg),
+                             f"search.gamma_range [{lo:g}, {hi:g}]")
+    p = cfg.pruning
+    return ObjectiveSpec("single", ("maximize",), ("val_top1",), Band(p.gamma, p.tolerance),
+                         f"gamma {p.gamma:g}",
+                         project=sampler_spec(cfg.search.sampler).projects)
 
 
 @dataclass
@@ -49,21 +97,25 @@ class Counters:
     interrupted: list[int] = field(default_factory=list)  # trials FAILed by a signal
 
 
-def make_objective(engine: PruningEngine, cfg: Config, counters: Counters | None = None, *,
-                   budget: Budget | None = None, guard: InterruptGuard | None = None
-                   ) -> Callable[[optuna.Trial], float]:
-    """The function ``study.optimize`` calls: returns validation top-1 (percent), maximised.
+Value = float | tuple[float, ...]
+
+
+def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None, *,
+                   budget: Budget | None = None, guard: InterruptGuard | None = None,
+                   spec: ObjectiveSpec | None = None) -> Callable[[optuna.Trial], Value]:
+    """The function ``study.optimize`` calls: the value(s) of ``spec`` (default: the config's
+    objective), e.g. validation top-1 in percent, maximised.
 
     ``budget`` makes the count of evaluated trials exact across workers; ``guard`` lets a
     signal abandon the trial cleanly (see :mod:`searchprune.search._interrupt`).
     """
     p = cfg.pruning
-    band = Band(p.gamma, p.tolerance)
-    project = sampler_spec(cfg.search.sampler).projects
+    spec = spec if spec is not None else describe_objective(cfg)
+    band, project = spec.band, spec.project
     counts = counters if counters is not None else Counters()
     guard = guard if guard is not None else InterruptGuard()  # inert unless entered
 
-    def evaluate(trial: optuna.Trial) -> float:
+    def evaluate(trial: optuna.Trial) -> Value:
         guard.check()
         ratios = {g.name: trial.suggest_float(g.name, p.eta, 1.0) for g in engine.groups}
         if project:
@@ -84,23 +136,25 @@ def make_objective(engine: PruningEngine, cfg: Config, counters: Counters | None
             with guard.raising():
                 result = engine.evaluate(widths, split="val", on_chunk=_early_stop(trial))
         except FloatingPointError as exc:
-            return _fail(trial, counts, f"reconstruction failed: {exc}")
-        trial.set_user_attr("proxy", cfg.pruning.proxy if cfg.setting == "pretrained" else "supernet-bn")
-        for key in ("build", "abn", "reconstruct", "evaluate"):
+            return _fail(trial, counts, spec, f"reconstruction failed: {exc}")
+        trial.set_user_attr("proxy", cfg.pruning.proxy if cfg.setting == "pretrained"
+                            else "supernet-bn")
+        for key in dict.fromkeys(("build", "abn", "reconstruct", "evaluate", *result.seconds)):
             trial.set_user_attr(f"seconds_{key}", float(result.seconds.get(key, 0.0)))
         if not (math.isfinite(result.top1) and math.isfinite(result.top5)):
-            return _fail(trial, counts, f"evaluation returned top1={result.top1}, "
-                                        f"top5={result.top5}")
+            return _fail(trial, counts, spec,
+                         f"evaluation returned top1={result.top1}, top5={result.top5}")
         if result.stopped_early:
             trial.set_user_attr("stopped_early", True)
             trial.set_user_attr("partial_top1", float(result.top1))
+            counts.evaluated += 1  # an evaluated trial (search/trials.py), worth no value
             raise optuna.TrialPruned("stopped early by the pruner")
         trial.set_user_attr("top1", float(result.top1))
         trial.set_user_attr("top5", float(result.top5))
         counts.evaluated += 1
-        return float(result.top1)
+        return spec.values(result.top1, engine.flops_ratio(widths))
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> Value:
         try:
             return evaluate(trial)
         except KeyboardInterrupt as exc:  # Optuna marks the trial FAIL and re-raises
@@ -114,13 +168,13 @@ def make_objective(engine: PruningEngine, cfg: Config, counters: Counters | None
     return objective
 
 
-def _fail(trial: optuna.Trial, counts: Counters, reason: str) -> float:
+def _fail(trial: optuna.Trial, counts: Counters, spec: ObjectiveSpec, reason: str) -> Value:
     counts.failed += 1
     trial.set_user_attr("fail_reason", reason)
-    return math.nan  # Optuna marks the trial FAIL and the study goes on
+    return spec.failed()  # Optuna marks the trial FAIL and the study goes on
 
 
-def _record_cost(trial: optuna.Trial, engine: PruningEngine, widths: Mapping[str, int],
+def _record_cost(trial: optuna.Trial, engine: Engine, widths: Mapping[str, int],
                  band: Band) -> bool:
     cost, base = engine.cost(widths), engine.base_cost
     r = engine.flops_ratio(widths)
@@ -156,16 +210,5 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
     }
     if name not in pruners:
-        raise ConfigError(f"unknown search.pruner '{name}'; choose one of: {', '.join(pruners)}")
+        raise ConfigError(unknown_choice("search.pruner", name, pruners))
     return pruners[name]()
-
-
-def rejected_proposals(trials: Iterable[FrozenTrial]) -> int:
-    """Out-of-band proposals: draws rejected inside the random and TPE samplers plus PRUNED
-    infeasible trials (any other sampler that proposes out of band)."""
-    total = 0
-    for t in trials:
-        total += int(t.user_attrs.get(REJECTED_DRAWS_ATTR, 0))
-        if t.state == TrialState.PRUNED and t.user_attrs.get("feasible") is False:
-            total += 1
-    return total

@@ -1,46 +1,32 @@
-"""Multi-objective search (``search.objective: pareto``): accuracy against FLOPs in one study.
+"""What is really multi-objective (``search.objective: pareto``): the FLOPs range, the front,
+its hypervolume.
 
-Instead of one target ``gamma ± T``, the study covers a whole range of FLOPs ratios
-``search.gamma_range: [lo, hi]`` and keeps a Pareto front: maximise validation top-1, minimise
-the kept-FLOPs ratio (directions ``["maximize", "minimize"]``). The gate is the same analytic
-band, ``lo <= ratio <= hi`` (a :class:`Band` centred on the range), so out-of-range proposals are
-PRUNED without evaluation exactly as in the single-objective path, and the random sampler
-conditions on the range. CMA-ES is single-objective and is refused by the config; Optuna's
-pruners cannot stop multi-objective trials, so ``search.pruner`` must be ``none``.
+Instead of one target ``gamma ± T``, a Pareto study covers a range of FLOPs ratios
+``search.gamma_range: [lo, hi]``: maximise validation top-1, minimise the kept-FLOPs ratio
+(directions ``["maximize", "minimize"]``). Everything else (the gate, budget, workers, signals,
+progress) is the single-objective runner's: the range is a :class:`Band` centred on it, so
+out-of-range proposals are rejected before any evaluation exactly as in a single-objective study.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.study import MaxTrialsCallback
-from optuna.trial import FrozenTrial, TrialState
-
-from searchprune.config import config_to_dict
-from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.errors import BandError
 from searchprune.search.band import Band
-from searchprune.search.callbacks import ProgressCallback, RecordRejections, StopOnFailures
-from searchprune.search.objective import Counters, _record_cost, rejected_proposals
-from searchprune.search.runner import (
-    _describe,
-    _n_complete,
-    derive_study_name,
-    preflight,
-)
-from searchprune.search.samplers import SamplerContext, make_sampler
 
 if TYPE_CHECKING:
-    from searchprune.config import Config
-    from searchprune.engine import PruningEngine
+    from optuna.trial import FrozenTrial
 
-__all__ = ["DIRECTIONS", "METRIC_NAMES", "make_pareto_objective", "pareto_band",
-           "run_pareto_study"]
+    from searchprune.config import Config
+
+__all__ = ["DIRECTIONS", "HV_REFERENCE", "METRIC_NAMES", "front_trials", "hypervolume_2d",
+           "hypervolume_curve", "pareto_band", "pareto_front"]
 
 DIRECTIONS = ("maximize", "minimize")
 METRIC_NAMES = ("val_top1", "flops_ratio")
+HV_REFERENCE = (0.0, 1.0)  # (accuracy fraction, FLOPs ratio)
 
 
 def pareto_band(cfg: Config) -> Band:
@@ -51,107 +37,43 @@ def pareto_band(cfg: Config) -> Band:
     return Band(0.5 * (lo + hi), 0.5 * (hi - lo))
 
 
-def make_pareto_objective(engine: PruningEngine, cfg: Config, counters: Counters | None = None
-                          ) -> Callable[[optuna.Trial], tuple[float, float]]:
-    """The function ``study.optimize`` calls: ``(validation top-1 in percent, FLOPs ratio)``."""
-    eta = cfg.pruning.eta
-    band = pareto_band(cfg)
-    counts = counters if counters is not None else Counters()
-
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        ratios = {g.name: trial.suggest_float(g.name, eta, 1.0) for g in engine.groups}
-        widths = engine.widths(ratios)
-        if not _record_cost(trial, engine, widths, band):
-            counts.rejected += 1
-            raise optuna.TrialPruned("outside the FLOPs range")
-        result = engine.evaluate(widths, split="val")
-        for key in ("build", "reconstruct", "evaluate"):
-            trial.set_user_attr(f"seconds_{key}", float(result.seconds.get(key, 0.0)))
-        if not (math.isfinite(result.top1) and math.isfinite(result.top5)):
-            counts.failed += 1
-            trial.set_user_attr("fail_reason", f"evaluation returned top1={result.top1}, "
-                                               f"top5={result.top5}")
-            return math.nan, math.nan  # Optuna marks the trial FAIL and the study goes on
-        trial.set_user_attr("top1", float(result.top1))
-        trial.set_user_attr("top5", float(result.top5))
-        counts.evaluated += 1
-        return float(result.top1), float(engine.flops_ratio(widths))
-
-    return objective
+def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated ``(accuracy, flops_ratio)`` points (maximise the first, minimise the
+    second), sorted by FLOPs ratio."""
+    front: list[tuple[float, float]] = []
+    for a, r in sorted(set(points), key=lambda p: (p[1], -p[0])):
+        if not front or a > front[-1][0]:
+            front.append((a, r))
+    return front
 
 
-def run_pareto_study(cfg: Config, *, engine: PruningEngine | None = None, progress: bool = True,
-                     force_config: bool = False,
-                     storage: optuna.storages.BaseStorage | None = None,
-                     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()
-                     ) -> optuna.Study:
-    """:func:`~searchprune.search.runner.run_study` for ``search.objective: pareto``: the same
-    budget (COMPLETE trials), resume and config check, on a two-objective study."""
-    storage, existing = preflight(cfg, force_config=force_config, storage=storage)
-    config = config_to_dict(cfg)
-    if existing is not None:
-        if len(existing.directions) != len(DIRECTIONS):
-            raise StudyConfigMismatch(f"study '{existing.study_name}' is single-objective; pass "
-                                      "--study-name to start a pareto study")
-        if _n_complete(existing) >= cfg.search.n_trials:
-            return existing
-    if engine is None:
-        from searchprune.supernet import engine_for
-
-        engine = engine_for(cfg, progress=progress)
-    band = pareto_band(cfg)
-    _check_range(cfg, engine, band)
-    study = optuna.create_study(storage=storage, study_name=derive_study_name(cfg),
-                                directions=list(DIRECTIONS), load_if_exists=True)
-    ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
-                         in_band=lambda ratios: band.contains_ratios(engine, ratios),
-                         seed=cfg.search.seed, n_existing=len(study.get_trials(deepcopy=False)))
-    study.sampler = make_sampler(cfg.search.sampler, ctx)
-    _describe(study, cfg, config, engine, METRIC_NAMES, note=_save_note)
-    with _ParetoProgress(cfg.search.n_trials, enabled=progress) as bar:
-        study.optimize(make_pareto_objective(engine, cfg), n_trials=None, callbacks=[
-            MaxTrialsCallback(cfg.search.n_trials, states=(TrialState.COMPLETE,)),
-            RecordRejections(), StopOnFailures(), bar, *callbacks,
-        ])
-    return study
+def front_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials of a Pareto study on the front of their values ``(top1,
+    flops_ratio)``, by FLOPs ratio (one trial per front point: the lowest number)."""
+    by_point: dict[tuple[float, float], FrozenTrial] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        point = (float(t.values[0]), float(t.values[1]))
+        by_point.setdefault(point, t)
+    return [by_point[p] for p in pareto_front(by_point)]
 
 
-def _check_range(cfg: Config, engine: PruningEngine, band: Band) -> None:
-    low, _ = engine.ratio_range(cfg.pruning.eta)
-    hi = band.gamma + band.tolerance
-    if hi < low:
-        raise BandError(f"search.gamma_range ends at {hi:g}, below the FLOPs ratio {low:.4f} of "
-                        f"the all-eta configuration (eta={cfg.pruning.eta}); lower eta or raise "
-                        "the range")
+def hypervolume_2d(points: Iterable[tuple[float, float]],
+                   reference: tuple[float, float] = HV_REFERENCE, *,
+                   percent: bool = True) -> float:
+    """Area dominated by ``(accuracy, flops_ratio)`` points and bounded by ``reference``
+    (accuracy at least ``reference[0]``, ratio at most ``reference[1]``). With ``percent``,
+    accuracies are in percent and divided by 100, so the area lies in ``[0, 1]``."""
+    scale = 0.01 if percent else 1.0
+    a_ref, r_ref = reference
+    front = [(a * scale, r) for a, r in pareto_front(points)]
+    front = [(a, r) for a, r in front if a > a_ref and r < r_ref]
+    area = 0.0
+    for i, (a, r) in enumerate(front):  # sorted by ratio, accuracy rising: a staircase
+        r_next = front[i + 1][1] if i + 1 < len(front) else r_ref
+        area += (r_next - r) * (a - a_ref)
+    return area
 
 
-def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
-    try:
-        from optuna_dashboard import save_note
-    except ImportError:
-        return
-    p, s = cfg.pruning, cfg.search
-    lo, hi = s.gamma_range or (0.0, 1.0)
-    save_note(study, "\n".join([
-        f"# {study.study_name} (Pareto front)",
-        f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
-        f"- objectives: maximise `val_top1` (%), minimise `flops_ratio` over [{lo}, {hi}]; "
-        f"keep-ratios in [{p.eta}, 1]",
-        f"- criterion: `{p.criterion}`, proxy: `{p.proxy}`",
-        f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",
-        f"- prunable groups: {len(engine.groups)}, base FLOPs {engine.base_cost.flops:,}",
-        f"- config file: `{cfg.source}`",
-    ]))
-
-
-class _ParetoProgress(ProgressCallback):
-    """The progress bar with the size of the current front instead of a best value."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._progress is None:
-            return
-        trials: list[Any] = study.get_trials(deepcopy=False)
-        complete = sum(t.state == TrialState.COMPLETE for t in trials)
-        self._progress.update(self._task, completed=min(complete, self.target),
-                              rejected=rejected_proposals(trials),
-                              best=f"front of {len(study.best_trials)}")
+def hypervolume_curve(points: Sequence[tuple[float, float]],
+                      reference: tuple[float, float] = HV_REFERENCE) -> list[float]:
+    return [hypervolume_2d(points[: k + 1], reference) for k in range(len(points))]

@@ -1,5 +1,9 @@
 """One study run as a straight line: storage, study, engine, band check, sampler, optimize.
 
+Single- and multi-objective studies take the same path; what differs is described by an
+:class:`~searchprune.search.objective.ObjectiveSpec` (directions, metric names, the band, how a
+trial's value is computed).
+
 The budget counts evaluated (COMPLETE) trials across all workers, exactly (see
 :mod:`searchprune.search.budget`); re-running a study that already has them does nothing, and
 re-running with a higher ``n_trials`` continues it. Every worker that joins a study gets the next
@@ -20,23 +24,24 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+import searchprune.search.callbacks as cb
 from searchprune.config import Config, config_to_dict, upgrade_stored
 from searchprune.errors import BandError, StudyConfigMismatch
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
-from searchprune.search.band import Band
-from searchprune.search.budget import Budget, Lock, StopAtBudget, n_evaluated, study_lock
-from searchprune.search.callbacks import (
-    ProgressCallback,
-    RecordRejections,
-    StopOnFailures,
-    StopOnSignal,
+from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
+from searchprune.search.objective import (
+    Counters,
+    ObjectiveSpec,
+    describe_objective,
+    make_objective,
+    make_pruner,
 )
-from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.samplers import SamplerContext, make_sampler
 from searchprune.search.storage import get_storage
+from searchprune.search.trials import n_evaluated
 
 if TYPE_CHECKING:
-    from searchprune.engine import PruningEngine
+    from searchprune.engine import Engine
 
 __all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_study_name",
            "open_storage", "preflight", "run_study"]
@@ -52,17 +57,19 @@ RUNTIME_KEYS = frozenset({
 _log = logging.getLogger(__name__)
 
 
-def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: bool = True,
+def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = True,
               force_config: bool = False, storage: optuna.storages.BaseStorage | None = None,
-              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()
-              ) -> optuna.Study:
-    """Run (or continue) the study until it holds ``cfg.search.n_trials`` COMPLETE trials.
+              callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+              objective: ObjectiveSpec | None = None) -> optuna.Study:
+    """Run (or continue) the study until it holds ``cfg.search.n_trials`` evaluated trials.
 
-    ``storage`` replaces ``cfg.storage`` (e.g. an ``InMemoryStorage`` for quick experiments);
-    ``callbacks`` are added to the study's own (budget, rejection tally, progress). Any number
-    of processes may run this on one study in a shared storage; together they stop at exactly
-    ``n_trials`` COMPLETE trials. SIGINT/SIGTERM abandon the trial in flight (FAIL, with a
-    ``fail_reason``) and raise :class:`StudyInterrupted`.
+    ``objective`` describes what is optimised (default :func:`describe_objective` of ``cfg``:
+    ``search.objective`` single or pareto). ``storage`` replaces ``cfg.storage`` (e.g. an
+    ``InMemoryStorage`` for quick experiments); ``callbacks`` are added to the study's own
+    (budget, rejection tally, progress). Any number of processes may run this on one study in a
+    shared storage; together they stop at exactly ``n_trials`` evaluated trials. SIGINT/SIGTERM
+    abandon the trial in flight (FAIL, with a ``fail_reason``) and raise
+    :class:`StudyInterrupted`.
 
     Raises:
         StudyConfigMismatch: the study exists with a different config (unless ``force_config``).
@@ -70,20 +77,16 @@ def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: boo
         StorageError: the storage cannot be opened.
         StudyInterrupted: a SIGINT or SIGTERM arrived (exit code 130 or 143).
     """
-    if cfg.search.objective == "pareto":  # multi-objective path: see search/pareto.py
-        from searchprune.search.pareto import run_pareto_study
-
-        return run_pareto_study(cfg, engine=engine, progress=progress, force_config=force_config,
-                                storage=storage, callbacks=callbacks)
+    spec = objective if objective is not None else describe_objective(cfg)
     storage, existing = preflight(cfg, force_config=force_config, storage=storage,
-                                  check_names=engine is None)
-    if existing is not None and _n_complete(existing) >= cfg.search.n_trials:
+                                  check_names=engine is None, objective=spec)
+    if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
         return existing
     counters = Counters()
     with InterruptGuard() as guard:
         try:
-            study = _prepare_and_optimize(cfg, engine, storage, progress, callbacks, guard,
-                                          counters)
+            study = _prepare_and_optimize(cfg, spec, engine, storage, progress, callbacks,
+                                          guard, counters)
         except KeyboardInterrupt as exc:
             raise StudyInterrupted(getattr(exc, "signum", 2), counters.interrupted) from None
     if guard.pending is not None:  # stopped between trials
@@ -92,16 +95,24 @@ def run_study(cfg: Config, *, engine: PruningEngine | None = None, progress: boo
 
 
 def preflight(cfg: Config, *, force_config: bool = False,
-              storage: optuna.storages.BaseStorage | None = None, check_names: bool = True
+              storage: optuna.storages.BaseStorage | None = None, check_names: bool = True,
+              objective: ObjectiveSpec | None = None
               ) -> tuple[optuna.storages.BaseStorage, optuna.Study | None]:
     """The cheap checks, before any model or data is loaded: registry names (criterion,
-    pruner), the storage, a stored study's config. Returns the storage and the existing study
-    (or None)."""
+    pruner), the storage, a stored study's config and directions. Returns the storage and the
+    existing study (or None)."""
     if check_names:
         check_names_exist(cfg)
     storage = storage if storage is not None else open_storage(cfg)
     existing = _load_study(derive_study_name(cfg), storage)
     if existing is not None:
+        spec = objective if objective is not None else describe_objective(cfg)
+        if len(existing.directions) != len(spec.directions):
+            kinds = {1: "single-objective", 2: "multi-objective"}
+            raise StudyConfigMismatch(
+                f"study '{existing.study_name}' is {kinds.get(len(existing.directions))}, this "
+                f"config is {kinds.get(len(spec.directions))}; pass --study-name to start a "
+                "new study")
         _check_config(existing, config_to_dict(cfg), force_config)
     return storage, existing
 
@@ -115,30 +126,32 @@ def check_names_exist(cfg: Config) -> None:
     get_criterion(cfg.pruning.criterion)
 
 
-def _prepare_and_optimize(cfg: Config, engine: PruningEngine | None,
+def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | None,
                           storage: optuna.storages.BaseStorage, progress: bool,
                           callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
                           guard: InterruptGuard, counters: Counters) -> optuna.Study:
     if engine is None:
-        from searchprune.supernet import engine_for
+        from searchprune.engine import engine_for
 
         engine = engine_for(cfg, progress=progress)
-    check_band(cfg, engine)
+    check_band(cfg, engine, spec)
     name = derive_study_name(cfg)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                load_if_exists=True, pruner=make_pruner(cfg.search.pruner))
+    study = optuna.create_study(storage=storage, study_name=name,
+                                directions=list(spec.directions), load_if_exists=True,
+                                pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
     worker = _join(study, lock)
-    study.sampler = _sampler(cfg, engine, n_existing=len(study.get_trials(deepcopy=False)),
-                             worker=worker)
-    _describe(study, cfg, config_to_dict(cfg), engine)
+    study.sampler = _sampler(cfg, spec, engine,
+                             n_existing=len(study.get_trials(deepcopy=False)), worker=worker)
+    _describe(study, cfg, spec, engine)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
                     wait_for_others=not dead_stay_running)
     with guard.deferred():
-        _optimize(study, cfg, engine, progress, callbacks,
-                  make_objective(engine, cfg, counters, budget=budget, guard=guard), guard)
+        _optimize(study, cfg, progress, callbacks,
+                  make_objective(engine, cfg, counters, budget=budget, guard=guard, spec=spec),
+                  guard)
     return study
 
 
@@ -170,16 +183,19 @@ def derive_study_name(cfg: Config) -> str:
     return Path(cfg.source).stem if cfg.source else "searchprune"
 
 
-def check_band(cfg: Config, engine: PruningEngine) -> None:
-    """Fail fast when the band lies outside the reachable FLOPs ratios ``[r(eta), 1]``."""
-    p = cfg.pruning
-    low, high = engine.ratio_range(p.eta)
-    if p.gamma + p.tolerance < low:
-        raise BandError(f"gamma {p.gamma} is below the FLOPs ratio {low:.4f} of the all-eta "
-                        f"configuration (eta={p.eta}); lower eta or raise gamma")
-    if p.gamma - p.tolerance > high:
-        raise BandError(f"gamma {p.gamma} minus tolerance {p.tolerance} is above 1, the FLOPs "
-                        "ratio of the unpruned network; lower gamma")
+def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = None) -> None:
+    """Fail fast when the band (or the Pareto range) lies outside the reachable FLOPs ratios
+    ``[r(eta), 1]``."""
+    spec = objective if objective is not None else describe_objective(cfg)
+    band, eta = spec.band, cfg.pruning.eta
+    knob = spec.target.split()[0]
+    low, high = engine.ratio_range(eta)
+    if band.gamma + band.tolerance < low:
+        raise BandError(f"{spec.target} is below the FLOPs ratio {low:.4f} of the all-eta "
+                        f"configuration (eta={eta}); lower eta or raise {knob}")
+    if band.gamma - band.tolerance > high:
+        raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) is above 1, the "
+                        f"FLOPs ratio of the unpruned network; lower {knob}")
 
 
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -227,28 +243,22 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
     _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
 
 
-def _n_complete(study: optuna.Study) -> int:
-    """Evaluated trials: COMPLETE, plus those the pruner stopped early (see budget.py)."""
-    return n_evaluated(study)
-
-
-def _sampler(cfg: Config, engine: PruningEngine, n_existing: int,
+def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
              worker: int = 0) -> optuna.samplers.BaseSampler:
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    band = spec.band
     ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
                          in_band=lambda ratios: band.contains_ratios(engine, ratios),
                          seed=cfg.search.seed, n_existing=n_existing, worker=worker)
     return make_sampler(cfg.search.sampler, ctx)
 
 
-def _describe(study: optuna.Study, cfg: Config, config: dict[str, Any],
-              engine: PruningEngine, metric_names: Sequence[str] = ("val_top1",),
-              note: Callable[..., None] | None = None) -> None:
+def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> None:
     """Study user attrs (config, baseline, base cost), metric names and a dashboard note."""
     attrs = study.user_attrs
+    config = config_to_dict(cfg)
     if attrs.get(CONFIG_ATTR) != config:
         study.set_user_attr(CONFIG_ATTR, config)
-        (note or _save_note)(study, cfg, engine)
+        _save_note(study, cfg, spec, engine)
     if "baseline_val_top1" not in attrs:
         top1, top5 = engine.evaluate_baseline("val")
         base = engine.base_cost
@@ -262,42 +272,52 @@ def _describe(study: optuna.Study, cfg: Config, config: dict[str, Any],
             study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(metric_names))
+        study.set_metric_names(list(spec.metric_names))
 
 
-def _save_note(study: optuna.Study, cfg: Config, engine: PruningEngine) -> None:
-    try:
-        from optuna_dashboard import save_note
-    except ImportError:
-        return
+def note_lines(study_name: str, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> list[str]:
+    """The dashboard note of a study (Markdown lines)."""
     p, s = cfg.pruning, cfg.search
     low = engine.ratio_range(p.eta)[0]
-    save_note(study, "\n".join([
-        f"# {study.study_name}",
+    goal = (f"- objectives: maximise `val_top1` (%), minimise `flops_ratio`; Pareto front over "
+            f"FLOPs ratio {spec.band.gamma - spec.band.tolerance:g} to "
+            f"{spec.band.gamma + spec.band.tolerance:g}" if spec.multi
+            else "- objective: maximise `val_top1` (%)")
+    return [
+        f"# {study_name}" + (" (Pareto front)" if spec.multi else ""),
         f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
-        f"- band: FLOPs ratio {p.gamma} ± {p.tolerance}; keep-ratios in [{p.eta}, 1] "
-        f"(reachable FLOPs ratios [{low:.3f}, 1])",
+        goal,
+        f"- band: FLOPs ratio {spec.band.gamma:g} ± {spec.band.tolerance:g} ({spec.target}); "
+        f"keep-ratios in [{p.eta}, 1] (reachable FLOPs ratios [{low:.3f}, 1])",
         f"- criterion: `{p.criterion}`, proxy: `{p.proxy}`",
         f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",
         f"- prunable groups: {len(engine.groups)}, base FLOPs {engine.base_cost.flops:,}",
         f"- config file: `{cfg.source}`",
-    ]))
+    ]
 
 
-def _optimize(study: optuna.Study, cfg: Config, engine: PruningEngine, progress: bool,
+def _save_note(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> None:
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(study, "\n".join(note_lines(study.study_name, cfg, spec, engine)))
+
+
+def _optimize(study: optuna.Study, cfg: Config, progress: bool,
               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
-              objective: Callable[[optuna.Trial], float], guard: InterruptGuard) -> None:
+              objective: Callable[[optuna.Trial], Any], guard: InterruptGuard) -> None:
     target = cfg.search.n_trials
     quiet = _QuietInterrupts()
     optuna_log = logging.getLogger("optuna.study._optimize")
     optuna_log.addFilter(quiet)
     try:
-        with ProgressCallback(target, enabled=progress) as bar, warnings.catch_warnings():
+        with cb.ProgressCallback(target, enabled=progress) as bar, warnings.catch_warnings():
             # CMA-ES warns that it ignores constraints: by design, the objective projects.
             warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
             study.optimize(objective, n_trials=None, callbacks=[
-                StopOnSignal(guard), StopAtBudget(target),
-                RecordRejections(), StopOnFailures(), bar, *callbacks,
+                cb.StopOnSignal(guard), StopAtBudget(target),
+                cb.RecordRejections(), cb.StopOnFailures(), bar, *callbacks,
             ])
     finally:
         optuna_log.removeFilter(quiet)

@@ -34,7 +34,8 @@ from optuna.samplers import (
     RandomSampler,
 )
 
-from searchprune.errors import ConfigError
+from searchprune import config
+from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._band_random import BandRandomSampler
 from searchprune.search._band_tpe import BandTPESampler
 
@@ -69,12 +70,16 @@ _SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register_sampler(name: str, *, projects: bool = False) -> Callable[[Factory], Factory]:
-    """Decorator adding a sampler factory under ``name``; duplicate names are refused."""
+    """Decorator adding a sampler factory under ``name``; duplicate names are refused. The name
+    becomes a valid ``search.sampler`` in configs loaded afterwards. ``projects``: the objective
+    maps each proposal onto the FLOPs band (for samplers that cannot be steered into it)."""
 
     def wrap(factory: Factory) -> Factory:
         if name in _SAMPLERS:
             raise ValueError(f"sampler '{name}' is already registered")
         _SAMPLERS[name] = SamplerSpec(factory, projects)
+        if name not in config.SAMPLERS:  # so study files may name it (search.sampler)
+            config.SAMPLERS = (*config.SAMPLERS, name)
         return factory
 
     return wrap
@@ -95,8 +100,7 @@ def sampler_spec(name: str) -> SamplerSpec:
     try:
         return _SAMPLERS[name]
     except KeyError:
-        raise ConfigError(f"unknown sampler '{name}'; choose one of: "
-                          f"{', '.join(available_samplers())}") from None
+        raise ConfigError(unknown_choice("sampler", name, available_samplers())) from None
 
 
 def make_sampler(name: str, ctx: SamplerContext) -> BaseSampler:

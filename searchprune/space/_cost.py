@@ -1,4 +1,4 @@
-"""FLOPs and parameter counts, the paper's convention (ALGORITHMS.md section 4.3).
+"""FLOPs and parameter counts, the paper's convention (docs/algorithms.md §4).
 
 FLOPs = conv/linear multiply-accumulates + one per BN output element + one per activation output
 element; params = all trainable parameters (weights, biases, BN affine), no buffers.

@@ -1,14 +1,13 @@
 """Setting 2, pruning from scratch: a slimmable supernet over the same channel groups as the
 pretrained setting, trained with full + random sub-networks and in-place distillation, whose
-sub-networks are extracted, BN-recalibrated and evaluated by :class:`SupernetEngine`.
+sub-networks are extracted, BN-recalibrated and evaluated by :class:`SupernetEngine` (the engine
+of ``setting: scratch`` in :func:`searchprune.engine.engine_for`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from searchprune.bn import bn_layers, recalibrate_bn
-from searchprune.supernet._engine import SupernetEngine, calibration_images, check_supernet_config
+from searchprune.supernet._engine import SupernetEngine, calibration_images
 from searchprune.supernet._masking import MaskedSupernet, first_k_keep
 from searchprune.supernet._topk import (
     Ranked,
@@ -25,6 +24,7 @@ from searchprune.supernet._training import (
     build_space,
     default_checkpoint,
     soft_cross_entropy,
+    supernet_train_config,
     train_supernet,
 )
 from searchprune.supernet._widths import (
@@ -33,10 +33,6 @@ from searchprune.supernet._widths import (
     make_divisible,
     sample_configs,
 )
-
-if TYPE_CHECKING:
-    from searchprune.config import Config
-    from searchprune.engine import PruningEngine
 
 __all__ = [
     "MaskedSupernet",
@@ -51,9 +47,7 @@ __all__ = [
     "build_scratch_model",
     "build_space",
     "calibration_images",
-    "check_supernet_config",
     "default_checkpoint",
-    "engine_for",
     "first_k_keep",
     "make_divisible",
     "rank_candidates",
@@ -62,16 +56,8 @@ __all__ = [
     "sample_in_band",
     "scratch_subnet",
     "soft_cross_entropy",
+    "supernet_train_config",
     "train_supernet",
     "train_top_k",
 ]
 
-
-def engine_for(cfg: Config, *, progress: bool = False) -> SupernetEngine | PruningEngine:
-    """The engine the study runner needs: :class:`SupernetEngine` for ``setting: scratch``,
-    else :class:`~searchprune.engine.PruningEngine`."""
-    if cfg.setting == "scratch":
-        return SupernetEngine.from_config(cfg, progress=progress)
-    from searchprune.engine import PruningEngine
-
-    return PruningEngine.from_config(cfg, progress=progress)

@@ -2,8 +2,8 @@
 
 Per trial: extract the first-k channels of every group (``prune_model``), recalibrate BN on
 ``supernet.bn_calib_images`` training images, measure accuracy. No least squares. The interface
-is :class:`~searchprune.engine.PruningEngine`'s, so the study runner, the FLOPs gate and the
-band are shared.
+is :class:`~searchprune.engine.Engine`, so the study runner, the FLOPs gate and the band are
+shared.
 """
 
 from __future__ import annotations
@@ -25,15 +25,9 @@ from searchprune.supernet._masking import MaskedSupernet
 from searchprune.supernet._training import build_scratch_model, build_space, default_checkpoint
 from searchprune.supernet._widths import WidthChoices
 
-__all__ = ["SupernetEngine", "calibration_images", "check_supernet_config"]
+__all__ = ["SupernetEngine", "calibration_images"]
 
 _log = logging.getLogger(__name__)
-
-
-def check_supernet_config(cfg: Config) -> None:
-    """Range checks of the ``supernet`` section (one-line :class:`ConfigError`); configs built
-    through :func:`~searchprune.config.load_config` are already checked."""
-    validate_supernet(cfg.supernet)
 
 
 def calibration_images(data, n: int, seed: int = 0) -> torch.Tensor:
@@ -49,7 +43,7 @@ class SupernetEngine(SearchSpaceView):
 
     def __init__(self, cfg: Config, model: nn.Module, data, *,
                  device: torch.device | None = None, space: SearchSpace | None = None) -> None:
-        check_supernet_config(cfg)
+        validate_supernet(cfg.supernet)  # configs from load_config are checked already
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval()

@@ -1,11 +1,11 @@
 """First-k channel selection on a full-width network by input masks, and physical extraction.
 
-Design (ALGORITHMS.md 3.4, option B, masking): every consumer of a group's channels (the
+Design (docs/algorithms.md §5, masking): every consumer of a group's channels (the
 ``in``-role members: convs, linears, :class:`IndexShortcut`) gets a forward pre-hook that
 multiplies its input by a 0/1 mask keeping the group's first ``k`` channels (by the group's
 channel index, mapped to the module's own indices through ``Member.idxs/root_idxs``).
 
-Why input masks rather than output masks after BN (pitfall 5): a channel that no consumer reads
+Why input masks rather than output masks after BN: a channel that no consumer reads
 is exactly a removed channel, whatever sits between producer and consumer (BN, an activation
 with ``f(0) != 0``, a residual add, a parameter-free shortcut), so no conv->BN pairing has to be
 known. BatchNorm statistics are per channel, so a removed channel never changes a kept one, in

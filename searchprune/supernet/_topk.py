@@ -11,12 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 from torch import nn
 
 from searchprune.prune import prune_model
+from searchprune.search.band import Band, draws_in_band
 from searchprune.supernet._masking import first_k_keep
-from searchprune.supernet._training import build_scratch_model
+from searchprune.supernet._training import build_scratch_model, supernet_train_config
 
 if TYPE_CHECKING:
     from searchprune.supernet._engine import SupernetEngine
@@ -51,23 +52,15 @@ class TopKResult:
 def sample_in_band(engine: SupernetEngine, n: int, *, seed: int = 0,
                    max_draws: int = 200_000) -> list[dict[str, int]]:
     """``n`` distinct configurations inside the FLOPs band of ``engine.cfg``: keep-ratios
-    uniform on ``[eta, 1]`` per group, mapped to allowed widths, rejected outside the band."""
+    uniform on ``[eta, 1]`` per group conditioned on the band (:func:`draw_in_band`, as the
+    random sampler draws them), mapped to allowed widths; repeats are skipped."""
     p = engine.cfg.pruning
-    gen = torch.Generator().manual_seed(seed)
+    band = Band(p.gamma, p.tolerance)
     names = [g.name for g in engine.groups]
-    seen: set[tuple[int, ...]] = set()
-    out: list[dict[str, int]] = []
-    for _ in range(max_draws):
-        ratios = p.eta + (1.0 - p.eta) * torch.rand(len(names), generator=gen)
-        widths = engine.widths(dict(zip(names, ratios.tolist())))
-        key = tuple(widths[k] for k in names)
-        if key in seen or abs(engine.flops_ratio(widths) - p.gamma) > p.tolerance:
-            continue
-        seen.add(key)
-        out.append(widths)
-        if len(out) == n:
-            break
-    return out
+    drawn = draws_in_band(np.random.default_rng(seed), names, p.eta,
+                          lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
+                          key=lambda r: tuple(engine.widths(r).values()))
+    return [engine.widths(r) for r in drawn]
 
 
 def rank_candidates(engine: SupernetEngine, candidates: Sequence[Mapping[str, int]],
@@ -101,17 +94,16 @@ def train_top_k(engine: SupernetEngine, ranked: Sequence[Mapping[str, int] | Ran
 
     s, data = engine.cfg.supernet, engine.data
     k = s.top_k if k is None else k
-    seed = s.seed if seed is None else seed
-    common = {"weight_decay": s.weight_decay, "batch_size": s.batch_size,
-              "device": engine.device, "seed": seed, "val": data.val, "progress": progress}
+    retrain = supernet_train_config(s, seed=seed, epochs=retrain_epochs)
+    tune = retrain.with_(epochs=s.finetune_epochs if finetune_epochs is None else finetune_epochs,
+                         lr=s.lr / 10 if finetune_lr is None else finetune_lr)
+    common = {"device": engine.device, "val": data.val, "progress": progress}
     tuned: list[Ranked] = []
     for item in list(ranked)[:k]:
         cand = item if isinstance(item, Ranked) else Ranked(
             dict(item), engine.flops_ratio(item), float("nan"))
         sub = engine.build(cand.widths)
-        records = fit(sub, data.train_set(augment=True),
-                      epochs=s.finetune_epochs if finetune_epochs is None else finetune_epochs,
-                      lr=s.lr / 10 if finetune_lr is None else finetune_lr, **common)
+        records = fit(sub, data.train_set(augment=True), **tune.fit_kwargs(), **common)
         cand.finetuned_top1 = (records[-1]["val_top1"] if records
                                else accuracy(sub, data.val, device=engine.device)[0])
         _log.info("top-k candidate %s: val top-1 %.2f -> %.2f", cand.widths, cand.top1,
@@ -121,10 +113,8 @@ def train_top_k(engine: SupernetEngine, ranked: Sequence[Mapping[str, int] | Ran
         raise ValueError("train_top_k needs at least one candidate")
     tuned.sort(key=lambda c: -(c.finetuned_top1 or 0.0))
     best = tuned[0].widths
-    model = scratch_subnet(engine, best, seed + 1)
-    records = fit(model, data.train_set(augment=True),
-                  epochs=s.retrain_epochs if retrain_epochs is None else retrain_epochs,
-                  lr=s.lr, **common)
+    model = scratch_subnet(engine, best, retrain.seed + 1)
+    records = fit(model, data.train_set(augment=True), **retrain.fit_kwargs(), **common)
     val = accuracy(model, data.val, device=engine.device)[0]
     test = accuracy(model, data.test, device=engine.device)[0]
     return TopKResult(tuned, best, val, test, records)

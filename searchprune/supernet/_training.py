@@ -1,6 +1,6 @@
 """Training the supernet from scratch with :func:`searchprune.train.fit` and a multi-network loss.
 
-Per mini-batch (paper Sec. 5, US-Nets in-place distillation, ALGORITHMS.md 3.3 and pitfall 13):
+Per mini-batch (paper Sec. 5, US-Nets in-place distillation, docs/algorithms.md §5):
 the full network takes cross-entropy with the labels; each sampled sub-network takes the soft
 cross-entropy against the full network's softmax, detached, without temperature. The losses are
 summed (not averaged), so one backward pass and one optimizer step give the summed gradients.
@@ -31,9 +31,10 @@ from searchprune.bn import bn_layers
 from searchprune.space import SearchSpace
 from searchprune.supernet._masking import MaskedSupernet
 from searchprune.supernet._widths import WidthChoices, sample_configs
+from searchprune.train import TrainConfig
 
 if TYPE_CHECKING:
-    from searchprune.config import Config
+    from searchprune.config import Config, SupernetConfig
     from searchprune.data import DataBundle
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "build_scratch_model",
     "default_checkpoint",
     "soft_cross_entropy",
+    "supernet_train_config",
     "train_supernet",
 ]
 
@@ -153,6 +155,17 @@ def build_space(cfg: Config, model: nn.Module, data: DataBundle) -> SearchSpace:
                                   prune_classifier_input=cfg.pruning.prune_classifier_input)
 
 
+def supernet_train_config(s: SupernetConfig, *, seed: int | None = None,
+                          epochs: int | None = None) -> TrainConfig:
+    """The ``supernet`` section's training hyper-parameters (``lr``, ``weight_decay``,
+    ``batch_size``, ``seed``; ``retrain_epochs`` unless ``epochs`` says otherwise) as a
+    :class:`~searchprune.train.TrainConfig`: supernet training, top-k fine-tuning and
+    retraining all use it."""
+    return TrainConfig(epochs=s.retrain_epochs if epochs is None else epochs, lr=s.lr,
+                       weight_decay=s.weight_decay, batch_size=s.batch_size,
+                       seed=s.seed if seed is None else seed)
+
+
 @dataclass
 class SupernetRun:
     """A finished (or resumed-and-finished) supernet training."""
@@ -179,12 +192,12 @@ def train_supernet(cfg: Config, *, data: DataBundle | None = None, epochs: int |
     The cosine learning-rate schedule is fixed by the ``epochs`` of the first run; resuming
     with another ``epochs`` continues that schedule (a warning says so).
     """
+    from searchprune.config import validate_supernet
     from searchprune.data import load_data
     from searchprune.engine import resolve_device
-    from searchprune.supernet._engine import check_supernet_config
     from searchprune.train import fit
 
-    check_supernet_config(cfg)
+    validate_supernet(cfg.supernet)
     s = cfg.supernet
     epochs = s.epochs if epochs is None else epochs
     data = load_data(cfg.data) if data is None else data
@@ -197,11 +210,11 @@ def train_supernet(cfg: Config, *, data: DataBundle | None = None, epochs: int |
     loss = SupernetLoss(supernet, choices, num_random=s.num_random, sandwich=s.sandwich,
                         inplace_distill=s.inplace_distill)
     try:
-        records = fit(model, data.train_set(augment=True), epochs=epochs, lr=s.lr,
-                      weight_decay=s.weight_decay, batch_size=s.batch_size,
-                      device=resolve_device(cfg.device), seed=s.seed, val=data.val,
-                      progress=progress, checkpoint_path=path, loss_fn=loss,
-                      loss_parts=loss.parts, on_epoch=on_epoch)  # fmt: skip
+        records = fit(model, data.train_set(augment=True),
+                      **supernet_train_config(s, epochs=epochs).fit_kwargs(),
+                      device=resolve_device(cfg.device), val=data.val, progress=progress,
+                      checkpoint_path=path, loss_fn=loss, loss_parts=loss.parts,
+                      on_epoch=on_epoch)
     finally:
         supernet.remove()
     _write_sidecar(path, cfg, epochs, records, choices)

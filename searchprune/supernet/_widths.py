@@ -1,7 +1,7 @@
 """Allowed widths per channel group (multiples of 8, make_divisible rounding) and sampling.
 
 The rounding follows ``slimmable_ops.make_divisible`` of the Slimmable/US-Nets reference code
-(ALGORITHMS.md 3.2): nearest multiple, at least one multiple, bumped up by one multiple when the
+(docs/algorithms.md §5): nearest multiple, at least one multiple, bumped up by one multiple when the
 rounding lost more than 10 %.
 """
 
