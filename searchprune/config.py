@@ -56,6 +56,8 @@ class ModelConfig:
     checkpoint: str | None = None
     shortcut: str = "projection"
     pretrained: bool = False
+    # Full unpickling of ``checkpoint`` (it can run code from the file): only for trusted files.
+    trust_checkpoint: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from searchprune.errors import SearchpruneError
 from searchprune.evaluate import evaluate
+from searchprune.models._checkpoint import load_weights
 
 if TYPE_CHECKING:
     from searchprune.data import Split
@@ -142,7 +143,7 @@ def fit(
     start = 0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = load_weights(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

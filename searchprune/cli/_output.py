@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "emit_json", "error", "jsonable", "table"]
+__all__ = ["add_trust_flag", "console", "emit_json", "error", "jsonable", "table"]
 
 console = Console(stderr=True)
 
@@ -37,6 +37,13 @@ def emit_json(data: Any) -> None:
 def error(message: str) -> None:
     """One line on stderr (no rich wrapping, so scripts can grep it)."""
     sys.stderr.write(f"error: {' '.join(message.split())}\n")
+
+
+def add_trust_flag(parser: Any) -> None:
+    """``--trust-checkpoint``: override ``model.trust_checkpoint`` (None when not given)."""
+    parser.add_argument("--trust-checkpoint", action="store_const", const=True, default=None,
+                        help="load model.checkpoint with full unpickling, which can run code "
+                             "from the file (only for files you trust)")
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

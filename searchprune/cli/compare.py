@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from searchprune.cli._output import console, emit_json, jsonable, table
+from searchprune.cli._output import add_trust_flag, console, emit_json, jsonable, table
 from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
 __all__ = ["add_parser"]
@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="reference rows without search, comma list of uniform, tp-global")
     p.add_argument("--force-config", action="store_true",
                    help="continue studies whose stored config differs")
+    add_trust_flag(p)
     p.set_defaults(func=_compare)
 
 
@@ -55,7 +56,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {"search.n_trials": args.n_trials, "storage": args.storage,
                                     "search.study_name": args.study_name,
-                                    "pruning.proxy": args.proxy})
+                                    "pruning.proxy": args.proxy,
+                                    "model.trust_checkpoint": args.trust_checkpoint})
     samplers = (_list(args.samplers, "--samplers") if args.samplers
                 else list(DEFAULT_SAMPLERS[cfg.search.objective]))
     plan = plan_comparison(cfg, samplers, _seeds(args.seeds), derive_study_name(cfg))

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from searchprune.cli._output import console, emit_json, table
+from searchprune.cli._output import add_trust_flag, console, emit_json, table
 
 __all__ = ["add_parser"]
 
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--eta", type=float)
     p.add_argument("--proxy", help="ls, abn, abn+ls or none (default: the file's)")
     p.add_argument("--storage", help="where the per-criterion studies go (default: config's)")
+    add_trust_flag(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write criteria.json and criteria.png here (default runs/criteria/<name>)")
     p.set_defaults(func=_run)
@@ -39,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"pruning.gamma": args.gamma,
                                     "pruning.tolerance": args.tolerance, "pruning.eta": args.eta,
                                     "pruning.proxy": args.proxy,
-                                    "storage": args.storage})
+                                    "storage": args.storage,
+                                    "model.trust_checkpoint": args.trust_checkpoint})
     names = [c.strip() for c in args.criteria.split(",") if c.strip()]
     for name in names:
         get_criterion(name)  # unknown names fail before any work

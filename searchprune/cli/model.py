@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from searchprune.cli._output import emit_json, table
+from searchprune.cli._output import add_trust_flag, emit_json, table
 
 __all__ = ["add_parser", "example_shape"]
 
@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ev = cmds.add_parser("eval", parents=[common], help="accuracy of the unpruned network")
     ev.add_argument("config", metavar="CONFIG.yaml")
     ev.add_argument("--split", choices=("val", "test"), default="val")
+    add_trust_flag(ev)
     ev.set_defaults(func=_eval)
 
     info = cmds.add_parser("info", parents=[common], help="cost and channel groups")
@@ -24,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     info.add_argument("--model", help="a model name, built with random weights (no config)")
     info.add_argument("--num-classes", type=int, default=10)
     info.add_argument("--eta", type=float, help="smallest keep-ratio (default: config or 0.3)")
+    add_trust_flag(info)
     info.set_defaults(func=_info)
 
     ls = cmds.add_parser("list", parents=[common], help="registered model names")
@@ -39,19 +41,19 @@ def example_shape(name: str) -> tuple[int, int, int]:
     return (3, 224, 224)
 
 
-def _engine(path: str, eta: float | None = None) -> Any:
+def _engine(path: str, eta: float | None = None, trust: bool | None = None) -> Any:
     """An engine for inspection only: the baseline does not depend on the criterion or on
     reconstruction, so the cheapest ones are used."""
     from searchprune.config import load_config
     from searchprune.engine import PruningEngine
 
     cfg = load_config(path, {"pruning.proxy": "none", "pruning.criterion": "l1",
-                             "pruning.eta": eta})
+                             "pruning.eta": eta, "model.trust_checkpoint": trust})
     return PruningEngine.from_config(cfg, progress=False)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    engine = _engine(args.config)
+    engine = _engine(args.config, trust=args.trust_checkpoint)
     top1, top5 = engine.evaluate_baseline(args.split)
     result = {"model": engine.cfg.model.name, "split": args.split, "top1": float(top1),
               "top5": float(top5)}
@@ -69,7 +71,7 @@ def _info(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.model is None):
         raise ConfigError("give either CONFIG.yaml or --model NAME")
     if args.config is not None:
-        engine = _engine(args.config, args.eta)
+        engine = _engine(args.config, args.eta, args.trust_checkpoint)
         space, name, eta = engine.space, engine.cfg.model.name, engine.cfg.pruning.eta
     else:
         space, name = _space_for(args.model, args.num_classes)

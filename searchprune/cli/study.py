@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from searchprune.cli._output import console, emit_json, table
+from searchprune.cli._output import add_trust_flag, console, emit_json, table
 from searchprune.errors import ConfigError, SearchpruneError
 
 __all__ = ["add_parser", "load_study"]
@@ -19,6 +19,7 @@ _OVERRIDES = {
     "study_name": "search.study_name", "storage": "storage", "gamma": "pruning.gamma",
     "tolerance": "pruning.tolerance", "eta": "pruning.eta", "criterion": "pruning.criterion",
     "proxy": "pruning.proxy",
+    "trust_checkpoint": "model.trust_checkpoint",
 }
 
 
@@ -39,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     run.add_argument("--criterion", help="channel importance criterion")
     run.add_argument("--proxy", help="how a candidate is restored before scoring: ls, abn, "
                      "abn+ls, none")
+    add_trust_flag(run)
     run.add_argument("--force-config", action="store_true",
                      help="continue a study whose stored config differs")
     run.add_argument("--workers", type=int, default=1, metavar="K",
@@ -112,7 +114,9 @@ def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
     argv = [args.config, "--workers", "1", "--threads", str(threads), "--json"]
     for flag in _OVERRIDES:
         value = getattr(args, flag)
-        if value is not None:
+        if value is True:  # a switch
+            argv.append(f"--{flag.replace('_', '-')}")
+        elif value is not None:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     return argv + (["--force-config"] if args.force_config else []) + (
         ["--debug"] if args.debug else [])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from searchprune.data._cache import atomic_save, usable_cache_file
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.space import SearchSpace
 
@@ -154,6 +153,7 @@ def _default_cache_dir() -> Path:
     return default_cache_dir()
 
 
+
 def cached_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
                   device: torch.device | None = None, cache_dir: str | Path | None = None,
                   with_seconds: bool = False, **options):
@@ -177,28 +177,17 @@ def _load_or_compute(crit, key, model, space, data, device, cache_dir):
     name = crit.name
     folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     path = folder / "scores" / f"{name}-{key}.pt"
-    if path.is_file():
+    if usable_cache_file(path):
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             _log.info("criterion %s: scores loaded from %s", name, path)
             seconds = float(stored.pop(_SECONDS, torch.tensor(float("nan"))))
             return stored, seconds
         except Exception as exc:  # a damaged file is recomputed and replaced
-            _log.warning("ignoring unreadable score cache %s (%s)", path, exc)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _log.warning("ignoring unreadable score cache %s (%s); recomputing it", path, reason)
     start = time.perf_counter()
     scores = _run(crit, model, space, data, device or torch.device("cpu"))
     seconds = time.perf_counter() - start
-    _atomic_save({**scores, _SECONDS: torch.tensor(seconds)}, path)
+    atomic_save({**scores, _SECONDS: torch.tensor(seconds)}, path, private=True)
     return scores, seconds
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

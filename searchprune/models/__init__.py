@@ -71,5 +71,5 @@ def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int = 3) -> 
     classes = cfg.num_classes if cfg.num_classes is not None else num_classes
     model = _random_init(cfg, classes, in_channels)
     if cfg.checkpoint:
-        load_checkpoint(model, cfg.checkpoint, name=cfg.name)
+        load_checkpoint(model, cfg.checkpoint, name=cfg.name, trust=cfg.trust_checkpoint)
     return model.cpu().eval()

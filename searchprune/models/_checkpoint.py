@@ -1,8 +1,14 @@
-"""Loading model weights from files saved by other code (CUDA tensors, ``module.`` prefixes...)."""
+"""Loading model weights from files saved by other code (CUDA tensors, ``module.`` prefixes...).
+
+Files are read with ``torch.load(..., weights_only=True)``: tensors and plain containers only,
+so a checkpoint cannot run code when it is opened. A file that needs full unpickling (objects
+other than tensors, e.g. an ``argparse.Namespace`` saved next to the weights) is refused unless
+the caller passes ``trust=True`` (``model.trust_checkpoint: true`` / ``--trust-checkpoint``);
+files searchprune writes itself (caches, supernets, fine-tuned weights) never get that opt-in.
+"""
 
 from __future__ import annotations
 
-import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,34 +19,40 @@ from torch import nn
 
 from searchprune.errors import CheckpointError
 
-__all__ = ["load_checkpoint", "read_state_dict"]
+__all__ = ["load_checkpoint", "load_weights", "read_state_dict"]
 
-_log = logging.getLogger(__name__)
 _SHOWN = 3  # how many offending keys an error message names per kind
 
 
-def _torch_load(path: Path) -> Any:
+def load_weights(path: str | Path, *, trust: bool = False) -> Any:
+    """``torch.load`` of ``path`` on the CPU, weights-only unless ``trust``.
+
+    Raises:
+        CheckpointError: the file is truncated or not a PyTorch file (the message names it), or
+            it holds objects that only full unpickling can restore and ``trust`` is False.
+    """
+    path = Path(path)
     unreadable = CheckpointError(
         f"cannot read checkpoint {path}: truncated or not a PyTorch file"
     )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc):
+        if trust or "weights_only" not in str(exc):
             raise unreadable from None
     except Exception:  # truncated files fail anywhere in the unpickler (EOFError, KeyError...)
         raise unreadable from None
-    # A valid pickle with objects outside the weights-only allow-list (old training scripts
-    # often store numpy scalars or argparse namespaces next to the weights).
-    _log.warning("checkpoint %s holds non-tensor objects; loading it with full unpickling", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        raise unreadable from None
+    # A valid pickle with objects outside the weights-only allow-list: loading it fully would
+    # run whatever code the file names, so only an explicit opt-in does that.
+    raise CheckpointError(
+        f"checkpoint {path} holds objects other than tensors, and loading it would run code "
+        "from the file; if you trust it, set model.trust_checkpoint: true (or pass "
+        "--trust-checkpoint)"
+    ) from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read the tensors of a checkpoint file on the CPU.
+def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file on the CPU (weights-only unless ``trust``).
 
     Accepts a plain state_dict or a dict holding one under ``state_dict`` or ``model``; a
     ``module.`` prefix (``nn.DataParallel``) is stripped.
@@ -48,7 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
-    obj = _torch_load(p)
+    obj = load_weights(p, trust=trust)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -76,14 +88,15 @@ def _names(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, name: str | None = None) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str | Path, *, name: str | None = None,
+                    trust: bool = False) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (in place) and return it.
 
     Missing ``num_batches_tracked`` buffers (older checkpoints) are tolerated; any other missing
     or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming up to three
-    of each.
+    of each. ``trust`` allows full unpickling (see the module docstring).
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, trust=trust)
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,13 +27,32 @@ _log = logging.getLogger(__name__)
 DIGITS_RECIPE = {"epochs": 15, "lr": 0.05, "batch_size": 64, "weight_decay": 5e-4, "version": 1}
 
 
+def _digest_tensor(h: hashlib._Hash, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _data_digest(bundle: DataBundle) -> str:
+    """What training sees and reports on: the training images as stored (after any resize,
+    so ``data.image_size`` counts) and their labels, the normalisation, and the validation
+    split (``val_from``, ``val_size``, seed). Digits are small: hashing them takes milliseconds."""
+    h = hashlib.sha256()
+    h.update(json.dumps([bundle.name, list(bundle.input_shape), list(bundle.mean),
+                         list(bundle.std)]).encode())
+    raw, idx = bundle._train_raw, bundle._train_indices
+    if raw is not None and idx is not None:
+        _digest_tensor(h, raw.load(idx))
+        _digest_tensor(h, raw.labels[idx])
+    _digest_tensor(h, bundle.val.x)
+    _digest_tensor(h, bundle.val.y)
+    return h.hexdigest()
+
+
 def _cache_file(model_cfg: ModelConfig, bundle: DataBundle, cache_dir: Path) -> Path:
-    key = {
-        "model": dataclasses.asdict(model_cfg),
-        "data": [bundle.name, bundle.seed, bundle.train_size, len(bundle.calib),
-                 len(bundle.val), len(bundle.test)],
-        "recipe": DIGITS_RECIPE,
-    }  # fmt: skip
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k != "trust_checkpoint"}
+    key = {"model": model, "data": _data_digest(bundle), "seed": bundle.seed,
+           "recipe": DIGITS_RECIPE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir / "baselines" / f"{model_cfg.name}-{digest}.pt"
 
@@ -49,8 +67,9 @@ def digits_baseline(
 
     For ``digits_resnet8`` without a checkpoint, train it on the digits training split (a few
     seconds on a CPU) and cache the weights under ``cache_dir`` (default ``$SEARCHPRUNE_CACHE``
-    or ``~/.cache/searchprune``), keyed by the model config, data seed and split sizes; later
-    calls load the cache. Any other model is built by :func:`build_model` as is.
+    or ``~/.cache/searchprune``), keyed by the model config, the recipe and a hash of the
+    training and validation data; later calls load the cache (weights-only, and only a file
+    this user owns). Any other model is built by :func:`build_model` as is.
     """
     num_classes, in_channels = bundle.num_classes, bundle.input_shape[0]
     if model_cfg.name != "digits_resnet8" or model_cfg.checkpoint:
@@ -61,16 +80,18 @@ def digits_baseline(
             "set data.name: digits or give model.checkpoint"
         )
     from searchprune.data import default_cache_dir
+    from searchprune.data._cache import atomic_save, usable_cache_file
     from searchprune.train import fit
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = _cache_file(model_cfg, bundle, root)
-    if path.is_file():
+    if usable_cache_file(path):
         model = build_model(model_cfg, num_classes=num_classes, in_channels=in_channels)
         try:
             return load_checkpoint(model, path, name=model_cfg.name).eval()
         except CheckpointError as exc:
-            _log.warning("ignoring broken baseline cache (%s); retraining", exc)
+            _log.warning("ignoring baseline cache %s: not a weights-only file that fits the "
+                         "model; retraining", path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(bundle.seed)
         model = build_model(model_cfg, num_classes=num_classes, in_channels=in_channels)
@@ -78,8 +99,5 @@ def digits_baseline(
     records = fit(model, bundle.train_set(), seed=bundle.seed, val=bundle.val,
                   progress=progress, **recipe)  # type: ignore[arg-type]  # fmt: skip
     _log.info("digits baseline: val top-1 %.2f%%, cached at %s", records[-1]["val_top1"], path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    atomic_save(model.state_dict(), path, private=True)
     return model.cpu().eval()

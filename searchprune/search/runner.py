@@ -53,6 +53,7 @@ REQUEUED_ATTR = "requeued_from"
 RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
     "search.heartbeat_interval", "search.grace_period", "search.max_retry",
+    "model.trust_checkpoint",
 })
 _log = logging.getLogger(__name__)
 

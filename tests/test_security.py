@@ -1,0 +1,160 @@
+"""Hostile files, secrets, paths and crashes (issue 15).
+
+Untrusted files never execute code: a checkpoint or a planted cache file whose unpickling would
+create a marker file leaves no marker behind. A positive control proves each payload does
+create the marker when unpickled without restriction, so these tests can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from searchprune.cli.main import main
+from searchprune.config import DataConfig, ModelConfig
+from searchprune.models import build_model
+
+SMALL = "data: {calib_size: 64, val_size: 64}\n"
+
+
+class Payload:
+    """Unpickling this object opens (creates) ``path``: code running from a data file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def plant(path: Path, marker: Path, *, wrap: bool = True) -> None:
+    """A file ``torch.save`` wrote, holding the payload next to (or instead of) tensors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"state_dict": {"w": torch.zeros(1)}, "evil": Payload(marker)} if wrap else Payload(
+        marker)
+    torch.save(obj, path)
+
+
+def positive_control(path: Path, marker: Path) -> None:
+    """The payload works: full unpickling creates the marker (then it is removed again)."""
+    assert not marker.exists()
+    torch.load(path, map_location="cpu", weights_only=False)
+    assert marker.exists(), "the payload did not run; the test would prove nothing"
+    marker.unlink()
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    """A private cache folder, and a one-epoch digits baseline recipe (seconds, not minutes)."""
+    from searchprune.models import baseline
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SEARCHPRUNE_CACHE", str(folder))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(baseline, "DIGITS_RECIPE", {**baseline.DIGITS_RECIPE, "epochs": 1})
+    return folder
+
+
+def test_checkpoint_is_weights_only_unless_trusted(tmp_path, cache, capsys):
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    plant(evil, marker)
+    positive_control(evil, marker)
+    (tmp_path / "evil.yaml").write_text(
+        f"model: {{name: cifar_resnet20, checkpoint: {evil}}}\n{SMALL}")
+    assert main(["model", "eval", str(tmp_path / "evil.yaml")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"checkpoint {evil} holds objects other than tensors" in line
+    assert "set model.trust_checkpoint: true (or pass --trust-checkpoint)" in line
+    assert not marker.exists()
+    assert main(["study", "run", str(tmp_path / "evil.yaml"), "--storage",
+                 str(tmp_path / "s.db")]) == 1
+    assert "trust_checkpoint" in one_error_line(capsys.readouterr().err)
+    assert not marker.exists()
+
+    # A trusted file with a non-tensor object (an argparse namespace) loads with the opt-in only.
+    net = build_model(ModelConfig(name="cifar_resnet20"), num_classes=10, in_channels=1)
+    trusted = tmp_path / "trusted.pt"
+    torch.save({"state_dict": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, trusted)
+    (tmp_path / "trusted.yaml").write_text(
+        f"model: {{name: cifar_resnet20, checkpoint: {trusted}}}\n{SMALL}")
+    assert main(["model", "eval", str(tmp_path / "trusted.yaml"), "--json"]) == 1
+    assert "trust_checkpoint" in one_error_line(capsys.readouterr().err)
+    assert main(["model", "eval", str(tmp_path / "trusted.yaml"), "--json",
+                 "--trust-checkpoint"]) == 0
+    assert '"top1"' in capsys.readouterr().out
+
+
+def test_planted_cache_files_never_run_and_are_recomputed(tmp_path, cache, capsys, caplog):
+    from searchprune.data import load_data
+    from searchprune.models.baseline import _cache_file
+
+    marker = tmp_path / "MARKER"
+    (tmp_path / "q.yaml").write_text(SMALL + "search: {n_trials: 2}\n")
+    bundle = load_data(DataConfig(calib_size=64, val_size=64))
+    baseline = _cache_file(ModelConfig(), bundle, cache)
+    plant(baseline, marker, wrap=False)
+    positive_control(baseline, marker)
+    with caplog.at_level(logging.WARNING):
+        assert main(["model", "eval", str(tmp_path / "q.yaml")]) == 0
+    assert not marker.exists()
+    assert any("ignoring baseline cache" in r.getMessage() for r in caplog.records)
+    assert torch.load(baseline, weights_only=True)  # retrained and replaced by real weights
+    assert stat.S_IMODE((cache / "scores").stat().st_mode) == 0o700  # created by searchprune
+
+    # The score cache: plant the payload where model eval stored the l1 scores.
+    (scores,) = (cache / "scores").glob("l1-*.pt")
+    plant(scores, marker)
+    positive_control(scores, marker)
+    caplog.clear()
+    from searchprune.criteria import _base
+
+    _base._MEMORY.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["study", "run", str(tmp_path / "q.yaml"), "--storage",
+                     str(tmp_path / "s.db"), "--json"]) == 0
+    assert not marker.exists()
+    warned = [r.getMessage() for r in caplog.records if "score cache" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0], warned
+    assert "evil" not in torch.load(scores, weights_only=True)  # recomputed
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_foreign_owned_cache_file_is_ignored(tmp_path, caplog):
+    from searchprune.data._cache import usable_cache_file
+
+    mine = tmp_path / "mine.pt"
+    torch.save({"w": torch.zeros(1)}, mine)
+    assert usable_cache_file(mine)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"w": torch.zeros(1)}, foreign)
+    os.chown(foreign, 65534, 65534)
+    with caplog.at_level(logging.WARNING):
+        assert not usable_cache_file(foreign)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring cache file {foreign}: owned by uid 65534, not by this user; recomputing it"]
+
+
+def test_unreadable_cache_file_is_ignored(tmp_path, caplog, monkeypatch):
+    from searchprune.data import _cache
+
+    path = tmp_path / "scores.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    # Root reads any file, so unreadability is simulated where the check asks the system.
+    monkeypatch.setattr(_cache.os, "access", lambda p, mode: False)
+    with caplog.at_level(logging.WARNING):
+        assert not _cache.usable_cache_file(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring cache file {path}: not readable; recomputing it"]
