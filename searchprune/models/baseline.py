@@ -89,7 +89,7 @@ def digits_baseline(
         model = build_model(model_cfg, num_classes=num_classes, in_channels=in_channels)
         try:
             return load_checkpoint(model, path, name=model_cfg.name).eval()
-        except CheckpointError as exc:
+        except CheckpointError:
             _log.warning("ignoring baseline cache %s: not a weights-only file that fits the "
                          "model; retraining", path)
     with torch.random.fork_rng(devices=[]):
