@@ -158,3 +158,98 @@ def test_unreadable_cache_file_is_ignored(tmp_path, caplog, monkeypatch):
         assert not _cache.usable_cache_file(path)
     assert [r.getMessage() for r in caplog.records] == [
         f"ignoring cache file {path}: not readable; recomputing it"]
+
+
+# -- secrets ----------------------------------------------------------------------------------
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture()
+def pg_role():
+    """A uniquely named role with a password containing ``@`` and ``%``, and a database it owns;
+    both dropped afterwards. Yields (role, password, database)."""
+    import uuid
+
+    import sqlalchemy
+
+    from searchprune.search.storage import resolve_storage_url
+
+    try:
+        admin = sqlalchemy.create_engine(resolve_storage_url(ADMIN), isolation_level="AUTOCOMMIT",
+                                         connect_args={"connect_timeout": 3})
+        admin.connect().close()
+    except Exception as exc:  # noqa: BLE001  # any failure means: no server to test against
+        pytest.skip(f"no PostgreSQL server answers at 127.0.0.1:5432 ({exc})")
+    token = uuid.uuid4().hex[:10]
+    role, password, db = f"sp_sec_{token}", f"Pw@{token}%x/y", f"sp_sec_{token}"
+    with admin.connect() as conn:
+        # DDL takes no bound parameters; the password holds no quote character.
+        conn.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {db} OWNER {role}"))
+    try:
+        yield role, password, db
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            conn.execute(sqlalchemy.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
+def _leaks(text: str, forms: set[str]) -> list[str]:
+    return [f for f in forms if f in text]
+
+
+def test_storage_password_is_never_stored_or_shown(tmp_path, pg_role, monkeypatch):
+    import json
+    import subprocess
+    from urllib.parse import quote, quote_plus
+
+    from test_cli import cli
+
+    role, password, db = pg_role
+    forms = {password, quote(password, safe=""), quote_plus(password)}
+    url = f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/{db}"
+    url_query = f"postgresql://{role}@127.0.0.1:5432/{db}?password={quote(password, safe='')}"
+    closed = [f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:1/{db}",
+              f"postgresql://{role}@127.0.0.1:1/{db}?password={quote(password, safe='')}",
+              f"postgresql://{role}:{password}@127.0.0.1:1/{db}"]  # '@' and '/' not encoded
+    monkeypatch.setenv("SEARCHPRUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "q.yaml").write_text("model: {name: cifar_resnet8}\n" + SMALL
+                                     + "search: {n_trials: 2}\n")
+    runs = [
+        cli("study", "run", "q.yaml", "--storage", url, "--debug", cwd=tmp_path),
+        cli("study", "run", "q.yaml", "--storage", url_query, "--json", cwd=tmp_path),
+        cli("study", "show", "--storage", url, "--study-name", "q", "--json", cwd=tmp_path),
+        cli("study", "list", "--storage", url_query, "--json", cwd=tmp_path),
+        cli("export", "--storage", url, "--study-name", "q", "--out", "exported",
+            "--no-latency", "--json", cwd=tmp_path),
+    ]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = json.loads(runs[2].stdout)
+    assert shown["user_attrs"]["config"]["storage"] == (
+        f"postgresql://{role}:***@127.0.0.1:5432/{db}")
+    assert shown["counts"] == {"COMPLETE": 2}
+    card = json.loads((tmp_path / "exported" / "card.json").read_text())
+    assert card["config"]["storage"] == f"postgresql://{role}:***@127.0.0.1:5432/{db}"
+    for bad in closed:
+        proc = cli("study", "show", "--storage", bad, "--study-name", "q", "--debug",
+                   cwd=tmp_path)
+        assert proc.returncode == 1
+        assert "Traceback" in proc.stderr and "cannot open storage URL" in proc.stderr
+        runs.append(proc)
+        proc = cli("study", "show", "--storage", bad, "--study-name", "q", cwd=tmp_path)
+        assert proc.returncode == 1 and "***" in one_error_line(proc.stderr)
+        runs.append(proc)
+    for proc in runs:
+        assert not _leaks(proc.stdout + proc.stderr, forms), proc.args
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode("latin-1")
+            assert not _leaks(text, forms), path
+    # Everything the database holds (attributes, notes, system attributes), as text.
+    dump = subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", "--data-only", db],
+                          capture_output=True, text=True, timeout=120)
+    assert dump.returncode == 0, dump.stderr
+    assert "study_user_attributes" in dump.stdout and role in dump.stdout  # redacted URL stored
+    assert not _leaks(dump.stdout, forms)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 
 from searchprune.cli._output import error
 from searchprune.errors import SearchpruneError
+from searchprune.redact import redact_text
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "run_guarded"]
 
@@ -31,8 +33,9 @@ def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Nam
         sys.stderr.write(f"{exc}\n")
         return exc.exit_code
     except Exception as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, passwords removed
+            sys.stderr.write(redact_text(traceback.format_exc()))
+            return getattr(exc, "exit_code", EXIT_FAILURE)
         if isinstance(exc, SearchpruneError):
             error(str(exc))
             return exc.exit_code

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from searchprune.redact import redact_text
+
 __all__ = ["add_trust_flag", "console", "emit_json", "error", "jsonable", "table"]
 
 console = Console(stderr=True)
@@ -30,13 +32,13 @@ def jsonable(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+    sys.stdout.write(redact_text(json.dumps(jsonable(data), indent=2, allow_nan=False)) + "\n")
     sys.stdout.flush()
 
 
 def error(message: str) -> None:
     """One line on stderr (no rich wrapping, so scripts can grep it)."""
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.write(f"error: {' '.join(redact_text(message).split())}\n")
 
 
 def add_trust_flag(parser: Any) -> None:

@@ -9,6 +9,7 @@ import sys
 from searchprune import __version__
 from searchprune.cli import compare, criteria, dashboard, finish, model, study, supernet
 from searchprune.cli._errors import EXIT_USAGE, run_guarded
+from searchprune.redact import RedactingFilter
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +51,9 @@ def _quiet_libraries(debug: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # storage passwords never reach a log line
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 if __name__ == "__main__":

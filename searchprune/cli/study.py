@@ -10,6 +10,7 @@ from typing import Any
 
 from searchprune.cli._output import add_trust_flag, console, emit_json, table
 from searchprune.errors import ConfigError, SearchpruneError
+from searchprune.redact import redact_config
 
 __all__ = ["add_parser", "load_study"]
 
@@ -231,11 +232,14 @@ def _summary(study: Any) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     best = best_trials(study)
+    attrs = dict(study.user_attrs)
+    if isinstance(attrs.get("config"), dict):  # studies stored before passwords were removed
+        attrs["config"] = redact_config(attrs["config"])
     multi = is_multi_objective(study)
     out = {"study_name": study.study_name, "objective": "pareto" if multi else "single",
            "directions": [d.name.lower() for d in study.directions],
            "counts": dict(counts), "evaluated": n_evaluated(study),
-           "best_trial": _trial(best[0]) if best else None, "user_attrs": study.user_attrs}
+           "best_trial": _trial(best[0]) if best else None, "user_attrs": attrs}
     if multi:
         out["front"] = [_trial(t) for t in sorted(best, key=lambda t: t.values[1])]
     return out

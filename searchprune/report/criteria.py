@@ -108,7 +108,7 @@ def _complete(study: optuna.Study):
 
 
 def _study(storage, name: str, cfg: Config, configs, seed: int) -> optuna.Study:
-    from searchprune.config import config_to_dict
+    from searchprune.redact import public_config
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -117,7 +117,7 @@ def _study(storage, name: str, cfg: Config, configs, seed: int) -> optuna.Study:
                                     sampler=optuna.samplers.RandomSampler(seed=seed))
         study.set_metric_names(["val_top1"])
     if not study.get_trials(deepcopy=False):
-        study.set_user_attr("config", config_to_dict(cfg))
+        study.set_user_attr("config", public_config(cfg))
         study.set_user_attr("benchmark", "criteria")
         for ratios in configs:  # the same configurations, in the same order, for every criterion
             study.enqueue_trial(ratios)

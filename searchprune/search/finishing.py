@@ -27,6 +27,7 @@ from searchprune.finetune import (
     finetune_candidates,
     finetune_each,
 )
+from searchprune.redact import redact_config
 from searchprune.search.trials import best_trials, top1
 
 __all__ = ["FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "export_trial", "finetune_study",
@@ -174,7 +175,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         "flops_ratio": cost.flops / base.flops, "params_ratio": cost.params / base.params,
         "base": {"flops": base.flops, "macs": base.macs, "params": base.params},
         "accuracy": {"val_top1_search": top1(frozen), "finetuned": tuned},
-        "config": study.user_attrs.get("config"),
+        "config": redact_config(study.user_attrs.get("config") or {}),
         "source_checkpoint": cfg.model.checkpoint,
         "source_checkpoint_sha256": (file_sha256(cfg.model.checkpoint)
                                      if cfg.model.checkpoint and Path(cfg.model.checkpoint).is_file()

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 import searchprune.search.callbacks as cb
 from searchprune.config import Config, config_to_dict, upgrade_stored
 from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.objective import (
@@ -114,7 +115,7 @@ def preflight(cfg: Config, *, force_config: bool = False,
                 f"study '{existing.study_name}' is {kinds.get(len(existing.directions))}, this "
                 f"config is {kinds.get(len(spec.directions))}; pass --study-name to start a "
                 "new study")
-        _check_config(existing, config_to_dict(cfg), force_config)
+        _check_config(existing, public_config(cfg), force_config)
     return storage, existing
 
 
@@ -256,7 +257,7 @@ def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
 def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> None:
     """Study user attrs (config, baseline, base cost), metric names and a dashboard note."""
     attrs = study.user_attrs
-    config = config_to_dict(cfg)
+    config = public_config(cfg)
     if attrs.get(CONFIG_ATTR) != config:
         study.set_user_attr(CONFIG_ATTR, config)
         _save_note(study, cfg, spec, engine)

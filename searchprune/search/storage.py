@@ -11,6 +11,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from searchprune.errors import StorageError
+from searchprune.redact import redact_url, remember
 
 __all__ = ["DEFAULT_STORAGE", "ENV_VAR", "get_storage", "resolve_storage_url"]
 
@@ -22,6 +23,7 @@ def resolve_storage_url(url_or_path: str | None) -> str:
     """The flag, else ``$SEARCHPRUNE_STORAGE``, else ``studies/searchprune.db``; a plain file path
     becomes a SQLite URL. The folder of a SQLite file is created."""
     value = url_or_path or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
+    remember(value)
     value = _postgres_driver(value)
     if "://" not in value:
         value = f"sqlite:///{Path(value).expanduser().resolve()}"
@@ -54,7 +56,7 @@ def get_storage(url_or_path: str | None, *, heartbeat_interval: int | None = 30,
                 _fast_sqlite(storage)
             return storage
     except Exception as exc:  # SQLAlchemy raises many types for one cause: a bad URL or server
-        raise StorageError(f"cannot open storage URL: {_reason(exc)} ({_redact(url)}); "
+        raise StorageError(f"cannot open storage URL: {_reason(exc)} ({redact_url(url)}); "
                            "check the URL and that the server is running") from exc
 
 
@@ -92,12 +94,4 @@ def _reason(exc: Exception) -> str:
         text += f" ({cause.splitlines()[0]})"
     return text
 
-
-def _redact(url: str) -> str:
-    """Hide a password in ``scheme://user:password@host``."""
-    head, sep, tail = url.partition("://")
-    creds, at, host = tail.rpartition("@")
-    if at and ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{head}{sep}{creds}{at}{host}"
 
