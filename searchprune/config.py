@@ -31,6 +31,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "upgrade_stored",
+    "validate_study_name",
 ]
 
 SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")
@@ -191,6 +192,8 @@ class Config:
         if s.n_trials < 1:
             raise ConfigError(f"search.n_trials must be >= 1, got {s.n_trials}")
         _validate_objective(s)
+        if s.study_name is not None:
+            validate_study_name(s.study_name)
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
@@ -204,6 +207,17 @@ class Config:
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         return self
+
+
+def validate_study_name(name: str) -> str:
+    """A study name becomes a folder name (fine-tuning output, reports): refuse names that are
+    empty, absolute, contain a path separator, or are ``.``/``..``. Returns ``name``."""
+    bad = (not name or name.strip() != name or name in (".", "..")
+           or any(c in name for c in ("/", "\\", "\0")) or name.startswith("~"))
+    if bad:
+        raise ConfigError(f"study name {name!r} cannot be used as a folder name; use letters, "
+                          "digits, '-', '_' or '.' without '/' (not '.', '..' or empty)")
+    return name
 
 
 def validate_supernet(s: SupernetConfig) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from searchprune.data._cache import atomic_save
 from searchprune.evaluate import evaluate
 from searchprune.train import TrainConfig, fit
 
@@ -97,7 +98,7 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     result.val_top1, _ = evaluate(model, data.val.x, data.val.y, device=device)
     result.test_top1, result.test_top5 = evaluate(model, data.test.x, data.test.y, device=device)
     final = out / f"trial-{best}-final.pt"
-    torch.save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best}, final)
+    atomic_save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best}, final)
     result.checkpoint = str(final)
     return result
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -48,10 +47,9 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from searchprune.data._cache import atomic_save
+
+    atomic_save(obj, path)
 
 
 def _progress(enabled: bool, total: int) -> Any:

@@ -110,5 +110,5 @@ def test_dashboard_listens_on_localhost_by_default():
     from searchprune.cli.main import build_parser
 
     args = build_parser().parse_args(["dashboard"])
-    assert args.host == "127.0.0.1" and args.artifact_dir == "studies/artifacts"
+    assert args.host == "127.0.0.1" and args.artifact_dir is None  # next to the storage
     assert optuna.__version__.startswith("5.")

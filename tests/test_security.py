@@ -8,8 +8,10 @@ create the marker when unpickled without restriction, so these tests can fail.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -253,3 +255,105 @@ def test_storage_password_is_never_stored_or_shown(tmp_path, pg_role, monkeypatc
     assert dump.returncode == 0, dump.stderr
     assert "study_user_attributes" in dump.stdout and role in dump.stdout  # redacted URL stored
     assert not _leaks(dump.stdout, forms)
+
+
+# -- paths and atomic writes ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../x", "/tmp/abs", "", "a/b", "..", "a\\b"])
+def test_study_names_that_would_escape_are_refused(tmp_path, capsys, name):
+    (tmp_path / "q.yaml").write_text(SMALL)
+    assert main(["study", "run", str(tmp_path / "q.yaml"), "--storage", str(tmp_path / "s.db"),
+                 "--study-name", name]) == 2
+    assert "cannot be used as a folder name" in one_error_line(capsys.readouterr().err)
+    assert main(["finetune", "--storage", str(tmp_path / "s.db"), "--study-name", name]) == 2
+    assert "cannot be used as a folder name" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.fixture()
+def tuned(tmp_path, monkeypatch):
+    """A fine-tuned study (random-init ResNet-8 on digits: no baseline training), fine-tuned
+    from folder ``a`` with a relative ``--out``. Returns (study, storage path)."""
+    from searchprune.config import config_from_dict
+    from searchprune.finetune import FinetuneSettings
+    from searchprune.search import run_study
+    from searchprune.search.finishing import default_artifact_dir, finetune_study
+
+    db = tmp_path / "store" / "s.db"
+    cfg = config_from_dict({"model": {"name": "cifar_resnet8"},
+                            "data": {"calib_size": 64, "val_size": 64, "train_size": 128},
+                            "search": {"n_trials": 2, "study_name": "t"}, "storage": str(db)})
+    study = run_study(cfg, progress=False)
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    finetune_study(study, top=1, settings=FinetuneSettings(epochs=1, final_epochs=1),
+                   out_dir="ft", artifact_dir=default_artifact_dir(str(db)))
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    return study, db
+
+
+def _exported_matches(out: Path, checkpoint: Path) -> bool:
+    state = torch.load(out / "state_dict.pt", weights_only=True)["state_dict"]
+    tuned = torch.load(checkpoint, weights_only=True)["state_dict"]
+    return all(torch.equal(state[k], tuned[k]) for k in tuned)
+
+
+def test_export_from_another_folder_uses_the_finetuned_weights(tuned, tmp_path, capsys):
+    study, db = tuned
+    ft = study.user_attrs["finetune"]
+    checkpoint = Path(ft["checkpoint"])
+    assert checkpoint.is_absolute() and checkpoint.parent == tmp_path / "a" / "ft"
+    assert Path(ft["artifact_dir"]) == db.parent / "artifacts"  # next to the SQLite file
+    ex = ["export", "--storage", str(db), "--study-name", "t", "--no-latency", "--json"]
+    assert main([*ex, "--out", "one"]) == 0
+    capsys.readouterr()
+    card = json.loads((tmp_path / "b" / "one" / "card.json").read_text())
+    assert card["accuracy"]["finetuned"] is True
+    assert _exported_matches(tmp_path / "b" / "one", checkpoint)
+    # The checkpoint file is gone: the copy in the artifact store is used.
+    saved = checkpoint.read_bytes()
+    checkpoint.unlink()
+    assert main([*ex, "--out", "two"]) == 0
+    capsys.readouterr()
+    checkpoint.write_bytes(saved)
+    assert _exported_matches(tmp_path / "b" / "two", checkpoint)
+    # Neither is there: an error, never a silent export of the un-fine-tuned weights.
+    checkpoint.unlink()
+    shutil.rmtree(db.parent / "artifacts")
+    assert main([*ex, "--out", "three"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{checkpoint} does not exist" in line and "--not-finetuned" in line
+    assert not (tmp_path / "b" / "three").exists()
+    # A truncated checkpoint: one line naming the file.
+    checkpoint.write_bytes(saved[: len(saved) // 2])
+    assert main([*ex, "--out", "four"]) == 1
+    assert f"cannot read checkpoint {checkpoint}: truncated" in one_error_line(
+        capsys.readouterr().err)
+
+
+def test_export_is_atomic_and_refuses_a_non_empty_out(tuned, tmp_path, capsys, monkeypatch):
+    study, db = tuned
+    out = tmp_path / "b" / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    ex = ["export", "--storage", str(db), "--study-name", "t", "--no-latency", "--json",
+          "--out", str(out)]
+    assert main(ex) == 2
+    assert f"--out {out} is not empty; pass --force" in one_error_line(capsys.readouterr().err)
+    assert (out / "keep.txt").read_text() == "mine"
+    # A crash half-way through writing: the old folder stays as it was, no temporary left.
+    import searchprune.export as export
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_write", lambda model, tmp, *a: (
+        (tmp / "model.pt2").write_text("partial"), crash()))
+    assert main([*ex, "--force", "--debug"]) == 1
+    assert "OSError: disk full" in capsys.readouterr().err  # --debug: the traceback
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    monkeypatch.undo()
+    assert main([*ex, "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.pt2", "state_dict.pt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]

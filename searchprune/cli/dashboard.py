@@ -7,9 +7,7 @@ from pathlib import Path
 
 from searchprune.cli._output import console
 
-__all__ = ["DEFAULT_ARTIFACT_DIR", "add_parser"]
-
-DEFAULT_ARTIFACT_DIR = "studies/artifacts"
+__all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--artifact-dir", default=DEFAULT_ARTIFACT_DIR,
-                   help=f"artifact store folder (default {DEFAULT_ARTIFACT_DIR})")
+    p.add_argument("--artifact-dir", default=None,
+                   help="artifact store folder (default: as 'searchprune finetune' uses)")
     p.set_defaults(func=_dashboard)
 
 
@@ -31,7 +29,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     from searchprune.search import get_storage
 
     storage = get_storage(args.storage, heartbeat_interval=None)
-    artifacts = Path(args.artifact_dir)
+    from searchprune.search.finishing import default_artifact_dir
+
+    artifacts = Path(args.artifact_dir or default_artifact_dir(args.storage))
     artifacts.mkdir(parents=True, exist_ok=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] listening on {args.host}: anyone who can reach this "

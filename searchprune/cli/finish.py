@@ -29,8 +29,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ft.add_argument("--batch-size", type=int, default=128)
     ft.add_argument("--out", default=None,
                     help="checkpoint folder (default runs/finetune/<study>); resumable")
-    ft.add_argument("--artifact-dir", default="studies/artifacts",
-                    help="where the fine-tuned checkpoint is stored as an Optuna artifact")
+    ft.add_argument("--artifact-dir", default=None,
+                    help="where the fine-tuned checkpoint is stored as an Optuna artifact "
+                         "(default $SEARCHPRUNE_ARTIFACTS, else artifacts/ next to a SQLite "
+                         "storage, else ~/.cache/searchprune/artifacts)")
     ft.add_argument("--each", action="store_true",
                     help="fine-tune every candidate with the same recipe (--epochs) and compare "
                     "them side by side, instead of the top-K-then-best protocol")
@@ -53,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     _flops_bounds(ex)
     ex.add_argument("--out", required=True, metavar="DIR")
     ex.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    ex.add_argument("--not-finetuned", action="store_true",
+                    help="export the searched weights even when a fine-tuned checkpoint exists")
     ex.set_defaults(func=_export)
 
 
@@ -74,9 +79,11 @@ def _bounds(args: argparse.Namespace) -> dict[str, float | None]:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from searchprune.config import validate_study_name
     from searchprune.finetune import FinetuneSettings
-    from searchprune.search.finishing import finetune_study
+    from searchprune.search.finishing import default_artifact_dir, finetune_study
 
+    validate_study_name(args.study_name)
     trials = _ints(args.trials, "--trials") if args.trials else None
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines \
         else []
@@ -97,7 +104,8 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.each:
         return _finetune_each(args, study, trials, baselines, settings, out, bounds)
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
-                   artifact_dir=args.artifact_dir, progress=not args.json, **bounds)
+                   artifact_dir=args.artifact_dir or default_artifact_dir(args.storage),
+                   progress=not args.json, **bounds)
     record = study.user_attrs["finetune"]
     if args.json:
         emit_json(record)
@@ -147,7 +155,8 @@ def _export(args: argparse.Namespace) -> int:
 
     bounds = _bounds(args)
     study = load_study(args.storage, args.study_name)
-    card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency, **bounds)
+    card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency,
+                        finetuned=not args.not_finetuned, force=args.force, **bounds)
     if args.json:
         emit_json(card)
         return 0

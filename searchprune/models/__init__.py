@@ -13,7 +13,7 @@ from torch import nn
 from searchprune.config import ModelConfig
 from searchprune.errors import ModelError, did_you_mean
 from searchprune.models import _builtin
-from searchprune.models._checkpoint import load_checkpoint, read_state_dict
+from searchprune.models._checkpoint import load_checkpoint, load_weights, read_state_dict
 from searchprune.models._external import build_from_factory, build_torchvision, torchvision_names
 from searchprune.models._registry import get_builder, list_models, register_model
 from searchprune.models.cifar_resnet import BasicBlock, CifarResNet
@@ -26,6 +26,7 @@ __all__ = [
     "build_model",
     "list_models",
     "load_checkpoint",
+    "load_weights",
     "read_state_dict",
     "register_model",
     "torchvision_names",

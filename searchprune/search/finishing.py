@@ -30,11 +30,13 @@ from searchprune.finetune import (
 from searchprune.redact import redact_config
 from searchprune.search.trials import best_trials, top1
 
-__all__ = ["FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "export_trial", "finetune_study",
-           "finetune_study_each", "load_study_config", "top_trials"]
+__all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
+           "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
+           "top_trials"]
 
 FINETUNE_ATTR = "finetune"
 FINETUNE_EACH_ATTR = "finetune_each"
+ARTIFACTS_ENV = "SEARCHPRUNE_ARTIFACTS"
 _log = logging.getLogger(__name__)
 
 
@@ -60,13 +62,34 @@ def top_trials(study: optuna.Study, k: int, *, flops_min: float | None = None,
     return done[:k]
 
 
+def default_artifact_dir(storage: str | None) -> Path:
+    """Where fine-tuned checkpoints are stored as Optuna artifacts: ``$SEARCHPRUNE_ARTIFACTS``,
+    else ``artifacts/`` next to a SQLite file, else ``<cache>/artifacts`` (workers on several
+    machines should point ``SEARCHPRUNE_ARTIFACTS`` at a folder they all see)."""
+    import os
+
+    from searchprune.data import default_cache_dir
+    from searchprune.search.storage import resolve_storage_url
+
+    if os.environ.get(ARTIFACTS_ENV):
+        return Path(os.environ[ARTIFACTS_ENV]).expanduser().resolve()
+    url = resolve_storage_url(storage)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///"):]).parent / "artifacts"
+    return default_cache_dir().resolve() / "artifacts"
+
+
+
 def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
                    out_dir: str | Path, artifact_dir: str | Path | None = None,
                    progress: bool = False, flops_min: float | None = None,
                    flops_max: float | None = None) -> FinetuneResult:
     """Fine-tune the ``top`` best trials (of a Pareto study: front members, most accurate first)
-    within the FLOPs-ratio bounds, then the best of them longer; store the results."""
+    within the FLOPs-ratio bounds, then the best of them longer; store the results.
+
+    Paths are recorded absolute, so ``export`` finds the weights from any folder."""
     cfg = load_study_config(study)
+    out_dir = Path(out_dir).expanduser().resolve()
     trials = top_trials(study, top, flops_min=flops_min, flops_max=flops_max)
     engine = engine_for(cfg)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in trials]
@@ -80,7 +103,9 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         "test_top5": result.test_top5, "checkpoint": result.checkpoint,
     }
     if artifact_dir is not None:
+        artifact_dir = Path(artifact_dir).expanduser().resolve()
         record["artifact_id"] = _upload(study, result.checkpoint, artifact_dir)
+        record["artifact_dir"] = str(artifact_dir)
     study.set_user_attr(FINETUNE_ATTR, record)
     return result
 
@@ -134,14 +159,46 @@ def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | N
         return None
 
 
+def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned weights: the recorded checkpoint file, else its copy in the artifact
+    store. Neither found is an error, never a silent export of the un-fine-tuned weights."""
+    import tempfile
+
+    from searchprune.models import load_weights
+
+    path = Path(ft.get("checkpoint", ""))
+    if path.is_absolute() and path.is_file():
+        return load_weights(path)["state_dict"]
+    store, artifact = ft.get("artifact_dir"), ft.get("artifact_id")
+    if store and artifact and Path(store).is_dir():
+        from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "finetuned.pt"
+            try:
+                download_artifact(artifact_store=FileSystemArtifactStore(store),
+                                  artifact_id=artifact, file_path=str(local))
+            except Exception:  # noqa: BLE001  # missing or unreadable: reported below
+                pass
+            else:
+                return load_weights(local)["state_dict"]
+    raise SearchpruneError(
+        f"the fine-tuned checkpoint of study '{study.study_name}' is gone: {path} does not exist"
+        + (f" and artifact {artifact} is not in {store}" if artifact else "")
+        + "; pass --not-finetuned to export the searched weights, or fine-tune again")
+
+
 def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
                  finetuned: bool = True, latency: bool = True, flops_min: float | None = None,
-                 flops_max: float | None = None) -> dict[str, Any]:
+                 flops_max: float | None = None, force: bool = False) -> dict[str, Any]:
     """Export trial ``trial`` (default: the fine-tuned best, else the best trial; of a Pareto
-    study the most accurate front member; with FLOPs bounds, the best within them)."""
+    study the most accurate front member; with FLOPs bounds, the best within them) into
+    ``out_dir`` (a non-empty folder only with ``force``)."""
     import torch
 
-    from searchprune.export import export_model, file_sha256, measure_latency
+    from searchprune.export import check_out_dir, export_model, file_sha256, measure_latency
+
+    check_out_dir(out_dir, force)  # before any work
 
     cfg = load_study_config(study)
     ft = study.user_attrs.get(FINETUNE_ATTR) or {}
@@ -159,10 +216,9 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
     engine = engine_for(cfg)
     widths = frozen.user_attrs["widths"]
     model = engine.build(widths)
-    tuned = finetuned and ft.get("best_trial") == number and Path(ft.get("checkpoint", "")).is_file()
+    tuned = finetuned and ft.get("best_trial") == number
     if tuned:
-        model.load_state_dict(torch.load(ft["checkpoint"], map_location="cpu",
-                                         weights_only=True)["state_dict"])
+        model.load_state_dict(_finetuned_state(study, ft))
     data = engine.data
     shape = (1, *data.input_shape)
     cost = engine.cost(widths)
@@ -195,4 +251,4 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["latency_method"] = (f"median of 20 timed forward passes after 3 warm-up passes, "
                                   f"random input, torch.inference_mode, CPU, "
                                   f"{torch.get_num_threads()} threads, eager PyTorch modules")
-    return export_model(model, out_dir, input_shape=shape, widths=widths, card=card)
+    return export_model(model, out_dir, input_shape=shape, widths=widths, card=card, force=force)
