@@ -15,6 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -357,3 +358,95 @@ def test_export_is_atomic_and_refuses_a_non_empty_out(tuned, tmp_path, capsys, m
     assert main([*ex, "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.pt2", "state_dict.pt"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+# -- a killed worker ---------------------------------------------------------------------------
+def _dead_worker_identity() -> dict:
+    """The identity a worker process recorded, taken from a process that has since exited."""
+    import subprocess
+    import sys
+
+    from test_cli import ROOT
+
+    out = subprocess.run([sys.executable, "-c", "import json; from searchprune.search._liveness "
+                          "import identity; print(json.dumps(identity()))"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def _stranded_trial(study, worker: dict, names: list[str]) -> int:
+    """A RUNNING trial holding a budget claim, as a worker leaves it when it is killed."""
+    from searchprune.search.budget import CLAIM_ATTR
+
+    trial = study.ask({k: optuna.distributions.FloatDistribution(0.3, 1.0) for k in names})
+    trial.set_user_attr("worker", worker)
+    trial.set_user_attr(CLAIM_ATTR, trial.number)
+    return trial.number
+
+
+def test_liveness_tells_dead_reused_and_remote_workers_apart():
+    from searchprune.search._liveness import identity, is_gone
+
+    me = identity()
+    assert is_gone(me) is False
+    assert is_gone(_dead_worker_identity()) is True
+    assert is_gone({**me, "start": me["start"] + 1}) is True  # the pid was reused
+    assert is_gone({**me, "boot_id": "another-boot"}) is True  # the host rebooted
+    assert is_gone({**me, "host": "elsewhere"}) is None  # cannot tell: the heartbeat decides
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_killed_workers_trial_is_retried_at_once(tmp_path):
+    import time
+
+    from test_search import FakeEngine, make_cfg
+
+    from searchprune.search import run_study
+    from searchprune.search.runner import open_storage
+
+    cfg = make_cfg(tmp_path, n_trials=3)  # heartbeat 30 s, grace period 120 s
+    run_study(cfg, engine=FakeEngine(), progress=False)
+    study = optuna.load_study(study_name="s", storage=open_storage(cfg))
+    names = [g.name for g in FakeEngine().groups]
+    stranded = _stranded_trial(study, _dead_worker_identity(), names)
+    start = time.perf_counter()
+    study = run_study(make_cfg(tmp_path, n_trials=4), engine=FakeEngine(), progress=False)
+    assert time.perf_counter() - start < 10  # not the 120 s grace period
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("COMPLETE") == 4
+    assert states.count("RUNNING") == 0 and states.count("WAITING") == 0
+    dead = study.get_trials()[stranded]
+    assert dead.state.name == "FAIL"
+    assert dead.user_attrs["fail_reason"].startswith("interrupted: worker pid ")
+    retry = [t for t in study.get_trials() if t.user_attrs.get("requeued_from") == stranded]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    assert retry[0].params == dead.params
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_waiting_for_a_worker_on_another_host_says_so(tmp_path, capsys):
+    from test_search import FakeEngine, make_cfg
+
+    from searchprune.search import run_study
+    from searchprune.search._liveness import identity
+    from searchprune.search.runner import open_storage
+
+    over = {"search.heartbeat_interval": 1, "search.grace_period": 2}
+    cfg = make_cfg(tmp_path, n_trials=2, **over)
+    run_study(cfg, engine=FakeEngine(), progress=False)
+    storage = open_storage(cfg)
+    study = optuna.load_study(study_name="s", storage=storage)
+    names = [g.name for g in FakeEngine().groups]
+    remote = {**identity(), "host": "node-7", "pid": 4242}
+    number = _stranded_trial(study, remote, names)
+    storage.record_heartbeat(study.get_trials()[number]._trial_id)
+    study = run_study(make_cfg(tmp_path, n_trials=3, **over), engine=FakeEngine(),
+                      progress=False)
+    err = capsys.readouterr().err
+    assert (f"waiting for trial {number} (pid 4242 on node-7, last heartbeat " in err
+            and "it is marked FAIL if silent for 2 s" in err), err
+    assert err.count("waiting for trial") == 1
+    states = [t.state.name for t in study.get_trials()]
+    assert states.count("COMPLETE") == 3
+    assert states.count("RUNNING") == 0 and states.count("WAITING") == 0

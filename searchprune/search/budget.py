@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchprune.search._liveness import reap_dead_workers, report_remote
 from searchprune.search.trials import is_evaluated, n_evaluated
 
 if TYPE_CHECKING:
@@ -112,8 +113,12 @@ class Budget:
     def claim(self, trial: optuna.Trial) -> bool:
         """Claim a slot for ``trial`` (True), or False when the study already holds
         ``n_trials`` evaluated trials. Blocks while all remaining slots are held in flight."""
+        reported: set[int] = set()  # trials of other hosts already named on stderr
+        waiting = False
         while True:
             with self.lock():
+                if waiting:  # a worker on this host that died meanwhile frees its slot at once
+                    reap_dead_workers(trial.study)
                 complete, claimed = self.count(trial.study, exclude=trial.number)
                 claimed = claimed if self.wait_for_others else 0
                 if complete >= self.n_trials:
@@ -122,8 +127,16 @@ class Budget:
                     trial.set_user_attr(CLAIM_ATTR, trial.number)
                     return True
             self.check()
+            report_remote(trial.study, self.holders(trial.study, trial.number), reported)
+            waiting = True
             time.sleep(self.poll)
             _fail_stale_trials(trial.study)  # a dead worker's claim frees its slot
+
+    @staticmethod
+    def holders(study: optuna.Study, exclude: int) -> list[FrozenTrial]:
+        """RUNNING trials other than ``exclude`` that hold a claim."""
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number != exclude and t.user_attrs.get(CLAIM_ATTR) == t.number]
 
     @staticmethod
     def count(study: optuna.Study, exclude: int | None = None) -> tuple[int, int]:

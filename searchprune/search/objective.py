@@ -28,6 +28,7 @@ import optuna
 
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._interrupt import InterruptGuard, signal_name
+from searchprune.search._liveness import WORKER_ATTR, identity
 from searchprune.search.band import Band, project_to_band
 from searchprune.search.budget import REFUSED_ATTR, Budget
 from searchprune.search.pareto import DIRECTIONS, METRIC_NAMES, pareto_band
@@ -117,6 +118,7 @@ def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None
 
     def evaluate(trial: optuna.Trial) -> Value:
         guard.check()
+        trial.set_user_attr(WORKER_ATTR, identity())  # a killed worker's trial is seen at once
         ratios = {g.name: trial.suggest_float(g.name, p.eta, 1.0) for g in engine.groups}
         if project:
             ratios = project_to_band(engine, ratios, band, p.eta)

@@ -29,6 +29,7 @@ from searchprune.config import Config, config_to_dict, upgrade_stored
 from searchprune.errors import BandError, StudyConfigMismatch
 from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
+from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.objective import (
     Counters,
@@ -49,7 +50,6 @@ __all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_s
 
 CONFIG_ATTR = "config"
 WORKERS_ATTR = "workers_joined"
-REQUEUED_ATTR = "requeued_from"
 # Keys that say how or where to run, not what to search: they may differ between runs of a study.
 RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
@@ -83,6 +83,7 @@ def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = Tru
     storage, existing = preflight(cfg, force_config=force_config, storage=storage,
                                   check_names=engine is None, objective=spec)
     if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
+        tidy_up(existing, study_lock(storage, existing.study_name), cfg.search.n_trials)
         return existing
     counters = Counters()
     with InterruptGuard() as guard:
@@ -154,12 +155,23 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
         _optimize(study, cfg, progress, callbacks,
                   make_objective(engine, cfg, counters, budget=budget, guard=guard, spec=spec),
                   guard)
+        tidy_up(study, lock, cfg.search.n_trials)
     return study
+
+
+def tidy_up(study: optuna.Study, lock: Lock, n_trials: int) -> None:
+    """Trials of dead workers on this host FAIL; once ``n_trials`` are evaluated, retries
+    still WAITING are dropped: no WAITING or RUNNING trial of this host is left behind."""
+    with lock():
+        reap_dead_workers(study)
+        if n_evaluated(study) >= n_trials:
+            drop_waiting(study, f"not run: the study already holds {n_trials} evaluated trials")
 
 
 def _join(study: optuna.Study, lock: Lock) -> int:
     """This worker's index (0 for the first ever), and re-enqueue trials FAILed by a signal."""
     with lock():
+        reap_dead_workers(study)  # a worker killed on this host: FAIL and retry at once
         index = int(study.user_attrs.get(WORKERS_ATTR, 0))
         study.set_user_attr(WORKERS_ATTR, index + 1)
         trials = study.get_trials(deepcopy=False)
