@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -34,7 +36,6 @@ __all__ = [
     "validate_study_name",
 ]
 
-SAMPLERS = ("random", "tpe", "cmaes", "gp", "qmc", "nsga2")
 VAL_SOURCES = ("train", "test")
 # How a pruned candidate's weights are restored before it is scored (README, "Proxies").
 PROXIES = ("ls", "abn", "abn+ls", "none")
@@ -172,8 +173,6 @@ class Config:
             raise ConfigError(f"pruning.tolerance must be >= 0, got {p.tolerance}")
         if not (0.0 < p.eta <= 1.0) or math.isnan(p.eta):
             raise ConfigError(f"pruning.eta must be in (0, 1], got {p.eta}")
-        if p.round_to < 1:
-            raise ConfigError(f"pruning.round_to must be >= 1, got {p.round_to}")
         if p.proxy not in PROXIES:
             raise ConfigError(unknown_choice("pruning.proxy", p.proxy, PROXIES))
         if p.abn_images is not None and not (2 <= p.abn_images <= self.data.calib_size):
@@ -182,27 +181,21 @@ class Config:
         r = p.reconstruction
         if r.ridge < 0:
             raise ConfigError(f"pruning.reconstruction.ridge must be >= 0, got {r.ridge}")
-        if r.positions_per_image < 1:
-            raise ConfigError("pruning.reconstruction.positions_per_image must be >= 1")
         if not (0.0 <= r.holdout_fraction < 1.0):
             raise ConfigError("pruning.reconstruction.holdout_fraction must be in [0, 1)")
         s = self.search
-        if s.sampler not in SAMPLERS:
-            raise ConfigError(unknown_choice("sampler", s.sampler, SAMPLERS))
-        if s.n_trials < 1:
-            raise ConfigError(f"search.n_trials must be >= 1, got {s.n_trials}")
+        from searchprune.search.samplers import sampler_spec
+
+        sampler_spec(s.sampler)  # the registry's names, or package.module:factory
         _validate_objective(s)
         if s.study_name is not None:
             validate_study_name(s.study_name)
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
-        if d.calib_size < 1 or d.val_size < 1:
-            raise ConfigError("data.calib_size and data.val_size must be >= 1")
         if self.model.shortcut not in ("pad", "projection"):
-            raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut, ("pad", "projection")))
-        if d.train_size is not None and d.train_size < 1:
-            raise ConfigError(f"data.train_size must be >= 1 (or left out), got {d.train_size}")
+            raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
+                                             ("pad", "projection")))
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
@@ -260,10 +253,27 @@ def _validate_objective(s: SearchConfig) -> None:
                           "cannot stop multi-objective trials early)")
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+# Counts that must be >= 1 and values that must be >= 0 (checked with the types, in one pass).
+_POSITIVE = frozenset({
+    "model.num_classes", "data.calib_size", "data.val_size", "data.test_size",
+    "data.train_size", "data.image_size", "data.batch_size", "pruning.round_to",
+    "pruning.reconstruction.positions_per_image", "search.n_trials", "search.grace_period",
+})
+_NON_NEGATIVE = frozenset({
+    "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",
+})  # the other supernet ranges: validate_supernet
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str,
+           problems: list[str] | None = None) -> Any:
+    """``cls(**data)`` with every value checked against the field's type (and the ranges
+    above); all type problems are reported together in one :class:`ConfigError`."""
+    top = problems is None
+    problems = [] if problems is None else problems
     if not isinstance(data, Mapping):
         raise ConfigError(f"'{where or 'config'}' must be a mapping, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -272,31 +282,61 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
                 raise ConfigError("'pruning.reconstruction.enabled' was replaced by "
                                   "'pruning.proxy': use proxy: ls (enabled) or none (disabled)")
             raise ConfigError(f"unknown config key '{path}'{did_you_mean(key, known)}")
-        default = getattr(cls(), key)
-        if is_dataclass(default):
-            kwargs[key] = _build(type(default), value or {}, path)
-        else:
-            kwargs[key] = _coerce(value, default, path)
-    return cls(**kwargs)
+        if is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, path, problems)
+            continue
+        value, problem = _coerce(value, hints[key], path)
+        if problem is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if path in _POSITIVE and value < 1:
+                problem = f"'{path}' must be >= 1, got {value!r}"
+            elif path in _NON_NEGATIVE and value < 0:
+                problem = f"'{path}' must be >= 0, got {value!r}"
+        if problem is not None:
+            problems.append(problem)
+        kwargs[key] = value
+    if top and problems:
+        raise ConfigError("; ".join(problems))
+    return cls(**kwargs) if not problems else None
 
 
-def _coerce(value: Any, default: Any, path: str) -> Any:
-    if value is None or default is None:
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{path}' must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{path}' must be an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{path}' must be a number, got {value!r}")
-        return float(value)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"'{path}' must be a string, got {value!r}")
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _coerce(value: Any, hint: Any, path: str) -> tuple[Any, str | None]:
+    """``value`` converted to ``hint`` (``int``, ``float``, ``str``, ``bool``, ``list[float]``,
+    any of them ``| None``), or a problem saying what is expected."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        ok = type(None) in options
+        return value, None if ok else f"'{path}' must be set, got null"
+    kinds = [o for o in options if o is not type(None)]
+    for kind in kinds:
+        converted = _as(value, kind)
+        if converted is not _NO:
+            return converted, None
+    wanted = " or ".join(_KINDS.get(k, "a list of finite numbers") for k in kinds)
+    return value, f"'{path}' must be {wanted}, got {value!r}"
+
+
+_NO = object()
+
+
+def _as(value: Any, kind: Any) -> Any:
+    """``value`` as ``kind``, or ``_NO``: integers are not booleans, numbers are finite."""
+    if kind is bool:
+        return value if isinstance(value, bool) else _NO
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if number and math.isfinite(value) else _NO
+    if kind is str:
+        return value if isinstance(value, str) else _NO
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        items = [_as(v, typing.get_args(kind)[0]) for v in value]
+        return _NO if any(v is _NO for v in items) else items
     return value
 
 

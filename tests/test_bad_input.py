@@ -48,7 +48,8 @@ def env(tmp_path_factory) -> Path:
     data = (tmp / "good.pt").read_bytes()
     (tmp / "truncated.pt").write_bytes(data[: len(data) // 2])
     for split in ("train", "test"):
-        (tmp / "empty" / split / "cat").mkdir(parents=True)
+        for c in ("cat", "dog"):
+            (tmp / "empty" / split / c).mkdir(parents=True)
     for name in ("missing", "unexpected", "shapes", "truncated", "nofile"):
         (tmp / f"ckpt-{name}.yaml").write_text(
             f"model: {{name: cifar_resnet20, checkpoint: {tmp / (name + '.pt')}}}\n")
@@ -57,7 +58,33 @@ def env(tmp_path_factory) -> Path:
     (tmp / "nomodel.yaml").write_text("model: {name: resnet5O}\n")
     (tmp / "supernet-lr.yaml").write_text("setting: scratch\nsupernet: {lr: 0}\n")
     (tmp / "supernet-topk.yaml").write_text("supernet: {top_k: 0}\n")
+    for name, text in {"trainsize": "data: {train_size: abc}", "testsize": "data: {test_size: abc}",
+                       "classes": "model: {num_classes: ten}", "batch": "data: {batch_size: 0}",
+                       "two": "data: {train_size: abc, batch_size: 0}"}.items():
+        (tmp / f"{name}.yaml").write_text(text + "\n")
+    _image_folders(tmp)
+    (tmp / "afile").write_text("a regular file, not a folder")
     return tmp
+
+
+def _image_folders(tmp: Path) -> None:
+    """ImageFolder layouts: one with a corrupt file, one with one class, one whose test split
+    lacks a class; each with a study file."""
+    from PIL import Image
+
+    layouts = {"corrupt": (("a", "b"), ("a", "b")), "oneclass": (("a",), ("a",)),
+               "missing": (("a", "b", "c"), ("a", "b"))}
+    for name, (train, test) in layouts.items():
+        for split, classes in (("train", train), ("test", test)):
+            for c in classes:
+                folder = tmp / name / split / c
+                folder.mkdir(parents=True)
+                for i in range(4):
+                    Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+        (tmp / f"{name}.yaml").write_text(
+            f"model: {{name: cifar_resnet8}}\ndata: {{name: imagefolder, root: {tmp / name}, "
+            "calib_size: 2, val_size: 2}\n")
+    (tmp / "corrupt" / "test" / "b" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
 
 
 # (id, config file, extra flags, exit code, pattern the one line must match)
@@ -92,6 +119,29 @@ CASES = [
     ("ckpt-no-file", "ckpt-nofile.yaml", [], 1, r"checkpoint not found: .*nofile.pt"),
     ("data-root-missing", "noroot.yaml", [], 1, r"data root not found: .*nope"),
     ("data-no-images", "noimages.yaml", [], 1, r"no images in .*train"),
+    ("train-size-not-a-number", "trainsize.yaml", [], 2,
+     r"^error: 'data.train_size' must be an integer, got 'abc'$"),
+    ("test-size-not-a-number", "testsize.yaml", [], 2,
+     r"^error: 'data.test_size' must be an integer, got 'abc'$"),
+    ("num-classes-not-a-number", "classes.yaml", [], 2,
+     r"^error: 'model.num_classes' must be an integer, got 'ten'$"),
+    ("batch-size-zero", "batch.yaml", [], 2, r"^error: 'data.batch_size' must be >= 1, got 0$"),
+    ("two-problems-in-one-line", "two.yaml", [], 2,
+     r"'data.train_size' must be an integer, got 'abc'; 'data.batch_size' must be >= 1"),
+    ("tolerance-inf", "s.yaml", ["--tolerance", "inf"], 2,
+     r"'pruning.tolerance' must be a finite number, got inf"),
+    ("gamma-nan", "s.yaml", ["--gamma", "nan"], 2, r"'pruning.gamma' must be a finite number"),
+    ("sampler-factory-missing", "s.yaml", ["--sampler", "no_such_module:make"], 2,
+     r"cannot import module 'no_such_module' for search.sampler 'no_such_module:make'"),
+    ("criterion-factory-missing", "s.yaml", ["--criterion", "no_such_module:make"], 2,
+     r"cannot import module 'no_such_module' for pruning.criterion"),
+    ("image-corrupt", "corrupt.yaml", [], 1,
+     r"cannot read image .*corrupt/test/b/2.png: .*remove or replace the file"),
+    ("one-class", "oneclass.yaml", [], 1, r"oneclass/train has one class folder \(a\)"),
+    ("class-missing-from-test", "missing.yaml", [], 1,
+     r"class folders of .*missing/test differ from .*missing/train \(missing c\)"),
+    ("storage-under-a-file", "s.yaml", ["--storage", "afile/x.db"], 1,
+     r"cannot create the storage folder .*afile: .*afile is a file, not a folder; choose another"),
     ("storage-closed-port", "s.yaml", ["--storage", PG_CLOSED], 1,
      r"cannot open storage URL: .*server is running"),
     ("storage-bad-scheme", "s.yaml", ["--storage", "foo://bar"], 1,
@@ -135,6 +185,17 @@ def test_bad_input_as_a_subprocess(env, config, flags, code):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert proc.returncode == code
     one_line_error(proc)
+
+
+def test_unwritable_storage_is_one_line(env, capsys, monkeypatch):
+    from searchprune.search import storage
+
+    # Root writes anywhere, so a read-only folder is simulated where the check asks the system.
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: False)
+    argv = ["study", "run", str(env / "s.yaml"), "--storage", str(env / "ro" / "x.db")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: storage {env / 'ro'} is not writable; choose another --storage path"]
 
 
 def test_unreachable_band_fails_fast_and_creates_nothing(tmp_path):

@@ -11,7 +11,6 @@ import torch
 from _helpers import GAMMA, TOL, FakeEngine, make_cfg, run
 from optuna.trial import TrialState
 
-from searchprune import config as config_module
 from searchprune.config import apply_overrides, config_from_dict
 from searchprune.criteria import _base as criteria_registry
 from searchprune.search import samplers as sampler_registry
@@ -21,7 +20,6 @@ from searchprune.search import samplers as sampler_registry
 def registries(monkeypatch):
     """Registrations made by a test are undone afterwards."""
     monkeypatch.setattr(sampler_registry, "_SAMPLERS", dict(sampler_registry._SAMPLERS))
-    monkeypatch.setattr(config_module, "SAMPLERS", config_module.SAMPLERS)
     monkeypatch.setattr(criteria_registry, "_REGISTRY", dict(criteria_registry._REGISTRY))
 
 

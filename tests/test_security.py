@@ -450,3 +450,44 @@ def test_waiting_for_a_worker_on_another_host_says_so(tmp_path, capsys):
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") == 3
     assert states.count("RUNNING") == 0 and states.count("WAITING") == 0
+
+
+# -- a user's own sampler and criterion, named in YAML -----------------------------------------
+USER_PLUGINS = '''
+import optuna
+from searchprune.criteria import Criterion
+
+def sampler(ctx):
+    return optuna.samplers.RandomSampler(seed=ctx.seed)
+sampler.projects = True  # the objective projects its proposals onto the band
+
+class Ones(Criterion):
+    def scores(self, model, space, data, *, device):
+        import torch
+        return {g.name: torch.ones(g.channels) for g in space.prunable}
+
+def criterion(**options):
+    return Ones()
+'''
+
+
+def test_user_sampler_and_criterion_by_module_path(tmp_path, monkeypatch):
+    from test_search import FakeEngine, make_cfg
+
+    from searchprune.config import load_config
+    from searchprune.criteria import get_criterion
+    from searchprune.search import run_study
+
+    (tmp_path / "my_plugins.py").write_text(USER_PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "u.yaml").write_text("search: {sampler: 'my_plugins:sampler'}\n"
+                                     "pruning: {criterion: 'my_plugins:criterion'}\n")
+    cfg = load_config(tmp_path / "u.yaml")
+    assert cfg.search.sampler == "my_plugins:sampler"
+    crit = get_criterion(cfg.pruning.criterion)
+    assert type(crit).__name__ == "Ones" and crit.name == "my_plugins:criterion"
+    study = run_study(make_cfg(tmp_path, "my_plugins:sampler", n_trials=3), engine=FakeEngine(),
+                      progress=False)
+    done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and all(t.user_attrs.get("projected") for t in done)
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)

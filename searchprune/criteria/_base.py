@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from searchprune._factory import import_factory
 from searchprune.data._cache import atomic_save, usable_cache_file
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.space import SearchSpace
@@ -74,12 +75,31 @@ def available() -> list[str]:
 
 
 def get_criterion(name: str, **options) -> Criterion:
+    """A registered criterion, or a user's ``package.module:factory`` returning a
+    :class:`Criterion` (called with ``options``)."""
+    if ":" in name and name not in _REGISTRY:
+        return _from_factory(name, options)
     if name not in _REGISTRY:
-        raise ConfigError(unknown_choice("criterion", name, available()))
+        raise ConfigError(unknown_choice("criterion", name, [*available(),
+                                                             "package.module:factory"]))
     try:
         return _REGISTRY[name](**options)
     except (TypeError, ValueError) as exc:  # an unknown option or a bad value
         raise ConfigError(f"criterion '{name}': {exc}") from exc
+
+
+def _from_factory(spec: str, options: dict[str, Any]) -> Criterion:
+    factory = import_factory(spec, "pruning.criterion")
+    try:
+        crit = factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"criterion '{spec}': {exc}") from exc
+    if not isinstance(crit, Criterion):
+        raise ConfigError(f"criterion factory '{spec}' returned {type(crit).__name__}, not a "
+                          "searchprune.criteria.Criterion")
+    if not crit.name:
+        type(crit).name = spec
+    return crit
 
 
 def compute_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,

@@ -55,6 +55,17 @@ class ArrayImages(RawImages):
 
 
 def _decode(path: str, size: int | None) -> np.ndarray:
+    """One image as uint8 RGB ``(H, W, 3)``; a file PIL cannot read is a one-line
+    :class:`DataError` naming it."""
+    try:
+        return _decode_file(path, size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot read image {path}: {reason}; remove or replace the file"
+                        ) from None
+
+
+def _decode_file(path: str, size: int | None) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         if size is not None and im.size != (size, size):

@@ -100,12 +100,28 @@ def _imagefolder(cfg: DataConfig) -> Source:
     classes = sorted(e.name for e in train_dir.iterdir() if e.is_dir())
     if not classes:
         raise DataError(f"no class folders in {train_dir}")
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} has one class folder ({classes[0]}); a classifier needs "
+                        "at least two")
+    test_classes = sorted(e.name for e in test_dir.iterdir() if e.is_dir())
+    if test_classes != classes:
+        missing = sorted(set(classes) - set(test_classes))
+        extra = sorted(set(test_classes) - set(classes))
+        parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+            [f"not in train: {', '.join(extra[:3])}"] if extra else [])
+        raise DataError(f"the class folders of {test_dir} differ from {train_dir} "
+                        f"({'; '.join(parts)}); both need the same classes")
     class_to_idx = {c: i for i, c in enumerate(classes)}
 
     def files(folder: Path) -> FileImages:
         found = make_dataset(folder, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
         if not found:
             raise DataError(f"no images in {folder} (ImageFolder layout: <class>/<image>.jpg)")
+        present = {y for _, y in found}
+        empty = [c for c in classes if class_to_idx[c] not in present]
+        if empty:
+            raise DataError(f"{folder} has no images of class {', '.join(empty[:3])}; every "
+                            "class needs images in train and in test")
         return FileImages([p for p, _ in found], [y for _, y in found], cfg.image_size)
 
     return Source("imagefolder", tuple(classes), files(train_dir), files(test_dir))

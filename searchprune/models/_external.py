@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from functools import lru_cache
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from searchprune._factory import import_factory
 from searchprune.errors import ModelError
 
 __all__ = ["build_from_factory", "build_torchvision", "torchvision_names"]
@@ -56,18 +56,7 @@ def _accepts(fn: Any, param: str, *, var_keyword: bool = True) -> bool:
 
 def build_from_factory(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     """Import ``package.module:factory`` and call it with the keywords it accepts."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ModelError(f"model factory '{spec}' must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(
-            f"cannot import module '{module_name}' for model '{spec}': {exc}"
-        ) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelError(f"module '{module_name}' has no callable '{attr}'")
+    factory = import_factory(spec, "model", ModelError)
     kwargs: dict[str, int] = {}
     if _accepts(factory, "num_classes"):
         kwargs["num_classes"] = num_classes

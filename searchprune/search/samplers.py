@@ -34,7 +34,7 @@ from optuna.samplers import (
     RandomSampler,
 )
 
-from searchprune import config
+from searchprune._factory import import_factory
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._band_random import BandRandomSampler
 from searchprune.search._band_tpe import BandTPESampler
@@ -78,8 +78,6 @@ def register_sampler(name: str, *, projects: bool = False) -> Callable[[Factory]
         if name in _SAMPLERS:
             raise ValueError(f"sampler '{name}' is already registered")
         _SAMPLERS[name] = SamplerSpec(factory, projects)
-        if name not in config.SAMPLERS:  # so study files may name it (search.sampler)
-            config.SAMPLERS = (*config.SAMPLERS, name)
         return factory
 
     return wrap
@@ -97,10 +95,16 @@ def available_samplers() -> list[str]:
 
 
 def sampler_spec(name: str) -> SamplerSpec:
-    try:
+    """A registered sampler, or a user's ``package.module:factory`` (a function of a
+    :class:`SamplerContext` returning a sampler; a ``projects = True`` attribute on it asks the
+    objective to project proposals onto the band)."""
+    if name in _SAMPLERS:
         return _SAMPLERS[name]
-    except KeyError:
-        raise ConfigError(unknown_choice("sampler", name, available_samplers())) from None
+    if ":" in name:
+        factory = import_factory(name, "search.sampler")
+        return SamplerSpec(factory, bool(getattr(factory, "projects", False)))
+    raise ConfigError(unknown_choice("sampler", name, [*available_samplers(),
+                                                       "package.module:factory"]))
 
 
 def make_sampler(name: str, ctx: SamplerContext) -> BaseSampler:

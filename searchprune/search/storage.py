@@ -28,8 +28,26 @@ def resolve_storage_url(url_or_path: str | None) -> str:
     if "://" not in value:
         value = f"sqlite:///{Path(value).expanduser().resolve()}"
     if value.startswith("sqlite:///") and value != "sqlite:///:memory:":
-        Path(value[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_path(Path(value[len("sqlite:///"):]))
     return value
+
+
+def _check_sqlite_path(path: Path) -> None:
+    """Create the folder of a SQLite file; one-line :class:`StorageError` when that fails or
+    when the file (or, for a new file, its folder) is not writable."""
+    above = next(p for p in path.parents if p.exists())
+    if not above.is_dir():
+        raise StorageError(f"cannot create the storage folder {path.parent}: {above} is a file, "
+                           "not a folder; choose another --storage path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, read-only file system...
+        raise StorageError(f"cannot create the storage folder {path.parent}: "
+                           f"{exc.strerror or exc}; choose another --storage path") from None
+    target = path if path.exists() else path.parent
+    if path.is_dir() or not os.access(target, os.W_OK):
+        what = "a folder" if path.is_dir() else "not writable"
+        raise StorageError(f"storage {target} is {what}; choose another --storage path")
 
 
 def get_storage(url_or_path: str | None, *, heartbeat_interval: int | None = 30,

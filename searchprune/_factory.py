@@ -1,0 +1,29 @@
+"""``package.module:factory`` names: a user's own model, sampler or criterion, imported by every
+process that reads the config (so every worker has it, not only the one that registered it)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from searchprune.errors import ConfigError, SearchpruneError
+
+__all__ = ["import_factory"]
+
+
+def import_factory(spec: str, what: str,
+                   error: type[SearchpruneError] = ConfigError) -> Callable[..., Any]:
+    """The callable named by ``spec`` (``package.module:function``); ``what`` names the config
+    key in messages. Raises ``error`` (exit 2) when it cannot be imported."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise error(f"{what} '{spec}' must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(f"cannot import module '{module_name}' for {what} '{spec}': {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise error(f"module '{module_name}' has no callable '{attr}'")
+    return factory
