@@ -123,7 +123,9 @@ def merge_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, X: torch.Tensor, c: torch.
 
     ``BN(W'x + b') = X BN(Wx + b) + c`` with ``W' = diag(1/s) X diag(s) W`` and
     ``beta' = X t + c + s*mu``, where ``s = gamma/sqrt(var+eps)`` and ``t = beta - s*mu``.
-    With ``diagonal`` (depthwise convs) ``X`` is the vector of the diagonal.
+    With ``diagonal`` (depthwise convs) ``X`` is the vector of the diagonal. A channel whose BN
+    scale is exactly 0 outputs its shift whatever the conv computes: its conv row is zeroed
+    instead of divided by 0 (callers keep such rows of ``X`` identity).
     """
     dt = torch.float64
     s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps))
@@ -139,7 +141,8 @@ def merge_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, X: torch.Tensor, c: torch.
                 conv.bias.copy_((X * conv.bias.double()).to(conv.bias.dtype))
             bn.bias.copy_((X * t + c + s * mu).to(bn.bias.dtype))
             return
-        M = X * s[None, :] / s[:, None]
+        inv = torch.where(s != 0, 1.0 / torch.where(s != 0, s, 1.0), 0.0)
+        M = X * s[None, :] * inv[:, None]
         conv.weight.copy_(torch.einsum("ij,j...->i...", M, W).to(conv.weight.dtype))
         if conv.bias is not None:
             conv.bias.copy_((M @ conv.bias.double()).to(conv.bias.dtype))
@@ -276,11 +279,15 @@ class Reconstructor:
             errors[s.bn] = rel
             if rel >= 1.0 and self.rcfg.guard:
                 return out
-            Xb, Xr = _keep_dead(X[:, :n], dead), X[:, n:]
+            short_conv = pruned.get_submodule(block.shortcut_conv)
+            short_bn = pruned.get_submodule(block.shortcut_bn)
+            # A dead channel on either side cannot take a fitted row: that output channel keeps
+            # the original sum (identity rows in both maps), never a half-fitted mix.
+            dead = dead | (_bn_scale(short_bn).abs() < 1e-6)
+            Xb, Xr = _keep_dead(X[:, :n], dead), _keep_dead(X[:, n:], dead)
             c[dead] = 0
             merge_affine(conv, bn, Xb, c)
-            merge_affine(pruned.get_submodule(block.shortcut_conv),
-                         pruned.get_submodule(block.shortcut_bn), Xr, None)
+            merge_affine(short_conv, short_bn, Xr, None)
             return _apply(out, Xb, c)
         if block is not None:  # identity or index-map shortcut: fit the branch to sum - shortcut
             T = T - self._gather(shortcut)

@@ -350,3 +350,34 @@ def test_cache_defaults_to_searchprune_cache(tmp_path, monkeypatch):
     model, space, _ = _resnet("pad")
     cached_scores("l1", model, space)
     assert len(list((tmp_path / "scores").glob("l1-*.pt"))) == 1
+
+
+def test_te_with_augmentation_is_seeded_from_the_study():
+    """Crops and flips come from (criterion seed, data seed), not from the global RNG, so the
+    cached scores match their key; the global RNG is left as it was."""
+    from searchprune.data._bundle import Normalise, TrainSet
+    from searchprune.data._images import ArrayImages
+
+    model, space, _ = _resnet("pad", images=12)
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8)
+    raw = ArrayImages(images, torch.randint(0, 10, (12,)))
+
+    class Augmentable(FakeData):
+        def __init__(self, seed: int) -> None:
+            super().__init__(images.float(), raw.labels)
+            self.seed = seed
+
+        def train_set(self, augment: bool = False):
+            return TrainSet(raw, torch.arange(12), Normalise(255.0, (0.5,) * 3, (0.25,) * 3),
+                            augment)
+
+    def te(data, global_seed):
+        torch.manual_seed(global_seed)
+        state = torch.random.get_rng_state()
+        scores = compute_scores("te", model, space, data, batches=2, batch_size=6, augment=True)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        return scores
+
+    a, b, other = te(Augmentable(0), 1), te(Augmentable(0), 2), te(Augmentable(5), 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.allclose(a[k], other[k]) for k in a)

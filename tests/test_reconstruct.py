@@ -92,3 +92,40 @@ def test_nan_features_fail_with_a_reason():
         pruned.layer1[0].conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN"):
         rec.rebuild(pruned, {})
+
+
+
+def test_dead_channels_of_a_projection_block_keep_the_original_sum():
+    """bn2 channels with scale below 1e-6 and a shortcut BN channel with scale exactly 0: those
+    output channels keep identity rows in the branch and in the shortcut map (no mix, no 0/0)."""
+    torch.manual_seed(0)
+    model = randomize_bn(CifarResNet(8, 10, "projection"))
+    block = model.layer2[0]
+    with torch.no_grad():
+        block.bn2.weight[:3] = 1e-9  # dead branch channels 0-2
+        block.shortcut[1].weight[5] = 0.0  # shortcut channel 5: scale exactly 0
+    x = torch.randn(64, 3, 16, 16)
+    space = SearchSpace.from_model(model, x[:1])
+    widths = space.widths({g.name: 1.0 if g.name.endswith("residual") else 0.5
+                           for g in space.prunable})
+    keep = space.keep_indices(widths, compute_scores("l1", model, space))
+    rec = Reconstructor(model, space, x, ReconstructionConfig(positions_per_image=16, guard=False))
+    plain, rebuilt = prune_model(model, space, keep), prune_model(model, space, keep)
+    rec.rebuild(rebuilt, keep)
+    assert all(torch.isfinite(p).all() for p in rebuilt.parameters())
+    assert all(torch.isfinite(b).all() for b in rebuilt.buffers())
+    before, after = plain.layer2[0], rebuilt.layer2[0]
+    for i in (0, 1, 2):  # dead in the branch: the shortcut row is the original one
+        assert torch.allclose(after.shortcut[0].weight[i], before.shortcut[0].weight[i],
+                              atol=1e-6)
+        assert after.shortcut[1].bias[i].item() == pytest.approx(
+            before.shortcut[1].bias[i].item(), abs=1e-6)
+        assert after.bn2.bias[i].item() == pytest.approx(before.bn2.bias[i].item(), abs=1e-6)
+    # dead in the shortcut: the branch row is the original one, the shortcut's shift stays
+    assert torch.allclose(after.conv2.weight[5], before.conv2.weight[5], atol=1e-6)
+    assert after.shortcut[1].bias[5].item() == pytest.approx(before.shortcut[1].bias[5].item(),
+                                                             abs=1e-6)
+    # the live channels were fitted (the test would not notice a no-op rebuild otherwise)
+    assert not torch.allclose(after.shortcut[0].weight[8], before.shortcut[0].weight[8])
+    with torch.no_grad():
+        assert torch.isfinite(rebuilt(x)).all()

@@ -491,3 +491,26 @@ def test_user_sampler_and_criterion_by_module_path(tmp_path, monkeypatch):
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert len(done) == 3 and all(t.user_attrs.get("projected") for t in done)
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+
+
+# -- cache keys cover what changes the content -------------------------------------------------
+def test_digits_baseline_cache_key_covers_every_input(tmp_path, monkeypatch):
+    import dataclasses
+
+    from searchprune.data import load_data
+    from searchprune.models import baseline
+
+    def key(model=ModelConfig(), **data):
+        return baseline._cache_file(model, load_data(DataConfig(**data)), tmp_path).name
+
+    base = key()
+    assert key() == base and key(batch_size=64) == base  # evaluation batch size: same weights
+    changed = {"image_size": key(image_size=16), "val_from": key(val_from="test"),
+               "seed": key(seed=1), "train_size": key(train_size=1000),
+               "val_size": key(val_size=300),
+               "shortcut": key(dataclasses.replace(ModelConfig(), shortcut="pad"))}
+    assert all(k != base for k in changed.values()), changed
+    monkeypatch.setattr(baseline, "DIGITS_RECIPE", {**baseline.DIGITS_RECIPE, "lr": 0.1})
+    assert key() != base
+    # trusting a checkpoint does not change the weights a baseline trains to
+    assert key(dataclasses.replace(ModelConfig(), trust_checkpoint=True)) == key()

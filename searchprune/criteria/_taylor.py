@@ -33,7 +33,9 @@ class Taylor(Criterion):
     batches: minibatches M (fewer when the training set is smaller).
     batch_size: images per minibatch.
     augment: use train-time augmentation (crop + flip) for the images.
-    seed: seed of the shuffled loader (the same images every time).
+    seed: seed of the shuffled loader (the same images every time) and, with the study's data
+        seed, of the augmentation: the scores are a function of the cache key, and the global
+        RNG is left untouched.
     """
 
     needs_data = True
@@ -63,25 +65,32 @@ class Taylor(Criterion):
         totals = {g.name: torch.zeros(g.channels, dtype=torch.float64) for g in space.prunable}
         loader = DataLoader(data.train_set(augment=self.augment), batch_size=self.batch_size,
                             shuffle=True, generator=torch.Generator().manual_seed(self.seed))
-        seen = 0
         try:
-            for x, y in loader:
-                if seen >= self.batches:
-                    break
-                with torch.enable_grad():
-                    loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
-                    names = list(gates)
-                    grads = dict(zip(names, torch.autograd.grad(loss, [gates[n] for n in names])))
-                per_group = {g.name: torch.zeros(g.channels, dtype=torch.float64)
-                             for g in space.prunable}
-                for gname, p in owners:
-                    per_group[gname].index_add_(0, p.roots, grads[p.module].double().cpu()[p.idxs])
-                for gname, v in per_group.items():
-                    totals[gname] += v.square()
-                seen += 1
+            with torch.random.fork_rng(devices=[]):  # crops and flips use the global RNG
+                torch.manual_seed(self.seed * 1_000_003 + int(getattr(data, "seed", 0) or 0))
+                seen = self._accumulate(model, loader, gates, owners, totals, space, dev)
         finally:
             for h in handles:
                 h.remove()
         if seen == 0:
             raise ValueError("TE needs at least one training minibatch")
         return {k: v / seen for k, v in totals.items()}
+
+    def _accumulate(self, model, loader, gates, owners, totals, space, dev) -> int:
+        """Add each minibatch's squared gate gradients to ``totals``; returns the batches."""
+        seen = 0
+        for x, y in loader:
+            if seen >= self.batches:
+                break
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
+                names = list(gates)
+                grads = dict(zip(names, torch.autograd.grad(loss, [gates[n] for n in names])))
+            per_group = {g.name: torch.zeros(g.channels, dtype=torch.float64)
+                         for g in space.prunable}
+            for gname, p in owners:
+                per_group[gname].index_add_(0, p.roots, grads[p.module].double().cpu()[p.idxs])
+            for gname, v in per_group.items():
+                totals[gname] += v.square()
+            seen += 1
+        return seen
