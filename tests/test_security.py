@@ -514,3 +514,39 @@ def test_digits_baseline_cache_key_covers_every_input(tmp_path, monkeypatch):
     assert key() != base
     # trusting a checkpoint does not change the weights a baseline trains to
     assert key(dataclasses.replace(ModelConfig(), trust_checkpoint=True)) == key()
+
+
+def test_worker_command_lines_carry_no_storage_url(monkeypatch):
+    """``--workers K``: other users can read command lines (``ps``), so the storage URL, which
+    may hold a password, reaches the workers in their environment."""
+    from searchprune.cli import _workers
+    from searchprune.cli.main import build_parser
+    from searchprune.cli.study import _worker_args
+    from searchprune.config import Config
+
+    url = "postgresql://u:Secret%40pw@127.0.0.1:1/db"
+    args = build_parser().parse_args(["study", "run", "q.yaml", "--storage", url,
+                                      "--workers", "2", "--trust-checkpoint"])
+    argv = _worker_args(args, threads=1)
+    assert not any("Secret" in a for a in argv) and "--storage" not in argv
+    assert "--trust-checkpoint" in argv
+    started = []
+
+    class Popen:
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs["env"]))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(_workers.subprocess, "Popen", Popen)
+    monkeypatch.setattr(_workers, "_update", lambda *a: None)
+    _workers.run_workers(Config(storage=url), None, argv, 2, progress=False, poll=0)
+    assert len(started) == 2
+    for command, env in started:
+        assert not any("Secret" in part for part in command)
+        assert env[_workers.STORAGE_ENV] == url

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from searchprune.config import Config
 
-__all__ = ["LAUNCHER", "cpu_cores", "run_workers", "threads_per_worker"]
+__all__ = ["LAUNCHER", "STORAGE_ENV", "cpu_cores", "run_workers", "threads_per_worker"]
 
 # How a worker process starts: ``python <LAUNCHER...> study run ...`` (tests may swap it).
 LAUNCHER: list[str] = ["-c", "import sys; from searchprune.cli.main import main; sys.exit(main())"]
+# The storage URL reaches the workers in their environment, not on their command lines, which
+# every user of the machine can read (``ps``): it may hold a password.
+STORAGE_ENV = "SEARCHPRUNE_WORKER_STORAGE"
 _INTERRUPTED = re.compile(r"^interrupted: trials? ([\d, ]+) marked FAIL")
 
 
@@ -53,7 +56,11 @@ def run_workers(cfg: Config, storage: Any, worker_args: Sequence[str], workers: 
     received: list[int] = []
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]
     command = [sys.executable, *LAUNCHER, "study", "run", *worker_args]
-    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log) for log in logs]
+    from searchprune.search.storage import resolve_storage_url
+
+    env = {**os.environ, STORAGE_ENV: resolve_storage_url(cfg.storage)}
+    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+             for log in logs]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum in received:

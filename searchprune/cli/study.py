@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections import Counter
@@ -64,10 +65,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from searchprune.cli._workers import STORAGE_ENV
     from searchprune.config import load_config
     from searchprune.search import run_study
 
     overrides = {key: getattr(args, flag) for flag, key in _OVERRIDES.items()}
+    overrides["storage"] = overrides["storage"] or os.environ.get(STORAGE_ENV)  # a worker's
     cfg = load_config(args.config, overrides)
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError("--workers and --threads must be >= 1")
@@ -115,6 +118,8 @@ def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
     argv = [args.config, "--workers", "1", "--threads", str(threads), "--json"]
     for flag in _OVERRIDES:
         value = getattr(args, flag)
+        if flag == "storage":  # passed in the environment (see _workers.STORAGE_ENV)
+            continue
         if value is True:  # a switch
             argv.append(f"--{flag.replace('_', '-')}")
         elif value is not None:
