@@ -133,7 +133,8 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_data(DataConfig("imagefolder", root=str(tmp_path / "x")))
     with pytest.raises(DataError, match="needs train/ and test/"):
         load_data(DataConfig("imagefolder", root=str(tmp_path)))
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    (tmp_path / "test" / "a").mkdir(parents=True)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
     with pytest.raises(DataError, match="no images in"):
         load_data(DataConfig("imagefolder", root=str(tmp_path)))
