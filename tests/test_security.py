@@ -377,8 +377,12 @@ def _dead_worker_identity() -> dict:
 
 def _stranded_trial(study, worker: dict, names: list[str]) -> int:
     """A RUNNING trial holding a budget claim, as a worker leaves it when it is killed."""
+    from test_search import GAMMA
+
     from searchprune.search.budget import CLAIM_ATTR
 
+    # In the band: the fake engine's FLOPs ratio is about the square of a uniform keep-ratio.
+    study.enqueue_trial(dict.fromkeys(names, GAMMA ** 0.5))
     trial = study.ask({k: optuna.distributions.FloatDistribution(0.3, 1.0) for k in names})
     trial.set_user_attr("worker", worker)
     trial.set_user_attr(CLAIM_ATTR, trial.number)
