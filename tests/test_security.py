@@ -207,7 +207,7 @@ def test_storage_password_is_never_stored_or_shown(tmp_path, pg_role, monkeypatc
     import subprocess
     from urllib.parse import quote, quote_plus
 
-    from test_cli import cli
+    from _helpers import cli
 
     role, password, db = pg_role
     forms = {password, quote(password, safe=""), quote_plus(password)}
@@ -366,7 +366,7 @@ def _dead_worker_identity() -> dict:
     import subprocess
     import sys
 
-    from test_cli import ROOT
+    from _helpers import ROOT
 
     out = subprocess.run([sys.executable, "-c", "import json; from searchprune.search._liveness "
                           "import identity; print(json.dumps(identity()))"],
@@ -377,7 +377,7 @@ def _dead_worker_identity() -> dict:
 
 def _stranded_trial(study, worker: dict, names: list[str]) -> int:
     """A RUNNING trial holding a budget claim, as a worker leaves it when it is killed."""
-    from test_search import GAMMA
+    from _helpers import GAMMA
 
     from searchprune.search.budget import CLAIM_ATTR
 
@@ -404,7 +404,7 @@ def test_liveness_tells_dead_reused_and_remote_workers_apart():
 def test_a_killed_workers_trial_is_retried_at_once(tmp_path):
     import time
 
-    from test_search import FakeEngine, make_cfg
+    from _helpers import FakeEngine, make_cfg
 
     from searchprune.search import run_study
     from searchprune.search.runner import open_storage
@@ -430,7 +430,7 @@ def test_a_killed_workers_trial_is_retried_at_once(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_waiting_for_a_worker_on_another_host_says_so(tmp_path, capsys):
-    from test_search import FakeEngine, make_cfg
+    from _helpers import FakeEngine, make_cfg
 
     from searchprune.search import run_study
     from searchprune.search._liveness import identity
@@ -476,7 +476,7 @@ def criterion(**options):
 
 
 def test_user_sampler_and_criterion_by_module_path(tmp_path, monkeypatch):
-    from test_search import FakeEngine, make_cfg
+    from _helpers import FakeEngine, make_cfg
 
     from searchprune.config import load_config
     from searchprune.criteria import get_criterion
