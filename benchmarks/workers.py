@@ -49,7 +49,7 @@ def command(config: Path, name: str, *extra: str) -> list[str]:
 
 
 def check(name: str, trials: int) -> str:
-    storage = optuna.storages.RDBStorage(URL.replace("postgresql://", "postgresql+psycopg2://"))
+    storage = optuna.storages.RDBStorage(URL)
     ts = optuna.load_study(study_name=name, storage=storage).get_trials()
     states: dict[str, int] = {}
     for t in ts:
@@ -87,7 +87,7 @@ def kill(args: argparse.Namespace, folder: Path) -> None:
     config = small_config(folder, args, heartbeat=f", heartbeat_interval: 1, grace_period: "
                                                   f"{args.grace}")
     name = f"bench-kill-{uuid.uuid4().hex[:6]}"
-    storage = optuna.storages.RDBStorage(URL.replace("postgresql://", "postgresql+psycopg2://"))
+    storage = optuna.storages.RDBStorage(URL)
     victim = subprocess.Popen(command(config, name), cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     other = subprocess.Popen(command(config, name), cwd=ROOT, stdout=subprocess.DEVNULL,

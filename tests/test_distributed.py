@@ -28,10 +28,10 @@ INTERRUPTED = "interrupted: trial {} marked FAIL; re-run the same command to res
 @pytest.fixture(scope="module")
 def storage():
     try:
-        import psycopg2
+        import psycopg
 
-        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test",
-                         connect_timeout=3).close()
+        psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test",
+                        connect_timeout=3).close()
     except Exception as exc:  # noqa: BLE001  # any failure means: no server to test against
         pytest.skip(f"no PostgreSQL server answers at 127.0.0.1:5432 ({exc})")
     from searchprune.search import get_storage

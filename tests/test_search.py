@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import optuna
 import pytest
 from _helpers import GAMMA, SAMPLERS, TOL, ChunkedEngine, FakeEngine, configs, make_cfg, run
@@ -251,6 +254,32 @@ def test_postgres_storage_runs_a_study(tmp_path):
         assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     finally:
         optuna.delete_study(study_name=name, storage=get_storage(url))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2"])
+def test_postgres_urls_are_used_as_given(scheme):
+    url = f"{scheme}://postgres@127.0.0.1:5432/test"
+    try:
+        storage = get_storage(url, heartbeat_interval=None)
+        storage.get_all_studies()
+    except StorageError as exc:
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    assert resolve_storage_url(url) == url  # no rewriting
+    assert storage.engine.dialect.driver == ("psycopg2" if "psycopg2" in scheme else "psycopg")
+
+
+def test_a_driver_that_is_not_installed_is_one_line_saying_what_to_install():
+    script = ("import sys; sys.modules['psycopg2'] = None\n"
+              "from searchprune.search import get_storage\n"
+              "get_storage('postgresql+psycopg2://u@127.0.0.1:1/db', heartbeat_interval=None)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "StorageError: the storage URL asks for the 'postgresql+psycopg2' driver" in last
+    assert "pip install 'searchprune[psycopg2]'" in last
+    with pytest.raises(StorageError, match="write postgresql://"):
+        get_storage("postgres://u@127.0.0.1:1/db", heartbeat_interval=None)
 
 
 # -- end to end with the real engine ---------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -21,10 +20,11 @@ DEFAULT_STORAGE = "sqlite:///studies/searchprune.db"
 
 def resolve_storage_url(url_or_path: str | None) -> str:
     """The flag, else ``$SEARCHPRUNE_STORAGE``, else ``studies/searchprune.db``; a plain file path
-    becomes a SQLite URL. The folder of a SQLite file is created."""
+    becomes a SQLite URL. The folder of a SQLite file is created. URLs are used as given:
+    ``postgresql://`` means psycopg 3 (SQLAlchemy 2.1's default), ``postgresql+psycopg2://``
+    the optional psycopg2 driver."""
     value = url_or_path or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
     remember(value)
-    value = _postgres_driver(value)
     if "://" not in value:
         value = f"sqlite:///{Path(value).expanduser().resolve()}"
     if value.startswith("sqlite:///") and value != "sqlite:///:memory:":
@@ -59,6 +59,7 @@ def get_storage(url_or_path: str | None, *, heartbeat_interval: int | None = 30,
         StorageError: the URL is invalid or the server cannot be reached.
     """
     url = resolve_storage_url(url_or_path)
+    _check_driver(url)
     engine_kwargs = ({"connect_args": {"connect_timeout": 10}} if url.startswith("postgres")
                      else None)
     try:
@@ -94,15 +95,26 @@ def _fast_sqlite(storage: RDBStorage) -> None:
     storage.engine.dispose()  # connections opened before the listener reconnect with it
 
 
-def _postgres_driver(url: str) -> str:
-    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; use psycopg2 when only it is installed.
-    ``postgres://`` (Heroku style) is accepted as ``postgresql://``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("postgres", "postgresql"):
-        return url
-    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
-        return f"postgresql+psycopg2://{rest}"
-    return f"postgresql://{rest}"
+def _check_driver(url: str) -> None:
+    """A URL that names a database driver which is not installed fails in one line that says
+    what to install (e.g. ``postgresql+psycopg2://`` without the ``psycopg2`` extra)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError):
+        if url.startswith("postgres://"):
+            raise StorageError("SQLAlchemy does not know the scheme postgres://; write "
+                               "postgresql://") from None
+        return  # not a URL SQLAlchemy knows: RDBStorage reports it with the usual message
+    except ImportError as exc:
+        driver = parsed.drivername
+        hint = (" (pip install 'searchprune[psycopg2]', or use postgresql://, which uses "
+                "psycopg 3)" if "psycopg2" in driver else "")
+        raise StorageError(f"the storage URL asks for the '{driver}' driver, whose module "
+                           f"'{exc.name}' is not installed{hint}") from exc
 
 
 def _reason(exc: Exception) -> str:
