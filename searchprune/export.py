@@ -1,9 +1,14 @@
-"""A pruned model anyone can load: a ``torch.export`` program, a plain state_dict with the
-width configuration, and a JSON card. Loading needs only PyTorch::
+"""A pruned model anyone can load: a ``torch.export`` program and/or an ONNX file (both with a
+dynamic batch dimension), a plain state_dict with the width configuration, and a JSON card.
+Loading needs only PyTorch, or only an ONNX runtime::
 
     import torch
     model = torch.export.load("model.pt2").module()
     logits = model(images)          # images: float32 (N, C, H, W), normalised as in card.json
+
+    import onnxruntime
+    session = onnxruntime.InferenceSession("model.onnx")
+    logits = session.run(None, {"images": images.numpy()})[0]
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from torch import nn
 
 from searchprune.errors import ConfigError
 
-__all__ = ["check_out_dir", "export_model", "file_sha256", "measure_latency"]
+__all__ = ["FORMATS", "check_onnx", "check_out_dir", "export_model", "export_onnx",
+           "file_sha256", "measure_latency"]
 
+FORMATS = ("torch", "onnx", "all")
 PROGRAM = "model.pt2"
+ONNX = "model.onnx"
 STATE = "state_dict.pt"
 CARD = "card.json"
 
@@ -51,19 +59,23 @@ def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
 
 def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int, ...],
                  widths: Mapping[str, int], card: Mapping[str, Any],
-                 force: bool = False) -> dict[str, Any]:
-    """Write ``model.pt2``, ``state_dict.pt`` and ``card.json`` into ``out_dir``.
+                 force: bool = False, format: str = "torch") -> dict[str, Any]:
+    """Write the model in ``format`` (``torch``: ``model.pt2``; ``onnx``: ``model.onnx``;
+    ``all``: both), ``state_dict.pt`` and ``card.json`` into ``out_dir``.
 
     ``input_shape`` is one example's shape with batch 1, e.g. ``(1, 3, 32, 32)``; the exported
-    program accepts any batch size. Returns the card as written. The files are written into a
+    files accept any batch size. The card lists every file written (``files``) and, for ONNX,
+    the largest difference between onnxruntime's logits and PyTorch's. Returns the card. The files are written into a
     temporary folder next to ``out_dir``, which is then renamed into place: a crash leaves the
     old folder or the new one. A non-empty ``out_dir`` is replaced only with ``force``.
     """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     out = check_out_dir(out_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        full = _write(model, tmp, input_shape, widths, card)
+        full = _write(model, tmp, input_shape, widths, card, format)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -83,20 +95,65 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def _write(model: nn.Module, out: Path, input_shape: tuple[int, ...],
-           widths: Mapping[str, int], card: Mapping[str, Any]) -> dict[str, Any]:
+           widths: Mapping[str, int], card: Mapping[str, Any], format: str) -> dict[str, Any]:
     model = model.cpu().eval()
     example = torch.randn(*input_shape)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model, (torch.cat([example, example]),),
-                                  dynamic_shapes=({0: batch},))
-    torch.export.save(program, out / PROGRAM)
-    torch.save({"state_dict": model.state_dict(), "widths": dict(widths)}, out / STATE)
+    files: dict[str, str] = {}
+    load: dict[str, str] = {}
     full = dict(card)
-    full.update({"input_shape": list(input_shape), "widths": dict(widths),
-                 "files": {"program": PROGRAM, "state_dict": STATE},
-                 "load": f"torch.export.load('{PROGRAM}').module()"})
+    if format in ("torch", "all"):
+        program = torch.export.export(model, (torch.cat([example, example]),),
+                                      dynamic_shapes=({0: _batch_dim()},))
+        torch.export.save(program, out / PROGRAM)
+        files["program"] = PROGRAM
+        load["torch"] = f"torch.export.load('{PROGRAM}').module()"
+    if format in ("onnx", "all"):
+        export_onnx(model, out / ONNX, input_shape)
+        files["onnx"] = ONNX
+        load["onnx"] = f"onnxruntime.InferenceSession('{ONNX}')  # input 'images', output 'logits'"
+        full["onnx_check"] = check_onnx(out / ONNX, model, input_shape)
+    torch.save({"state_dict": model.state_dict(), "widths": dict(widths)}, out / STATE)
+    files["state_dict"] = STATE
+    files["card"] = CARD
+    full.update({"input_shape": list(input_shape), "widths": dict(widths), "format": format,
+                 "files": files, "load": load})
     (out / CARD).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return full
+
+
+def _batch_dim() -> Any:
+    return torch.export.Dim("batch", min=1, max=4096)
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> Path:
+    """Write ``model`` as one ONNX file (weights inside) with input ``images`` and output
+    ``logits``, both with a dynamic batch dimension ``batch`` (torch.export-based exporter)."""
+    import warnings
+
+    model = model.cpu().eval()
+    example = torch.randn(*input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter notices about opset choices
+        torch.onnx.export(model, (torch.cat([example, example]),), str(path), dynamo=True,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: _batch_dim()},), external_data=False,
+                          verbose=False)
+    return Path(path)
+
+
+def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, ...], *,
+               batch: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Run the ONNX file with onnxruntime on CPU and compare its logits with ``model``'s on a
+    seeded random batch: ``{"max_abs_diff", "batch", "runtime"}``."""
+    import onnxruntime
+
+    x = torch.randn(batch, *input_shape[1:], generator=torch.Generator().manual_seed(seed))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.inference_mode():
+        expected = model.cpu().eval()(x)
+    return {"max_abs_diff": float((got - expected).abs().max()), "batch": batch,
+            "runtime": f"onnxruntime {onnxruntime.__version__} (CPU)"}
 
 
 def measure_latency(model, input_shape: tuple[int, ...], batch: int, *, repeats: int = 20,

@@ -189,3 +189,49 @@ def test_pareto_study_through_run_show_finetune_export(tmp_path):
     assert json.loads(ex2.stdout)["trial"] == front[-1]["number"]
     bad = cli("finetune", "--storage", db, "--study-name", "pareto", "--flops-max", "0.01")
     assert bad.returncode == 1 and "widen --flops-min/--flops-max" in one_line_error(bad)
+
+
+def test_export_all_writes_onnx_that_onnxruntime_runs_like_pytorch(study, tmp_path):
+    import onnxruntime
+
+    st, _ = study
+    card = export_trial(st, tmp_path / "out", latency=False, format="all")
+    out = tmp_path / "out"
+    listed = set(card["files"].values())
+    assert listed == {"model.pt2", "model.onnx", "state_dict.pt", "card.json"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(listed)
+    from searchprune.search.finishing import _engine, load_study_config
+
+    engine = _engine(load_study_config(st))
+    model = engine.build(st.trials[card["trial"]].user_attrs["widths"]).eval()
+    ft = st.user_attrs.get("finetune")
+    if ft and ft.get("best_trial") == card["trial"]:
+        model.load_state_dict(torch.load(ft["checkpoint"], weights_only=True)["state_dict"])
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch dimension
+    for batch in (1, 13):
+        x = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        with torch.no_grad():
+            expected = model(x)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() <= 1e-4
+    assert card["onnx_check"]["max_abs_diff"] <= 1e-4
+
+
+def test_export_onnx_only_and_the_card_records_provenance(study, tmp_path):
+    st, _ = study
+    card = export_trial(st, tmp_path / "o", latency=False, format="onnx")
+    assert set(card["files"].values()) == {"model.onnx", "state_dict.pt", "card.json"}
+    assert not (tmp_path / "o" / "model.pt2").exists()
+    saved = json.loads((tmp_path / "o" / "card.json").read_text())
+    prov = saved["provenance"]
+    assert prov["searchprune"] == __import__("searchprune").__version__
+    assert prov["torch"] == torch.__version__ and prov["optuna"] == optuna.__version__
+    assert prov["criterion"] == "l1" and prov["proxy"] == "ls"
+    assert prov["seeds"]["search"] == 0 and prov["seeds"]["data"] == 0
+    assert prov["splits"]["calib"] == 128 and prov["splits"]["val"] == 200
+    assert prov["splits"]["train"] > 0 and prov["splits"]["test"] > 0
+    assert saved["study_provenance"]["splits"] == prov["splits"]
+    assert st.user_attrs["provenance"]["optuna"] == optuna.__version__

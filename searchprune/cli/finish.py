@@ -54,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                     help="trial number (default: the fine-tuned best, else the best trial)")
     _flops_bounds(ex)
     ex.add_argument("--out", required=True, metavar="DIR")
+    ex.add_argument("--format", choices=("torch", "onnx", "all"), default="torch",
+                    help="torch: a torch.export program (model.pt2); onnx: model.onnx; all: "
+                         "both (default torch)")
     ex.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     ex.add_argument("--not-finetuned", action="store_true",
@@ -156,12 +159,17 @@ def _export(args: argparse.Namespace) -> int:
     bounds = _bounds(args)
     study = load_study(args.storage, args.study_name)
     card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency,
-                        finetuned=not args.not_finetuned, force=args.force, **bounds)
+                        finetuned=not args.not_finetuned, force=args.force,
+                        format=args.format, **bounds)
     if args.json:
         emit_json(card)
         return 0
     console.print(f"exported trial {card['trial']} to {args.out}: FLOPs ratio "
-                  f"{card['flops_ratio']:.3f}, params ratio {card['params_ratio']:.3f}")
+                  f"{card['flops_ratio']:.3f}, params ratio {card['params_ratio']:.3f}; "
+                  f"files: {', '.join(card['files'].values())}")
+    if "onnx_check" in card:
+        console.print(f"ONNX vs PyTorch logits: max abs diff "
+                      f"{card['onnx_check']['max_abs_diff']:.2e} ({card['onnx_check']['runtime']})")
     if "latency_ms" in card:
         rows = [[b, f"{v['original']:.2f}", f"{v['pruned']:.2f}",
                  f"{v['pruned'] / v['original']:.2f}"] for b, v in card["latency_ms"].items()]

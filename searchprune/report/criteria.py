@@ -108,6 +108,7 @@ def _complete(study: optuna.Study):
 
 
 def _study(storage, name: str, cfg: Config, configs, seed: int) -> optuna.Study:
+    from searchprune.provenance import provenance
     from searchprune.redact import public_config
 
     with warnings.catch_warnings():
@@ -119,6 +120,7 @@ def _study(storage, name: str, cfg: Config, configs, seed: int) -> optuna.Study:
     if not study.get_trials(deepcopy=False):
         study.set_user_attr("config", public_config(cfg))
         study.set_user_attr("benchmark", "criteria")
+        study.set_user_attr("provenance", provenance(cfg))
         for ratios in configs:  # the same configurations, in the same order, for every criterion
             study.enqueue_trial(ratios)
     return study

@@ -97,7 +97,7 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
     record: dict[str, Any] = {
         "trials": {str(k): v for k, v in result.candidates.items()},
         "best_trial": result.best, "epochs": settings.epochs,
-        "final_epochs": settings.final_epochs, "lr": settings.lr,
+        "final_epochs": settings.final_epochs, "lr": settings.lr, "seed": settings.seed,
         "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
         "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
         "test_top5": result.test_top5, "checkpoint": result.checkpoint,
@@ -190,13 +190,16 @@ def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
 
 def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
                  finetuned: bool = True, latency: bool = True, flops_min: float | None = None,
-                 flops_max: float | None = None, force: bool = False) -> dict[str, Any]:
+                 flops_max: float | None = None, force: bool = False,
+                 format: str = "torch") -> dict[str, Any]:
     """Export trial ``trial`` (default: the fine-tuned best, else the best trial; of a Pareto
     study the most accurate front member; with FLOPs bounds, the best within them) into
-    ``out_dir`` (a non-empty folder only with ``force``)."""
+    ``out_dir`` (a non-empty folder only with ``force``) in ``format`` (``torch``, ``onnx`` or
+    ``all``; see :func:`searchprune.export.export_model`)."""
     import torch
 
     from searchprune.export import check_out_dir, export_model, file_sha256, measure_latency
+    from searchprune.provenance import provenance
 
     check_out_dir(out_dir, force)  # before any work
 
@@ -232,6 +235,9 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         "base": {"flops": base.flops, "macs": base.macs, "params": base.params},
         "accuracy": {"val_top1_search": top1(frozen), "finetuned": tuned},
         "config": redact_config(study.user_attrs.get("config") or {}),
+        "provenance": provenance(cfg, data, **({"finetune_seed": ft.get("seed", 0)}
+                                                if tuned else {})),
+        "study_provenance": study.user_attrs.get("provenance"),
         "source_checkpoint": cfg.model.checkpoint,
         "source_checkpoint_sha256": (file_sha256(cfg.model.checkpoint)
                                      if cfg.model.checkpoint and Path(cfg.model.checkpoint).is_file()
@@ -251,4 +257,5 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["latency_method"] = (f"median of 20 timed forward passes after 3 warm-up passes, "
                                   f"random input, torch.inference_mode, CPU, "
                                   f"{torch.get_num_threads()} threads, eager PyTorch modules")
-    return export_model(model, out_dir, input_shape=shape, widths=widths, card=card, force=force)
+    return export_model(model, out_dir, input_shape=shape, widths=widths, card=card, force=force,
+                        format=format)

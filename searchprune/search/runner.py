@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 import searchprune.search.callbacks as cb
 from searchprune.config import Config, config_to_dict, upgrade_stored
 from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.provenance import provenance
 from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
@@ -282,6 +283,7 @@ def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Eng
                           "params": int(base.params)},
             "groups": {g.name: int(g.channels) for g in engine.groups},
             "engine_seconds": {k: float(v) for k, v in engine.seconds.items()},
+            "provenance": provenance(cfg, getattr(engine, "data", None)),
         }.items():
             study.set_user_attr(key, value)
     with warnings.catch_warnings():
