@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from _helpers import FakeEngine, cli, make_cfg, one_line_error, start_worker
+from _helpers import ROOT, FakeEngine, cli, make_cfg, one_line_error, start_worker
 from optuna.trial import TrialState
 
 from searchprune.search import run_study
@@ -142,3 +145,27 @@ def test_two_workers_on_one_sqlite_file_stop_at_exactly_n_trials(tmp_path):
     params = [tuple(t.params.values()) for t in complete]
     assert len(set(params)) == 6, "a configuration was evaluated twice"
     assert json.loads(out)["evaluated"] == 6
+
+
+def test_python_dash_m_searchprune_is_the_command():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "searchprune", "--version"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "searchprune 0.1.0", proc.stderr
+
+
+def test_a_non_editable_wheel_holds_the_package_and_an_spdx_license(tmp_path):
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("searchprune-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("__main__.py", "provenance.py", "cli/main.py", "search/storage.py"):
+        assert f"searchprune/{module}" in names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    text = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "License-Expression: MIT" in text and "Requires-Dist: psycopg[binary]" in text
