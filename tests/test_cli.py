@@ -169,3 +169,33 @@ def test_a_non_editable_wheel_holds_the_package_and_an_spdx_license(tmp_path):
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     text = zipfile.ZipFile(wheel).read(meta).decode()
     assert "License-Expression: MIT" in text and "Requires-Dist: psycopg[binary]" in text
+
+
+def test_study_show_plot_writes_a_png(study_db, tmp_path):
+    from matplotlib.image import imread
+
+    png = tmp_path / "fig" / "study.png"
+    proc = cli("study", "show", "--storage", str(study_db), "--study-name", "s", "--plot",
+               str(png), "--plot-top", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["plot"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 20_000 < png.stat().st_size < 2_000_000
+    height, width = imread(png).shape[:2]
+    assert width > 2 * height > 600  # two panels side by side
+    bad = cli("study", "show", "--storage", str(study_db), "--study-name", "s", "--plot",
+              str(tmp_path / "study.jpg"))
+    assert bad.returncode == 2 and "--plot wants a .png" in one_line_error(bad)
+
+
+def test_plot_draws_the_best_trials_widths_against_the_original(study_db):
+    from searchprune.cli.study import load_study
+    from searchprune.report.study_plot import study_points
+
+    study = load_study(str(study_db), "s")
+    points = study_points(study)
+    values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(points) == len(values) == 4 and points[0].top1 == max(values)
+    groups = study.user_attrs["groups"]
+    assert set(points[0].widths) == set(groups)
+    assert all(0 < points[0].widths[g] <= groups[g] for g in groups)

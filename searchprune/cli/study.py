@@ -57,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     show.add_argument("--storage")
     show.add_argument("--study-name", required=True)
     show.add_argument("--top", type=int, default=None, metavar="K")
+    show.add_argument("--plot", metavar="FILE.png",
+                      help="also draw the best trials' pruned architecture (kept channels per "
+                           "group vs the original widths) and top-1 vs FLOPs ratio of every "
+                           "evaluated trial")
+    show.add_argument("--plot-top", type=int, default=3, metavar="K",
+                      help="trials drawn in the architecture panel (3)")
     show.set_defaults(func=_show)
 
     ls = cmds.add_parser("list", parents=[common], help="studies in a storage")
@@ -147,15 +153,29 @@ def _show(args: argparse.Namespace) -> int:
     trials = _ranked(study)
     if args.top is not None:
         trials = trials[: args.top]
+    plot = _plot(study, args.plot, args.plot_top) if args.plot else None
     summary = _summary(study)
     if args.json:
-        emit_json({**summary, "trials": [_trial(t) for t in trials]})
+        emit_json({**summary, "trials": [_trial(t) for t in trials],
+                   **({"plot": plot} if plot else {})})
     else:
         _print_summary(summary)
         front = {t["number"] for t in summary.get("front", [])}
         _print_trials(trials[:10] if args.top is None else trials,
                       front if "front" in summary else None)
+        if plot:
+            console.print(f"plot: {plot}")
     return 0
+
+
+def _plot(study: Any, path: str, top: int) -> str:
+    from searchprune.report.study_plot import plot_study
+
+    if not path.lower().endswith(".png"):
+        raise ConfigError(f"--plot wants a .png file name, not '{path}'")
+    if top < 1:
+        raise ConfigError("--plot-top must be >= 1")
+    return str(plot_study(study, path, top=top))
 
 
 def _list(args: argparse.Namespace) -> int:
