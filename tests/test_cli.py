@@ -36,6 +36,15 @@ def test_study_show_json(study_db):
     assert data["best_trial"]["value"] == values[0]
     assert data["user_attrs"]["config"]["search"]["sampler"] == "tpe"
     assert "rejected_proposals" in data["user_attrs"]
+    spread = {r["label"]: r for r in data["spread"]}
+    assert list(spread) == ["unpruned", "best", "median", "worst"]
+    assert spread["unpruned"]["val_top1"] == data["user_attrs"]["baseline_val_top1"]
+    assert spread["best"]["val_top1"] == values[0] and spread["worst"]["val_top1"] == values[-1]
+    assert spread["median"]["val_top1"] == values[len(values) // 2]
+    assert spread["best"]["trial"] == data["best_trial"]["number"]
+    best_attrs = data["best_trial"]["user_attrs"]
+    assert spread["best"]["flops_ratio"] == best_attrs["flops_ratio"]
+    assert spread["best"]["params_ratio"] == best_attrs["params_ratio"]
 
 
 def test_study_show_top_and_table(study_db):
@@ -45,6 +54,8 @@ def test_study_show_top_and_table(study_db):
     proc = cli("study", "show", "--storage", str(study_db), "--study-name", "s", "--top", "2")
     assert proc.returncode == 0 and proc.stdout == ""
     assert "val top-1" in proc.stderr
+    for label in ("unpruned", "best", "median", "worst", "best - worst:"):
+        assert label in proc.stderr
 
 
 def test_study_list_json(study_db):
@@ -123,6 +134,11 @@ def test_study_run_end_to_end_on_digits(tmp_path):
     assert abs(best["user_attrs"]["flops_ratio"] - 0.5) <= 0.05
     again = cli("study", "run", str(config), "--storage", str(db), "--json", cwd=tmp_path)
     assert json.loads(again.stdout)["counts"] == summary["counts"]  # budget reached: no work
+    shown = cli("study", "run", str(config), "--storage", str(db), cwd=tmp_path)
+    assert shown.returncode == 0 and "unpruned" in shown.stderr and "worst" in shown.stderr
+    for command in (f"study show --study-name digits --storage {db} --plot digits.png",
+                    f"dashboard --storage {db}", "compare digits.yaml --samplers random,tpe"):
+        assert f"searchprune {command}" in shown.stderr
     changed = cli("study", "run", str(config), "--storage", str(db), "--gamma", "0.7",
                   cwd=tmp_path)
     assert changed.returncode == 2 and "pruning.gamma" in one_line_error(changed)
@@ -193,7 +209,7 @@ def test_plot_draws_the_best_trials_widths_against_the_original(study_db):
     from searchprune.report.study_plot import study_points
 
     study = load_study(str(study_db), "s")
-    points = study_points(study)
+    points = study_points(study.trials)
     values = [t.value for t in study.trials if t.state.name == "COMPLETE"]
     assert len(points) == len(values) == 4 and points[0].top1 == max(values)
     groups = study.user_attrs["groups"]

@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     study = run_study(cfg, progress=not args.json, force_config=args.force_config)
-    _report(args, study)
+    _report(args, study, cfg)
     return 0
 
 
@@ -115,7 +115,7 @@ def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
             raise StudyInterrupted(signum or signal.SIGINT, abandoned)
         if code != 0:
             return code
-    _report(args, load_study(cfg.storage, _study_name(cfg)))
+    _report(args, load_study(cfg.storage, _study_name(cfg)), cfg)
     return 0
 
 
@@ -140,12 +140,37 @@ def _study_name(cfg: Any) -> str:
     return derive_study_name(cfg)
 
 
-def _report(args: argparse.Namespace, study: Any) -> None:
+def _report(args: argparse.Namespace, study: Any, cfg: Any) -> None:
     summary = _summary(study)
     if args.json:
         emit_json(summary)
     else:
         _print_summary(summary)
+        _print_next(study.study_name, cfg)
+
+
+def _print_next(name: str, cfg: Any) -> None:
+    """The commands a user runs next, with this study's name and storage filled in."""
+    storage = f" --storage {cfg.storage}" if cfg.storage else ""
+    source = _relative(cfg.source) if cfg.source else "CONFIG.yaml"
+    console.print("\n".join([
+        "next: the best trials and a picture of their pruned architecture,",
+        f"  searchprune study show --study-name {name}{storage} --plot {name}.png",
+        "every trial in optuna-dashboard (http://127.0.0.1:8080/dashboard/),",
+        f"  searchprune dashboard{storage}",
+        "random against guided search on this problem,",
+        f"  searchprune compare {source} --samplers random,tpe --seeds 2 --out report/",
+        "and fine-tune the winners, then export one:",
+        f"  searchprune finetune --study-name {name}{storage} --top 3",
+    ]), soft_wrap=True)
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the current directory when it lies below it."""
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -267,28 +292,57 @@ def _summary(study: Any) -> dict[str, Any]:
            "best_trial": _trial(best[0]) if best else None, "user_attrs": attrs}
     if multi:
         out["front"] = [_trial(t) for t in sorted(best, key=lambda t: t.values[1])]
+    else:
+        out["spread"] = _spread(study.user_attrs, trials)
     return out
+
+
+def _spread(attrs: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
+    """The unpruned baseline, then the best, median and worst evaluated trial by val top-1: how
+    much the choice of configuration matters."""
+    from searchprune.report.study_plot import study_points
+
+    rows = [{"label": "unpruned", "trial": None, "val_top1": attrs.get("baseline_val_top1"),
+             "flops_ratio": 1.0, "params_ratio": 1.0}]
+    points = study_points(trials)  # best first
+    if not points:
+        return rows
+    params = {t.number: t.user_attrs.get("params_ratio") for t in trials}
+    for label, p in (("best", points[0]), ("median", points[len(points) // 2]),
+                     ("worst", points[-1])):
+        rows.append({"label": label, "trial": p.number, "val_top1": p.top1,
+                     "flops_ratio": p.flops_ratio, "params_ratio": params.get(p.number)})
+    return rows
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     attrs, best = summary["user_attrs"], summary["best_trial"]
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(summary["counts"].items())) or "none"
+    spread = summary.get("spread") or []
     rows = [["trials", counts], ["evaluated", summary["evaluated"]],
-            ["rejected proposals", attrs.get("rejected_proposals", 0)],
-            ["baseline val top-1", _pct(attrs.get("baseline_val_top1"))]]
+            ["rejected proposals", attrs.get("rejected_proposals", 0)]]
+    if len(spread) < 2:  # a Pareto study, or nothing evaluated yet (else: the spread table)
+        rows += [["baseline val top-1", _pct(attrs.get("baseline_val_top1"))]]
     if "front" in summary:
         ratios = [t["user_attrs"].get("flops_ratio") for t in summary["front"]]
         rows += [["objectives", "max val top-1, min FLOPs ratio (Pareto front)"],
                  ["front members", len(summary["front"])]]
         if ratios:
             rows += [["front FLOPs ratios", f"{min(ratios):.4f} to {max(ratios):.4f}"]]
-    if best is not None:
-        u = best["user_attrs"]
-        rows += [["best trial" if "front" not in summary else "most accurate member",
-                  best["number"]], ["its val top-1", _pct(best["value"])],
-                 ["its FLOPs ratio", _num(u.get("flops_ratio"))],
-                 ["its params ratio", _num(u.get("params_ratio"))]]
+        if best is not None:
+            u = best["user_attrs"]
+            rows += [["most accurate member", best["number"]],
+                     ["its val top-1", _pct(best["value"])],
+                     ["its FLOPs ratio", _num(u.get("flops_ratio"))],
+                     ["its params ratio", _num(u.get("params_ratio"))]]
     table(f"study {summary['study_name']}", ["", ""], rows)
+    if len(spread) > 1:
+        table("evaluated configurations, ranked by val top-1",
+              ["", "trial", "val top-1", "FLOPs ratio", "params ratio"],
+              [[r["label"], r["trial"], _pct(r["val_top1"]), _num(r["flops_ratio"]),
+                _num(r["params_ratio"])] for r in spread])
+        console.print(f"best - worst: {spread[1]['val_top1'] - spread[-1]['val_top1']:.2f} "
+                      "points of val top-1 at the same FLOPs budget")
 
 
 def _print_trials(trials: list[Any], front: set[int] | None = None) -> None:

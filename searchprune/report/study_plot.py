@@ -4,7 +4,7 @@ FLOPs ratio of every evaluated trial, with the FLOPs band marked."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,12 @@ class StudyPoint:
     widths: Mapping[str, int]
 
 
-def study_points(study: Any) -> list[StudyPoint]:
+def study_points(trials: Iterable[Any]) -> list[StudyPoint]:
     """Every COMPLETE trial with widths and accuracy, best first (ties: lower number first)."""
     points = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
         u = t.user_attrs
         top1 = u.get("top1", t.values[0] if t.values else None)
         if top1 is None or "widths" not in u or "flops_ratio" not in u:
@@ -50,7 +52,7 @@ def plot_study(study: Any, path: str | Path, *, top: int = 3) -> Path:
     Raises:
         SearchpruneError: the study has no evaluated trial with widths yet.
     """
-    points = study_points(study)
+    points = study_points(study.get_trials(deepcopy=False))
     if not points:
         raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials to plot yet; "
                                "run 'searchprune study run' first")
