@@ -2,7 +2,9 @@
 validation, fine-tune it longer, report test accuracy only at the end.
 
 Plain torch; the study side (which trials, where results go) lives in
-:mod:`searchprune.search.finishing`.
+:mod:`searchprune.search.finishing`. Under ``torchrun --nproc_per_node K`` every rank runs this
+same code: training is data parallel (see :mod:`searchprune.train`), evaluation is repeated on
+every rank (identical weights, identical results) and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from searchprune.data._cache import atomic_save
 from searchprune.evaluate import evaluate
-from searchprune.train import TrainConfig, fit
+from searchprune.train import TrainConfig, fit, is_main_process
 
 __all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "finetune_candidates",
            "finetune_each"]
@@ -98,7 +100,9 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     result.val_top1, _ = evaluate(model, data.val.x, data.val.y, device=device)
     result.test_top1, result.test_top5 = evaluate(model, data.test.x, data.test.y, device=device)
     final = out / f"trial-{best}-final.pt"
-    atomic_save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best}, final)
+    if is_main_process():  # under torchrun every rank holds the same weights; one writes
+        atomic_save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best},
+                    final)
     result.checkpoint = str(final)
     return result
 

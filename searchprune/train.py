@@ -13,8 +13,10 @@ Only rank 0 writes checkpoints and shows progress.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
@@ -77,6 +79,7 @@ def init_distributed(device: str = "auto") -> tuple[int, int]:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
+    atexit.register(dist.destroy_process_group)
     return distributed_world()
 
 

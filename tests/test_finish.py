@@ -235,3 +235,28 @@ def test_export_onnx_only_and_the_card_records_provenance(study, tmp_path):
     assert prov["splits"]["train"] > 0 and prov["splits"]["test"] > 0
     assert saved["study_provenance"]["splits"] == prov["splits"]
     assert st.user_attrs["provenance"]["optuna"] == optuna.__version__
+
+
+def test_finetune_under_torchrun_two_cpu_ranks_writes_one_result(study, tmp_path):
+    import os
+    from pathlib import Path
+
+    st, tmp = study
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "searchprune", "finetune", "--study-name", "finish", "--storage",
+         str(tmp / "s.db"), "--top", "2", "--epochs", "1", "--final-epochs", "1",
+         "--batch-size", "32", "--out", str(tmp_path / "ft"), "--artifact-dir",
+         str(tmp_path / "artifacts"), "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout)  # one JSON object: only rank 0 reports
+    assert record["world_size"] == 2 and record["batch_size_per_rank"] == 32
+    stored = optuna.load_study(study_name="finish", storage=f"sqlite:///{tmp / 's.db'}"
+                               ).user_attrs["finetune"]
+    assert stored == record
+    assert len([p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]) == 1
+    assert sorted(p.name for p in (tmp_path / "ft").glob("*-final.pt")) == [
+        f"trial-{record['best_trial']}-final.pt"]

@@ -84,7 +84,12 @@ def _bounds(args: argparse.Namespace) -> dict[str, float | None]:
 def _finetune(args: argparse.Namespace) -> int:
     from searchprune.config import validate_study_name
     from searchprune.finetune import FinetuneSettings
-    from searchprune.search.finishing import default_artifact_dir, finetune_study
+    from searchprune.search.finishing import (
+        default_artifact_dir,
+        finetune_study,
+        load_study_config,
+    )
+    from searchprune.train import init_distributed
 
     validate_study_name(args.study_name)
     trials = _ints(args.trials, "--trials") if args.trials else None
@@ -100,6 +105,8 @@ def _finetune(args: argparse.Namespace) -> int:
                 raise ConfigError(unknown_choice("baseline", name, BASELINES) + " (--baselines)")
     bounds = _bounds(args)
     study = load_study(args.storage, args.study_name)
+    # under torchrun: one process per rank, data parallel; rank 0 writes and reports
+    rank, _ = init_distributed(load_study_config(study).device)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
                                 weight_decay=args.weight_decay, batch_size=args.batch_size,
                                 seed=args.seed)
@@ -109,6 +116,8 @@ def _finetune(args: argparse.Namespace) -> int:
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
                    artifact_dir=args.artifact_dir or default_artifact_dir(args.storage),
                    progress=not args.json, **bounds)
+    if rank != 0:
+        return 0
     record = study.user_attrs["finetune"]
     if args.json:
         emit_json(record)

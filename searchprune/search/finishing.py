@@ -29,6 +29,7 @@ from searchprune.finetune import (
 )
 from searchprune.redact import redact_config
 from searchprune.search.trials import best_trials, top1
+from searchprune.train import distributed_world, is_main_process
 
 __all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
            "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
@@ -98,10 +99,13 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         "trials": {str(k): v for k, v in result.candidates.items()},
         "best_trial": result.best, "epochs": settings.epochs,
         "final_epochs": settings.final_epochs, "lr": settings.lr, "seed": settings.seed,
+        "world_size": distributed_world()[1], "batch_size_per_rank": settings.batch_size,
         "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
         "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
         "test_top5": result.test_top5, "checkpoint": result.checkpoint,
     }
+    if not is_main_process():  # under torchrun rank 0 records the one result
+        return result
     if artifact_dir is not None:
         artifact_dir = Path(artifact_dir).expanduser().resolve()
         record["artifact_id"] = _upload(study, result.checkpoint, artifact_dir)
