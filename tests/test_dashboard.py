@@ -112,3 +112,45 @@ def test_dashboard_listens_on_localhost_by_default():
     args = build_parser().parse_args(["dashboard"])
     assert args.host == "127.0.0.1" and args.artifact_dir is None  # next to the storage
     assert optuna.__version__.startswith("5.")
+
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.postgres
+def test_optuna_dashboard_started_by_hand_on_postgresql_lists_a_searchprune_study(tmp_path):
+    """``optuna-dashboard postgresql://...`` (no driver in the URL, psycopg 3) shows a study
+    that ``searchprune study run`` wrote to that database."""
+    import uuid
+
+    from searchprune.errors import StorageError
+
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium binary (apt-get install -y chromium) for the browser test")
+    try:
+        storage = get_storage(PG_URL, heartbeat_interval=None)
+        storage.get_all_studies()
+    except StorageError as exc:
+        pytest.skip(f"no PostgreSQL server answers at 127.0.0.1:5432 ({exc})")
+    name = f"dash-pg-{uuid.uuid4().hex[:10]}"
+    cfg = make_cfg(tmp_path, "random", n_trials=2, storage=PG_URL,
+                   **{"search.study_name": name})
+    run_study(cfg, engine=FakeEngine(), progress=False)
+    dashboard_cli = Path(sys.executable).with_name("optuna-dashboard")
+    port = free_port()
+    server = subprocess.Popen([str(dashboard_cli), PG_URL, "--port", str(port), "--quiet"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_for(port, server)
+        dom = render(browser, f"http://127.0.0.1:{port}/dashboard/", tmp_path / "profile")
+        assert name in dom  # the study list of the home page
+        study_id = storage.get_study_id_from_name(name)
+        dom = render(browser, f"http://127.0.0.1:{port}/dashboard/studies/{study_id}",
+                     tmp_path / "profile-study")
+        assert name in dom and "val_top1" in dom and "layer0.conv" in dom
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        optuna.delete_study(study_name=name, storage=storage)
