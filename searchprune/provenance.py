@@ -49,7 +49,7 @@ def provenance(cfg: Any, data: Any = None, **extra: Any) -> dict[str, Any]:
         "optuna": optuna.__version__,
         "seeds": {"data": cfg.data.seed, "search": cfg.search.seed,
                   **({"supernet": cfg.supernet.seed} if cfg.setting == "scratch" else {})},
-        "proxy": getattr(cfg.pruning, "proxy", "ls"),
+        "proxy": cfg.pruning.proxy,
         "criterion": cfg.pruning.criterion,
         "setting": cfg.setting,
     }
