@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from searchprune.errors import ConfigError
+from searchprune.errors import ConfigError, SearchpruneError
 
 __all__ = ["FORMATS", "check_onnx", "check_out_dir", "export_model", "export_onnx",
            "file_sha256", "measure_latency"]
@@ -130,6 +130,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     ``logits``, both with a dynamic batch dimension ``batch`` (torch.export-based exporter)."""
     import warnings
 
+    _need("onnx", "onnxscript")
     model = model.cpu().eval()
     example = torch.randn(*input_shape)
     with warnings.catch_warnings():
@@ -141,10 +142,20 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     return Path(path)
 
 
+def _need(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SearchpruneError(f"ONNX export needs {' and '.join(missing)}: pip install "
+                               f"{' '.join(missing)} (or use --format torch)")
+
+
 def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, ...], *,
                batch: int = 8, seed: int = 0) -> dict[str, Any]:
     """Run the ONNX file with onnxruntime on CPU and compare its logits with ``model``'s on a
     seeded random batch: ``{"max_abs_diff", "batch", "runtime"}``."""
+    _need("onnxruntime")
     import onnxruntime
 
     x = torch.randn(batch, *input_shape[1:], generator=torch.Generator().manual_seed(seed))
