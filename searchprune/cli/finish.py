@@ -142,11 +142,14 @@ def _ints(text: str, flag: str) -> list[int]:
 
 def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int:
     from searchprune.search.finishing import finetune_study_each
+    from searchprune.train import is_main_process
 
     rows = finetune_study_each(study, trials=trials, top=args.top, baselines=baselines,
                                settings=settings, out_dir=out,
                                latency_batch=None if args.no_latency else 64,
                                progress=not args.json, **bounds)
+    if not is_main_process():  # under torchrun rank 0 reports
+        return 0
     if args.json:
         emit_json({"epochs": settings.epochs, "rows": rows})
         return 0

@@ -146,8 +146,9 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     rows = finetune_each(engine, candidates, settings, out_dir, latency_batch=latency_batch,
                          progress=progress)
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
-              "proxy": cfg.pruning.proxy, "rows": rows}
-    study.set_user_attr(FINETUNE_EACH_ATTR, record)
+              "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
+    if is_main_process():  # under torchrun rank 0 records the one result
+        study.set_user_attr(FINETUNE_EACH_ATTR, record)
     return rows
 
 
