@@ -200,9 +200,10 @@ def test_export_all_writes_onnx_that_onnxruntime_runs_like_pytorch(study, tmp_pa
     listed = set(card["files"].values())
     assert listed == {"model.pt2", "model.onnx", "state_dict.pt", "card.json"}
     assert sorted(p.name for p in out.iterdir()) == sorted(listed)
-    from searchprune.search.finishing import _engine, load_study_config
+    from searchprune.engine import engine_for
+    from searchprune.search.finishing import load_study_config
 
-    engine = _engine(load_study_config(st))
+    engine = engine_for(load_study_config(st))
     model = engine.build(st.trials[card["trial"]].user_attrs["widths"]).eval()
     ft = st.user_attrs.get("finetune")
     if ft and ft.get("best_trial") == card["trial"]:
