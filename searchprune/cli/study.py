@@ -11,7 +11,7 @@ from typing import Any
 
 from searchprune.cli._output import add_trust_flag, console, emit_json, table
 from searchprune.errors import ConfigError, SearchpruneError
-from searchprune.redact import redact_config
+from searchprune.redact import redact_config, redact_url
 
 __all__ = ["add_parser", "load_study"]
 
@@ -151,7 +151,7 @@ def _report(args: argparse.Namespace, study: Any, cfg: Any) -> None:
 
 def _print_next(name: str, cfg: Any) -> None:
     """The commands a user runs next, with this study's name and storage filled in."""
-    storage = f" --storage {cfg.storage}" if cfg.storage else ""
+    storage = f" --storage {redact_url(cfg.storage)}" if cfg.storage else ""
     source = _relative(cfg.source) if cfg.source else "CONFIG.yaml"
     console.print("\n".join([
         "next: the best trials and a picture of their pruned architecture,",
