@@ -145,6 +145,10 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
     worker = _join(study, lock)
+    if cfg.search.warm_start == "sensitivity":
+        from searchprune.search.sensitivity import enqueue_warm_start
+
+        enqueue_warm_start(study, cfg, engine, lock, storage)
     study.sampler = _sampler(cfg, spec, engine,
                              n_existing=len(study.get_trials(deepcopy=False)), worker=worker)
     _describe(study, cfg, spec, engine)
