@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import optuna
 import pytest
-from _helpers import GAMMA, TOL, FakeEngine, make_cfg
+from _helpers import GAMMA, ROOT, TOL, WORKER, FakeEngine, make_cfg, one_line_error
 from optuna.trial import TrialState
 
 from searchprune.baselines import solve_baseline
@@ -188,3 +192,62 @@ def test_warm_start_is_refused_for_pareto_and_unknown_names(tmp_path):
     with pytest.raises(ConfigError, match="sensitivity.ratios"):
         make_cfg(tmp_path, **{"sensitivity.ratios": [0.1, 0.5]})
     assert math.isclose(make_cfg(tmp_path).sensitivity.perturb_scale, 0.15)
+
+
+def _fake_cli(*args: str, cwd) -> subprocess.CompletedProcess[str]:
+    """``searchprune ARGS`` with the FakeEngine (tests/_fake_worker.py), no delay."""
+    env = {**os.environ, "FAKE_DELAY": "0", "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    env.pop("SEARCHPRUNE_STORAGE", None)
+    return subprocess.run([sys.executable, str(WORKER), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_scans_prints_plots_and_resumes(tmp_path):
+    (tmp_path / "s.yaml").write_text("pruning: {gamma: 0.4, tolerance: 0.05}\n")
+    args = ("sensitivity", "s.yaml", "--storage", "s.db", "--points", "3", "--out", "out")
+    proc = _fake_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1 drop" in proc.stderr and "layer5.conv" in proc.stderr
+    assert "evaluations: 19 stored (19 new)" in proc.stderr  # 6 groups x 3 ratios + reference
+    assert (tmp_path / "out" / "sensitivity.png").stat().st_size > 10_000
+    again = _fake_cli(*args, "--json", cwd=tmp_path)
+    data = json.loads(again.stdout)
+    assert data["evaluations"] == 19 and data["new_evaluations"] == 0 and data["complete"]
+    assert len(data["points"]) == 18 and data["allocation"]["in_band"]
+    assert abs(data["allocation"]["flops_ratio"] - 0.4) <= 0.05
+    bad = _fake_cli("sensitivity", "s.yaml", "--storage", "s.db", "--ratios", "0.1,0.5",
+                    cwd=tmp_path)
+    assert bad.returncode == 2
+    assert one_line_error(bad).startswith("error: sensitivity.ratios must be")
+
+
+def test_compare_counts_the_scan_against_a_warm_started_sampler(tmp_path):
+    from searchprune.report import compare_runs
+    from searchprune.report.compare import table_rows
+    from searchprune.report.studies import load_runs, plan_comparison, run_comparison
+
+    cfg = make_cfg(tmp_path, n_trials=30)
+    plan = plan_comparison(cfg, ["random", "tpe+warm"], [0], "cmp")
+    assert [p.name for p in plan] == ["cmp-random-s0", "cmp-tpe+warm-s0"]
+    assert plan[1].cfg.search.sampler == "tpe" and plan[1].cfg.search.warm_start == "sensitivity"
+    storage = optuna.storages.InMemoryStorage()
+    engine = RecordingEngine(cfg)
+    run_comparison(plan, storage=storage, engine=engine, progress=False)
+    scan = load_scan(cfg, storage)
+    offset = scan.evaluations
+    assert offset == 25  # 6 groups x 4 ratios + the reference
+    assert len(engine.seen) == 2 * 30  # equal total network evaluations
+    runs, missing = load_runs(plan, storage, 30)
+    assert not missing and [len(r.points) for r in runs] == [30, 30 - offset]
+    assert [r.offset for r in runs] == [0, offset]
+    c = compare_runs(runs, budget=30)
+    assert c.curves["tpe+warm"].k[0] == offset + 1 and c.curves["tpe+warm"].k[-1] == 30
+    warm_row = c.rows[1]
+    assert warm_row.reach[0] is None or warm_row.reach[0] > offset
+    assert table_rows(c)[1][1][2] == f"{offset} scan + {30 - offset}"
+    # re-running finds both studies complete: nothing is evaluated again
+    again = RecordingEngine(cfg)
+    assert run_comparison(plan, storage=storage, engine_factory=lambda c: again,
+                          progress=False) == 0  # no engine built
+    assert again.seen == []
+    assert [len(r.points) for r in load_runs(plan, storage, 30)[0]] == [30, 30 - offset]
