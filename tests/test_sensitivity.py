@@ -251,3 +251,22 @@ def test_compare_counts_the_scan_against_a_warm_started_sampler(tmp_path):
                           progress=False) == 0  # no engine built
     assert again.seen == []
     assert [len(r.points) for r in load_runs(plan, storage, 30)[0]] == [30, 30 - offset]
+
+
+def test_real_engine_scan_scores_the_first_val_images_and_feeds_the_baseline(tmp_path):
+    from _nets import tiny_engine
+
+    from searchprune.baselines import evaluate_baselines
+    from searchprune.evaluate import evaluate
+
+    engine = tiny_engine("none", **{"pruning.gamma": 0.5, "pruning.tolerance": 0.03,
+                                    "storage": str(tmp_path / "s.db"), "data.batch_size": 8,
+                                    "sensitivity.val_images": 16, "sensitivity.points": 2})
+    scan = run_scan(engine.cfg, engine)
+    x, y = engine.data.val.x, engine.data.val.y
+    assert scan.reference_top1 == pytest.approx(evaluate(engine.model, x[:16], y[:16])[0])
+    assert scan.reference_top1 != pytest.approx(evaluate(engine.model, x, y)[0])
+    assert scan.complete and len(scan.points) == len(scan.planned) > len(engine.groups)
+    (row,) = evaluate_baselines(engine, ["sensitivity"])
+    assert row["in_band"] and row["scan_new_evaluations"] == 0
+    assert row["scan_evaluations"] == scan.evaluations

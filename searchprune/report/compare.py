@@ -261,7 +261,9 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         ] + ([f"{r.final_mean - best_ref['top1']:+.2f}"] if best_ref is not None else []))
     for ref in c.references:
         rows.append([
-            f"{ref['name']} (no search)", "-", "1", f"{ref['top1']:.2f}",
+            f"{ref['name']} (no search)", "-",
+            f"{ref['scan_evaluations']} scan + 1" if "scan_evaluations" in ref else "1",
+            f"{ref['top1']:.2f}",
             f"FLOPs {ref['flops_ratio']:.3f}, params {ref['params_ratio']:.3f}",
             "-", "-", _duration(ref["seconds_solve"] + ref["seconds_evaluate"]),
         ] + (["-"] if best_ref is not None else []))
