@@ -219,6 +219,13 @@ def test_cli_scans_prints_plots_and_resumes(tmp_path):
                     cwd=tmp_path)
     assert bad.returncode == 2
     assert one_line_error(bad).startswith("error: sensitivity.ratios must be")
+    listed = json.loads(_fake_cli("study", "list", "--storage", "s.db", "--json",
+                                  cwd=tmp_path).stdout)["studies"]
+    assert [(r["study_name"], r["objective"]) for r in listed] == [(data["study"],
+                                                                   "sensitivity scan")]
+    show = _fake_cli("study", "show", "--storage", "s.db", "--study-name", data["study"],
+                     cwd=tmp_path)
+    assert show.returncode == 2 and "is a sensitivity scan" in one_line_error(show)
 
 
 def test_compare_counts_the_scan_against_a_warm_started_sampler(tmp_path):

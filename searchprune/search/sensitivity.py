@@ -39,7 +39,8 @@ from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage
 if TYPE_CHECKING:
     from searchprune.engine import Engine
 
-__all__ = ["WARM_ATTR", "Scan", "ScanPoint", "enqueue_warm_start", "load_scan", "run_scan",
+__all__ = ["WARM_ATTR", "Scan", "ScanPoint", "enqueue_warm_start", "is_scan", "load_scan",
+           "plan_points", "run_scan",
            "scan_name", "sensitivity_allocation", "warm_start_configs"]
 
 PLAN_ATTR = "plan"
@@ -105,6 +106,11 @@ class Scan:
                 "planned": len(self.planned), "evaluations": self.evaluations,
                 "new_evaluations": self.new_evaluations, "complete": self.complete,
                 "points": [{**asdict(p), "stage": stage_of(p.group)} for p in self.points]}
+
+
+def is_scan(name: str, attrs: dict[str, Any]) -> bool:
+    """Whether a stored study (by name and user attrs) is a sensitivity scan."""
+    return name.startswith("sensitivity-") and PLAN_ATTR in attrs
 
 
 def plan_points(engine: Engine, ratios: list[float]) -> list[tuple[str, float, int, int]]:
