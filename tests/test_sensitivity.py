@@ -180,6 +180,9 @@ def test_warm_start_trials_come_first_in_band_and_the_scan_is_counted(tmp_path, 
     # the allocation is the sensitivity baseline's configuration
     baseline = solve_baseline("sensitivity", RecordingEngine(cfg))
     assert warm[0].user_attrs["widths"] == baseline.widths
+    assert warm[0].params == pytest.approx(info["allocation"])
+    if sampler == "cmaes":  # CMA-ES learns only from its own trials: the allocation is its mean
+        assert study.sampler._x0 == info["allocation"]
 
 
 def test_warm_start_is_refused_for_pareto_and_unknown_names(tmp_path):

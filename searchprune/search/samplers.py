@@ -53,6 +53,8 @@ class SamplerContext:
     seed: int
     n_existing: int = 0
     worker: int = 0  # join order of this worker in the study (0 = the first)
+    # keep-ratios the study was warm-started from (search.warm_start), or None
+    warm: Mapping[str, float] | None = None
 
     @property
     def resume_seed(self) -> int:
@@ -124,7 +126,9 @@ def _tpe(ctx: SamplerContext) -> BaseSampler:
 
 @register_sampler("cmaes", projects=True)
 def _cmaes(ctx: SamplerContext) -> BaseSampler:
-    return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False)
+    # CMA-ES learns only from its own generations: a warm start becomes its initial mean
+    return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False,
+                        x0=dict(ctx.warm) if ctx.warm else None)
 
 
 @register_sampler("gp", projects=True)

@@ -277,7 +277,7 @@ def warm_start_configs(cfg: Config, engine: Engine, *,
             "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,
             "threshold": alloc.threshold, "allocation_flops_ratio": alloc.flops_ratio,
             "allocation_in_band": alloc.in_band, "projected": alloc.projected,
-            "enqueued": len(configs)}
+            "enqueued": len(configs), "allocation": alloc.ratios}
     return configs, info
 
 
