@@ -127,8 +127,11 @@ def _tpe(ctx: SamplerContext) -> BaseSampler:
 @register_sampler("cmaes", projects=True)
 def _cmaes(ctx: SamplerContext) -> BaseSampler:
     # CMA-ES learns only from its own generations: a warm start becomes its initial mean
-    return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False,
-                        x0=dict(ctx.warm) if ctx.warm else None)
+    # (``x0``, deprecated since Optuna 4.9 and still supported until 6.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`x0` has been deprecated", category=FutureWarning)
+        return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False,
+                            x0=dict(ctx.warm) if ctx.warm else None)
 
 
 @register_sampler("gp", projects=True)
