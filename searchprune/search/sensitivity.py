@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from searchprune.config import Config, config_to_dict
 from searchprune.search.band import Band
 from searchprune.search.budget import Lock, study_lock
+from searchprune.search.storage import get_storage
 from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
 
 if TYPE_CHECKING:
@@ -129,9 +130,9 @@ def plan_points(engine: Engine, ratios: list[float]) -> list[tuple[str, float, i
 
 
 def _open(cfg: Config, storage: optuna.storages.BaseStorage | None):
-    from searchprune.search.runner import open_storage
-
-    return storage if storage is not None else open_storage(cfg)
+    """The given storage, else the config's (no heartbeats: stale points are claimed again
+    after ``search.grace_period``)."""
+    return storage if storage is not None else get_storage(cfg.storage, heartbeat_interval=None)
 
 
 def load_scan(cfg: Config, storage: optuna.storages.BaseStorage | None = None) -> Scan | None:
@@ -245,7 +246,7 @@ def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, in
                 continue
             with warnings.catch_warnings():  # stale points are handled above, not by heartbeats
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask()
+                trial = study.ask()  # a storage shared with a study run may have heartbeats
             for key, value in {"group": group, "stage": stage_of(group), "keep_ratio": ratio,
                                "width": width, "channels": channels}.items():
                 trial.set_user_attr(key, value)
