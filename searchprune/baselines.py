@@ -7,8 +7,11 @@ comparison.
   ``GroupMagnitudeImportance``, ``global_pruning=True``, ``max_pruning_ratio = 1 - eta``), its
   pruning ratio bisected until *our* FLOPs ratio is inside the band (Torch-Pruning counts MACs,
   we count FLOPs). The channels are the ones Torch-Pruning removed, not only its widths.
+- ``sensitivity``: per group, the smallest keep-ratio whose accuracy drop in the sensitivity
+  scan (each group pruned alone) is within one threshold, bisected onto the band; the channels
+  are chosen by the study's criterion.
 
-Both are scored like any trial: the study's proxy on the validation images.
+All are scored like any trial: the study's proxy on the validation images.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from torch import nn
 
 from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
-__all__ = ["BASELINES", "BaselineConfig", "evaluate_baselines", "solve_baseline", "tp_global",
-           "uniform"]
+__all__ = ["BASELINES", "BaselineConfig", "evaluate_baselines", "sensitivity", "solve_baseline",
+           "tp_global", "uniform"]
 
 
 @dataclass
@@ -156,7 +159,22 @@ def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
                           {"tp_pruning_ratio": ratio, "flops_ratio": flops, "tp_calls": steps})
 
 
-BASELINES: dict[str, Callable[..., BaselineConfig]] = {"uniform": uniform, "tp-global": tp_global}
+def sensitivity(engine) -> BaselineConfig:
+    """Every group at the smallest keep-ratio whose drop in the sensitivity scan is within one
+    threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The scan
+    is read from the study storage; points still missing are measured first (and counted in
+    ``scan_new_evaluations``)."""
+    from searchprune.search.sensitivity import sensitivity_allocation
+
+    scan, alloc = sensitivity_allocation(engine.cfg, engine)
+    return BaselineConfig("sensitivity", engine.widths(alloc.ratios), info={
+        "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
+        "projected": alloc.projected, "scan_study": scan.name,
+        "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations})
+
+
+BASELINES: dict[str, Callable[..., BaselineConfig]] = {"uniform": uniform, "tp-global": tp_global,
+                                                       "sensitivity": sensitivity}
 
 
 def solve_baseline(name: str, engine) -> BaselineConfig:

@@ -27,6 +27,7 @@ __all__ = [
     "PruningConfig",
     "ReconstructionConfig",
     "SearchConfig",
+    "SensitivityConfig",
     "SupernetConfig",
     "apply_overrides",
     "config_from_dict",
@@ -43,6 +44,7 @@ DEFAULT_PROXY = "ls"
 # A study stored before ``pruning.proxy`` existed was scored with least squares.
 LEGACY_PROXY = "ls"
 OBJECTIVES = ("single", "pareto")
+WARM_STARTS = ("none", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,26 @@ class SearchConfig:
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
     gamma_range: list[float] | None = None
+    # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
+    # perturbations of it (searchprune/search/sensitivity.py)
+    warm_start: str = "none"
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """The per-group sensitivity scan: each group pruned alone to each keep-ratio of a grid.
+
+    ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up to, not
+    including, 1); ``val_images``: validation images each point is scored on (default all;
+    rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
+    ``perturb_scale``: the warm start's extra trials (log-normal noise on each keep-ratio).
+    """
+
+    points: int = 4
+    ratios: list[float] | None = None
+    val_images: int | None = None
+    perturbations: int = 3
+    perturb_scale: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,7 @@ class Config:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     setting: str = "pretrained"
     storage: str | None = None
     device: str = "auto"
@@ -199,6 +222,7 @@ class Config:
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
+        _validate_sensitivity(self.sensitivity, s, p.eta)
         return self
 
 
@@ -211,6 +235,27 @@ def validate_study_name(name: str) -> str:
         raise ConfigError(f"study name {name!r} cannot be used as a folder name; use letters, "
                           "digits, '-', '_' or '.' without '/' (not '.', '..' or empty)")
     return name
+
+
+def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float) -> None:
+    """The ``sensitivity`` section and ``search.warm_start`` (one-line :class:`ConfigError`)."""
+    if s.warm_start not in WARM_STARTS:
+        raise ConfigError(unknown_choice("search.warm_start", s.warm_start, WARM_STARTS))
+    if s.warm_start != "none" and s.objective != "single":
+        raise ConfigError("search.warm_start needs search.objective: single (one FLOPs band)")
+    if v.points < 1:
+        raise ConfigError(f"sensitivity.points must be >= 1, got {v.points}")
+    if v.ratios is not None and (
+            not isinstance(v.ratios, (list, tuple)) or not v.ratios
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                       and eta <= r < 1.0 for r in v.ratios)):
+        raise ConfigError(f"sensitivity.ratios must be a non-empty list of keep-ratios in "
+                          f"[pruning.eta, 1) = [{eta}, 1), got {v.ratios!r}")
+    if v.val_images is not None and v.val_images < 1:
+        raise ConfigError(f"sensitivity.val_images must be >= 1, got {v.val_images}")
+    if v.perturbations < 0 or not (v.perturb_scale >= 0.0):
+        raise ConfigError("sensitivity.perturbations and sensitivity.perturb_scale must be "
+                          f">= 0, got {v.perturbations} and {v.perturb_scale}")
 
 
 def validate_supernet(s: SupernetConfig) -> None:

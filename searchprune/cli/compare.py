@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                        help="run one study per sampler and seed on one problem; report")
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--samplers", help="comma list (default random,tpe,cmaes; with "
-                                      "search.objective: pareto random,tpe,nsga2)")
+                                      "search.objective: pareto random,tpe,nsga2); "
+                                      "<sampler>+warm: with search.warm_start: sensitivity, "
+                                      "the scan counted against --n-trials")
     p.add_argument("--seeds", default="3",
                    help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
     p.add_argument("--n-trials", type=int, help="evaluated trials per study (default: the file)")
@@ -35,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="run nothing; build the report from the stored studies")
     p.add_argument("--proxy", help="ls, abn, abn+ls or none (default: the file's)")
     p.add_argument("--baselines", default=None, metavar="LIST",
-                   help="reference rows without search, comma list of uniform, tp-global")
+                   help="reference rows without search, comma list of uniform, tp-global, "
+                        "sensitivity")
     p.add_argument("--force-config", action="store_true",
                    help="continue studies whose stored config differs")
     add_trust_flag(p)

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                     help="with --each: these trial numbers (default: the --top best)")
     ft.add_argument("--baselines", default=None, metavar="LIST",
                     help="with --each: also fine-tune these no-search baselines "
-                    "(uniform, tp-global)")
+                    "(uniform, tp-global, sensitivity)")
     ft.add_argument("--seed", type=int, default=0, help="fine-tuning seed (0)")
     ft.add_argument("--no-latency", action="store_true",
                     help="with --each: skip the latency measurement")

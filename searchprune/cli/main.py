@@ -7,7 +7,16 @@ import logging
 import sys
 
 from searchprune import __version__
-from searchprune.cli import compare, criteria, dashboard, finish, model, study, supernet
+from searchprune.cli import (
+    compare,
+    criteria,
+    dashboard,
+    finish,
+    model,
+    sensitivity,
+    study,
+    supernet,
+)
 from searchprune.cli._errors import EXIT_USAGE, run_guarded
 from searchprune.redact import RedactingFilter
 
@@ -23,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the best channel configuration of a pruned CNN with Optuna.")
     parser.add_argument("--version", action="version", version=f"searchprune {__version__}")
     sub = parser.add_subparsers(
-        dest="command", metavar="{study,compare,criteria,model,supernet,finetune,export,dashboard}")
+        dest="command", metavar="{study,compare,criteria,sensitivity,model,supernet,finetune,export,dashboard}")
     study.add_parser(sub, common)
     model.add_parser(sub, common)
     supernet.add_parser(sub, common)
     finish.add_parser(sub, common)
     criteria.add_parser(sub, common)
     compare.add_parser(sub, common)
+    sensitivity.add_parser(sub, common)
     dashboard.add_parser(sub, common)
     return parser
 

@@ -174,7 +174,13 @@ def _relative(path: str) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from searchprune.search.sensitivity import is_scan
+
     study = load_study(args.storage, args.study_name)
+    if is_scan(study.study_name, study.user_attrs):
+        raise ConfigError(f"'{study.study_name}' is a sensitivity scan (accuracy drops per "
+                          "group, not configurations); see it with 'searchprune sensitivity "
+                          "CONFIG.yaml'")
     trials = _ranked(study)
     if args.top is not None:
         trials = trials[: args.top]
@@ -207,10 +213,18 @@ def _list(args: argparse.Namespace) -> int:
     import optuna
 
     from searchprune.search import best_trials, get_storage
+    from searchprune.search.sensitivity import is_scan
 
     storage = get_storage(args.storage, heartbeat_interval=None)
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        if is_scan(s.study_name, s.user_attrs):
+            rows.append({"study_name": s.study_name, "objective": "sensitivity scan",
+                         "n_trials": s.n_trials, "best_value": None, "best_trial": None,
+                         "front_size": None, "sampler": None,
+                         "datetime_start": s.datetime_start.isoformat()
+                         if s.datetime_start else None})
+            continue
         multi = len(s.directions) > 1
         best = best_trials(optuna.load_study(study_name=s.study_name, storage=storage)) if multi \
             else [s.best_trial] if s.best_trial else []

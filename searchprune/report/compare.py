@@ -12,6 +12,11 @@ report aggregates runs per sampler (:func:`compare_runs`):
 - evaluations needed to reach the reference sampler's (random search's) mean final value, over the
   seeds that reach it;
 - rejected proposals (out-of-band, never evaluated) and wall time, both up to the budget.
+
+A warm-started study (``search.warm_start: sensitivity``) first spent the sensitivity scan's
+network evaluations (its ``offset``): they count against the budget, so such a run keeps only
+``budget - offset`` of its own evaluations, its curve starts at ``offset + 1`` and its
+evaluations-to-reach include the scan (equal total network evaluations).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Run:
     rejected: int = 0
     wall_seconds: float | None = None
     objective: str = "single"
+    offset: int = 0  # network evaluations spent before the first trial (a warm start's scan)
 
     @property
     def curve(self) -> list[float]:
@@ -64,9 +70,14 @@ def run_from_study(study: optuna.Study, sampler: str, seed: int,
                    budget: int | None = None) -> Run:
     """Reduce a stored study to a :class:`Run`, counting only the trials up to (and including)
     the ``budget``-th evaluated one, so an extended study is compared on the same budget. A
-    candidate the median pruner stopped is an evaluation that improves nothing (``-inf``)."""
+    candidate the median pruner stopped is an evaluation that improves nothing (``-inf``). A
+    warm start's scan evaluations (study attr ``warm_start``) are the run's ``offset`` and are
+    taken from the budget."""
     from searchprune.search.trials import is_evaluated, is_multi_objective, rejected_proposals
 
+    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    if budget is not None:
+        budget = max(0, budget - offset)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     kept, n_done = [], 0
     for t in trials:
@@ -80,7 +91,7 @@ def run_from_study(study: optuna.Study, sampler: str, seed: int,
         else (-math.inf,) for t in kept if is_evaluated(t))
     return Run(name=study.study_name, sampler=sampler, seed=seed, points=points,
                rejected=rejected_proposals(kept), wall_seconds=_wall_seconds(kept),
-               objective="pareto" if pareto else "single")
+               objective="pareto" if pareto else "single", offset=offset)
 
 
 def _wall_seconds(trials: Sequence[Any]) -> float | None:
@@ -136,6 +147,7 @@ class SamplerRow:
     rejected_mean: float
     wall_seconds: list[float | None]
     wall_mean: float | None
+    offsets: list[int] = field(default_factory=list)  # scan evaluations before the first trial
 
 
 @dataclass
@@ -173,7 +185,8 @@ def compare_runs(runs: Sequence[Run], *, reference: str = "random",
     ref_finals = [r.curve[-1] for r in by_sampler.get(reference, []) if r.curve]
     target = _mean(ref_finals) if ref_finals else None
     rows = [_row(s, rs, target) for s, rs in by_sampler.items()]
-    curves = {s: _band([r.curve for r in rs]) for s, rs in by_sampler.items()}
+    curves = {s: _band([r.curve for r in rs], offset=min(r.offset for r in rs))
+              for s, rs in by_sampler.items()}
     metric = "hypervolume" if objective == "pareto" else "best val top-1 (%)"
     return Comparison(objective, metric, reference, target, budget, rows, curves,
                       [r.name for r in runs], [dict(r) for r in references])
@@ -182,7 +195,8 @@ def compare_runs(runs: Sequence[Run], *, reference: str = "random",
 def _row(sampler: str, runs: list[Run], target: float | None) -> SamplerRow:
     curves = [r.curve for r in runs]
     finals = [c[-1] for c in curves if c]
-    reach = [evals_to_reach(c, target) if target is not None else None for c in curves]
+    reach = [_shift(evals_to_reach(c, target), r.offset) if target is not None else None
+             for c, r in zip(curves, runs)]
     reached = [k for k in reach if k is not None]
     walls = [r.wall_seconds for r in runs]
     known_walls = [w for w in walls if w is not None]
@@ -191,14 +205,21 @@ def _row(sampler: str, runs: list[Run], target: float | None) -> SamplerRow:
         finals=finals, final_mean=_mean(finals), final_std=_std(finals), reach=reach,
         reach_mean=_mean(reached) if reached else None, reached=len(reached),
         rejected=[r.rejected for r in runs], rejected_mean=_mean([r.rejected for r in runs]),
-        wall_seconds=walls, wall_mean=_mean(known_walls) if known_walls else None)
+        wall_seconds=walls, wall_mean=_mean(known_walls) if known_walls else None,
+        offsets=[r.offset for r in runs])
 
 
-def _band(curves: Sequence[Sequence[float]]) -> CurveBand:
+def _shift(k: int | None, offset: int) -> int | None:
+    return None if k is None else k + offset
+
+
+def _band(curves: Sequence[Sequence[float]], offset: int = 0) -> CurveBand:
+    """Mean/std/min/max over seeds at each evaluation; ``k`` counts ``offset`` evaluations
+    spent before the curves start."""
     band = CurveBand()
     for k in range(1, max((len(c) for c in curves), default=0) + 1):
         at = [c[k - 1] for c in curves if len(c) >= k]
-        band.k.append(k)
+        band.k.append(k + offset)
         band.mean.append(_mean(at))
         band.std.append(_std(at))
         band.min.append(min(at))
@@ -232,7 +253,7 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in c.rows:
         rows.append([
-            r.sampler, str(len(r.seeds)), _span(r.evaluated),
+            r.sampler, str(len(r.seeds)), _evaluated_text(r),
             f"{fmt.format(r.final_mean)} ± {fmt.format(r.final_std)}",
             ", ".join(fmt.format(v) for v in r.finals),
             _reach_text(r, c.target), f"{r.rejected_mean:.1f}",
@@ -240,7 +261,9 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         ] + ([f"{r.final_mean - best_ref['top1']:+.2f}"] if best_ref is not None else []))
     for ref in c.references:
         rows.append([
-            f"{ref['name']} (no search)", "-", "1", f"{ref['top1']:.2f}",
+            f"{ref['name']} (no search)", "-",
+            f"{ref['scan_evaluations']} scan + 1" if "scan_evaluations" in ref else "1",
+            f"{ref['top1']:.2f}",
             f"FLOPs {ref['flops_ratio']:.3f}, params {ref['params_ratio']:.3f}",
             "-", "-", _duration(ref["seconds_solve"] + ref["seconds_evaluate"]),
         ] + (["-"] if best_ref is not None else []))
@@ -257,7 +280,9 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
         f"# {title}", "",
         f"- objective: {c.objective}; anytime metric and 'final': {c.metric} after the budget",
         f"- budget: {c.budget if c.budget is not None else 'all'} evaluated trials (COMPLETE, "
-        "or stopped early by the pruner) per study; the curves follow trial numbers",
+        "or stopped early by the pruner) per study; the curves follow trial numbers; a "
+        "warm-started sampler's sensitivity scan ('N scan + M') counts against the budget and "
+        "in 'evals to reach'",
         f"- target for 'evals to reach': {c.reference_sampler}'s mean final value ({target}); "
         "the mean counts the seeds that reach it (reached/seeds in brackets)",
         "- rejected proposals: out-of-band configurations that were never evaluated (draws "
@@ -285,6 +310,13 @@ def _reach_text(r: SamplerRow, target: float | None) -> str:
     if r.reach_mean is None:
         return f"not reached (0/{len(r.seeds)})"
     return f"{r.reach_mean:.1f} ({r.reached}/{len(r.seeds)})"
+
+
+def _evaluated_text(r: SamplerRow) -> str:
+    """``30``, or ``49 scan + 31`` for a warm-started sampler."""
+    if not any(r.offsets):
+        return _span(r.evaluated)
+    return f"{_span(r.offsets)} scan + {_span(r.evaluated)}"
 
 
 def _span(xs: Sequence[int]) -> str:

@@ -7,6 +7,10 @@ per-model work (data, channel groups, scores, calibration features) is done once
 is shared by all of them. Studies are named ``<base>-<sampler>-s<seed>``; running the comparison
 again finishes or extends the missing ones, and several processes may run it at once against one
 storage (each study stops at its budget of COMPLETE trials across all workers).
+
+A sampler named ``<sampler>+warm`` (e.g. ``tpe+warm``) is that sampler with
+``search.warm_start: sensitivity``; its study runs ``n_trials`` minus the sensitivity scan's
+evaluations, so every sampler gets the same total number of network evaluations.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
 
-__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "PlannedStudy", "load_runs", "plan_comparison",
-           "run_comparison"]
+__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy", "load_runs",
+           "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
 DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
+WARM_SUFFIX = "+warm"
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,28 @@ def plan_comparison(cfg: Config, samplers: Sequence[str], seeds: Sequence[int],
     """One config per (sampler, seed), seed-major (all samplers of seed 0 first), so a partial
     run already compares every sampler. Invalid combinations raise ``ConfigError``."""
     return [PlannedStudy(s, seed, apply_overrides(cfg, {
-        "search.sampler": s, "search.seed": seed, "search.study_name": f"{base}-{s}-s{seed}"}))
+        **_sampler_keys(s), "search.seed": seed, "search.study_name": f"{base}-{s}-s{seed}"}))
         for seed in seeds for s in samplers]
+
+
+def _sampler_keys(label: str) -> dict[str, str]:
+    if label.endswith(WARM_SUFFIX):
+        return {"search.sampler": label.removesuffix(WARM_SUFFIX),
+                "search.warm_start": "sensitivity"}
+    return {"search.sampler": label}
+
+
+def _equal_total(cfg: Config, engine: Engine) -> Config:
+    """A warm-started study's own budget: ``n_trials`` minus the scan's network evaluations
+    (its points and the unpruned reference)."""
+    if cfg.search.warm_start != "sensitivity":
+        return cfg
+    from searchprune.search.sensitivity import plan_points
+    from searchprune.sensitivity import grid
+
+    s = cfg.sensitivity
+    return _without_scan(cfg, len(plan_points(engine, grid(cfg.pruning.eta, s.points,
+                                                            s.ratios))) + 1)
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,
@@ -65,14 +90,16 @@ def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.Bas
 
     built = 0
     for i, planned in enumerate(plan):
-        complete = _is_complete(planned, storage)
+        complete, offset = _is_complete(planned, storage)
         if announce is not None:
             announce(i, planned, "done" if complete else "run")
         if engine is None and not complete:
             engine = (engine_factory(planned.cfg) if engine_factory is not None
                       else engine_for(planned.cfg, progress=progress))
             built += 1
-        study = run_study(planned.cfg, engine=None if complete else engine, progress=progress,
+        cfg = (_without_scan(planned.cfg, offset) if complete
+               else _equal_total(planned.cfg, engine))
+        study = run_study(cfg, engine=None if complete else engine, progress=progress,
                           force_config=force_config, storage=storage)
         tag = {"sampler": planned.sampler, "seed": planned.seed}
         if study.user_attrs.get(COMPARISON_ATTR) != tag:
@@ -80,7 +107,16 @@ def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.Bas
     return built
 
 
-def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage) -> bool:
+def _without_scan(cfg: Config, offset: int) -> Config:
+    if not offset:
+        return cfg
+    return apply_overrides(cfg, {"search.n_trials": max(1, cfg.search.n_trials - offset)})
+
+
+def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage
+                 ) -> tuple[bool, int]:
+    """Whether the study holds its budget of evaluated trials (less a warm start's scan), and
+    that scan's evaluations."""
     import optuna
 
     from searchprune.search.trials import n_evaluated
@@ -88,8 +124,9 @@ def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage) ->
     try:
         study = optuna.load_study(study_name=planned.name, storage=storage)
     except KeyError:
-        return False
-    return n_evaluated(study) >= planned.cfg.search.n_trials
+        return False, 0
+    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    return n_evaluated(study) >= max(1, planned.cfg.search.n_trials - offset), offset
 
 
 def load_runs(plan: Sequence[PlannedStudy], storage: optuna.storages.BaseStorage,

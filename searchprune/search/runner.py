@@ -145,8 +145,13 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
     worker = _join(study, lock)
+    if cfg.search.warm_start == "sensitivity":
+        from searchprune.search.sensitivity import enqueue_warm_start
+
+        enqueue_warm_start(study, cfg, engine, lock, storage)
     study.sampler = _sampler(cfg, spec, engine,
-                             n_existing=len(study.get_trials(deepcopy=False)), worker=worker)
+                             n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
+                             study_warm=study.user_attrs.get("warm_start"))
     _describe(study, cfg, spec, engine)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
@@ -259,11 +264,13 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
 
 
 def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
-             worker: int = 0) -> optuna.samplers.BaseSampler:
+             worker: int = 0, study_warm: Mapping[str, Any] | None = None
+             ) -> optuna.samplers.BaseSampler:
     band = spec.band
+    warm = study_warm.get("allocation") if study_warm else None
     ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
                          in_band=lambda ratios: band.contains_ratios(engine, ratios),
-                         seed=cfg.search.seed, n_existing=n_existing, worker=worker)
+                         seed=cfg.search.seed, n_existing=n_existing, worker=worker, warm=warm)
     return make_sampler(cfg.search.sampler, ctx)
 
 

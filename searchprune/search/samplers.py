@@ -53,6 +53,8 @@ class SamplerContext:
     seed: int
     n_existing: int = 0
     worker: int = 0  # join order of this worker in the study (0 = the first)
+    # keep-ratios the study was warm-started from (search.warm_start), or None
+    warm: Mapping[str, float] | None = None
 
     @property
     def resume_seed(self) -> int:
@@ -124,7 +126,12 @@ def _tpe(ctx: SamplerContext) -> BaseSampler:
 
 @register_sampler("cmaes", projects=True)
 def _cmaes(ctx: SamplerContext) -> BaseSampler:
-    return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False)
+    # CMA-ES learns only from its own generations: a warm start becomes its initial mean
+    # (``x0``, deprecated since Optuna 4.9 and still supported until 6.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`x0` has been deprecated", category=FutureWarning)
+        return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False,
+                            x0=dict(ctx.warm) if ctx.warm else None)
 
 
 @register_sampler("gp", projects=True)

@@ -1,0 +1,298 @@
+"""The sensitivity scan in the study storage, and the warm start that reads it.
+
+The scan prunes one group at a time to each keep-ratio of a grid (every other group full),
+restores the network with the study's proxy, scores it on the validation images (the first
+``sensitivity.val_images``) and records the drop against the unpruned network on the same
+images. It is an Optuna study of its own, named ``sensitivity-<fingerprint>`` where the
+fingerprint covers everything the drops depend on (model, data, criterion, proxy, reconstruction,
+eta, the grid and the images) and nothing they do not (the band, the sampler, the seed), so every
+study, comparison and baseline on the same problem shares one scan. Each scan point is one trial
+(user attrs ``group``, ``keep_ratio``, ``width``, ``top1``, ``drop``; value = drop); the
+unpruned network's accuracy is the study attr ``reference_top1``. Points are claimed under the
+study lock, so a re-run (or a second worker) measures only the points still missing; a point
+left RUNNING by a killed process for longer than ``search.grace_period`` s is claimed again.
+
+``search.warm_start: sensitivity`` enqueues, once per study, the sensitivity allocation for the
+study's band and ``sensitivity.perturbations`` seeded in-band neighbours of it as the study's
+first trials (user attr ``warm_start``); the study attr ``warm_start`` records the scan, its
+evaluations and the threshold, so a report can count the scan against the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from searchprune.config import Config, config_to_dict
+from searchprune.search.band import Band
+from searchprune.search.budget import Lock, study_lock
+from searchprune.search.storage import get_storage
+from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
+
+if TYPE_CHECKING:
+    from searchprune.engine import Engine
+
+__all__ = ["WARM_ATTR", "Scan", "ScanPoint", "enqueue_warm_start", "is_scan", "load_scan",
+           "plan_points", "run_scan",
+           "scan_name", "sensitivity_allocation", "warm_start_configs"]
+
+PLAN_ATTR = "plan"
+REFERENCE_ATTR = "reference_top1"
+WARM_ATTR = "warm_start"
+
+
+def _fingerprint_data(cfg: Config) -> dict[str, Any]:
+    """What a scan's drops depend on."""
+    d = config_to_dict(cfg)
+    pruning = {k: v for k, v in d["pruning"].items() if k not in ("gamma", "tolerance")}
+    s = cfg.sensitivity
+    return {"model": d["model"], "data": d["data"], "pruning": pruning, "setting": cfg.setting,
+            "supernet": d["supernet"] if cfg.setting == "scratch" else None,
+            "grid": grid(cfg.pruning.eta, s.points, s.ratios), "val_images": s.val_images}
+
+
+def scan_name(cfg: Config) -> str:
+    """``sensitivity-<10 hex digits>``: one scan per problem, shared by all its studies."""
+    text = json.dumps(_fingerprint_data(cfg), sort_keys=True, default=str)
+    return "sensitivity-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+@dataclass
+class ScanPoint:
+    group: str
+    keep_ratio: float
+    width: int
+    channels: int
+    top1: float
+    drop: float
+
+
+@dataclass
+class Scan:
+    """A (possibly partial) scan: the grid, the planned points, the measured ones."""
+
+    name: str
+    grid: list[float]
+    reference_top1: float | None
+    planned: list[tuple[str, float, int, int]]  # (group, keep_ratio, width, channels)
+    points: list[ScanPoint] = field(default_factory=list)
+    new_evaluations: int = 0  # networks evaluated by this call (the reference included)
+
+    @property
+    def evaluations(self) -> int:
+        """Networks evaluated for the stored scan: its points and the unpruned reference."""
+        return len(self.points) + (self.reference_top1 is not None)
+
+    @property
+    def complete(self) -> bool:
+        return self.reference_top1 is not None and len(self.points) >= len(self.planned)
+
+    def curves(self) -> dict[str, list[tuple[float, float]]]:
+        """Group -> ``(keep_ratio, drop)`` points, ascending, every planned group present."""
+        out: dict[str, list[tuple[float, float]]] = {g: [] for g, *_ in self.planned}
+        for p in self.points:
+            out[p.group].append((p.keep_ratio, p.drop))
+        return {g: sorted(c) for g, c in out.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.name, "grid": self.grid, "reference_top1": self.reference_top1,
+                "planned": len(self.planned), "evaluations": self.evaluations,
+                "new_evaluations": self.new_evaluations, "complete": self.complete,
+                "points": [{**asdict(p), "stage": stage_of(p.group)} for p in self.points]}
+
+
+def is_scan(name: str, attrs: dict[str, Any]) -> bool:
+    """Whether a stored study (by name and user attrs) is a sensitivity scan."""
+    return name.startswith("sensitivity-") and PLAN_ATTR in attrs
+
+
+def plan_points(engine: Engine, ratios: list[float]) -> list[tuple[str, float, int, int]]:
+    """One point per group and distinct pruned width: ``(group, keep_ratio, width, channels)``
+    (grid ratios that round to the same width, or to the full width, are measured once/never)."""
+    full = {g.name: 1.0 for g in engine.groups}
+    plan = []
+    for g in engine.groups:
+        seen = set()
+        for r in ratios:
+            w = int(engine.widths({**full, g.name: r})[g.name])
+            if w < g.channels and w not in seen:
+                seen.add(w)
+                plan.append((g.name, float(r), w, int(g.channels)))
+    return plan
+
+
+def _open(cfg: Config, storage: optuna.storages.BaseStorage | None):
+    """The given storage, else the config's (no heartbeats: stale points are claimed again
+    after ``search.grace_period``)."""
+    return storage if storage is not None else get_storage(cfg.storage, heartbeat_interval=None)
+
+
+def load_scan(cfg: Config, storage: optuna.storages.BaseStorage | None = None) -> Scan | None:
+    """The stored scan of ``cfg``'s problem (None if it was never started); evaluates nothing."""
+    storage = _open(cfg, storage)
+    name = scan_name(cfg)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    return _read(study)
+
+
+def _read(study: optuna.Study) -> Scan | None:
+    attrs = study.user_attrs
+    if PLAN_ATTR not in attrs:
+        return None
+    plan = [tuple(p) for p in attrs[PLAN_ATTR]]
+    points = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        points[(a["group"], a["width"])] = ScanPoint(a["group"], a["keep_ratio"], a["width"],
+                                                     a["channels"], a["top1"], a["drop"])
+    order = {(g, w): i for i, (g, _, w, _) in enumerate(plan)}
+    measured = sorted((p for k, p in points.items() if k in order),
+                      key=lambda p: order[(p.group, p.width)])
+    return Scan(study.study_name, list(attrs.get("grid", [])), attrs.get(REFERENCE_ATTR),
+                plan, measured)
+
+
+def run_scan(cfg: Config, engine: Engine, *, storage: optuna.storages.BaseStorage | None = None,
+             on_point: Callable[[int, int], None] | None = None) -> Scan:
+    """Measure every point of the scan not stored yet (none when it is complete); returns the
+    scan with ``new_evaluations`` = networks evaluated by this call. ``on_point(done, total)``
+    is called after each point."""
+    storage = _open(cfg, storage)
+    name = scan_name(cfg)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                load_if_exists=True)
+    lock = study_lock(storage, name)
+    ratios = grid(cfg.pruning.eta, cfg.sensitivity.points, cfg.sensitivity.ratios)
+    plan = plan_points(engine, ratios)
+    with lock():
+        if PLAN_ATTR not in study.user_attrs:
+            study.set_user_attr(PLAN_ATTR, [list(p) for p in plan])
+            study.set_user_attr("grid", ratios)
+            study.set_user_attr("config", _fingerprint_data(cfg))
+    evaluate = _evaluator(cfg, engine)
+    new = 0
+    if REFERENCE_ATTR not in study.user_attrs:
+        top1 = evaluate({g.name: int(g.channels) for g in engine.groups})
+        new += 1
+        with lock():
+            if REFERENCE_ATTR not in study.user_attrs:
+                study.set_user_attr(REFERENCE_ATTR, top1)
+    reference = float(study.user_attrs[REFERENCE_ATTR])
+    full = {g.name: int(g.channels) for g in engine.groups}
+    stale = timedelta(seconds=cfg.search.grace_period)
+    while (claimed := _claim(study, lock, plan, stale)) is not None:
+        trial, (group, ratio, width, channels) = claimed
+        try:
+            top1 = evaluate({**full, group: width})
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        new += 1
+        trial.set_user_attr("top1", top1)
+        trial.set_user_attr("drop", reference - top1)
+        study.tell(trial, reference - top1)
+        if on_point is not None:
+            scan = _read(study)
+            on_point(len(scan.points) if scan else 0, len(plan))
+    scan = _read(study)
+    assert scan is not None
+    scan.new_evaluations = new
+    return scan
+
+
+def _evaluator(cfg: Config, engine: Engine) -> Callable[[dict[str, int]], float]:
+    """Validation top-1 of a width configuration, restored with the study's proxy, on the first
+    ``sensitivity.val_images`` validation images (whole batches)."""
+    limit = cfg.sensitivity.val_images
+
+    def stop(images: int, _top1: float) -> bool:
+        return limit is not None and images >= limit
+
+    def evaluate(widths: dict[str, int]) -> float:
+        result = engine.evaluate(widths, split="val", on_chunk=stop if limit else None)
+        return float(result.top1)
+
+    return evaluate
+
+
+def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, int]],
+           stale: timedelta) -> tuple[optuna.Trial, tuple[str, float, int, int]] | None:
+    """The next planned point nobody has measured or is measuring, as a new RUNNING trial."""
+    with lock():
+        taken = set()
+        now = datetime.now()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                          TrialState.RUNNING)):
+            key = (t.user_attrs.get("group"), t.user_attrs.get("width"))
+            if (t.state == TrialState.RUNNING and t.datetime_start is not None
+                    and now - t.datetime_start > stale):
+                study.tell(t.number, state=TrialState.FAIL)  # its process died
+                continue
+            taken.add(key)
+        for point in plan:
+            group, ratio, width, channels = point
+            if (group, width) in taken:
+                continue
+            with warnings.catch_warnings():  # stale points are handled above, not by heartbeats
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = study.ask()  # a storage shared with a study run may have heartbeats
+            for key, value in {"group": group, "stage": stage_of(group), "keep_ratio": ratio,
+                               "width": width, "channels": channels}.items():
+                trial.set_user_attr(key, value)
+            return trial, point
+    return None
+
+
+# -- the allocation and the warm start -----------------------------------------------------------
+def sensitivity_allocation(cfg: Config, engine: Engine, *,
+                           storage: optuna.storages.BaseStorage | None = None):
+    """The scan (measured now where points are missing) and the allocation for ``cfg``'s band."""
+    scan = run_scan(cfg, engine, storage=storage)
+    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    return scan, allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
+
+
+def warm_start_configs(cfg: Config, engine: Engine, *,
+                       storage: optuna.storages.BaseStorage | None = None
+                       ) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """The warm start's keep-ratios (the allocation, if in band, then its perturbations) and
+    what to record about them."""
+    scan, alloc = sensitivity_allocation(cfg, engine, storage=storage)
+    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    s = cfg.sensitivity
+    extra = perturbations(engine, alloc.ratios, band, cfg.pruning.eta, s.perturbations,
+                          s.perturb_scale, cfg.search.seed)
+    configs = ([alloc.ratios] if alloc.in_band else []) + extra
+    info = {"method": "sensitivity", "scan_study": scan.name,
+            "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,
+            "threshold": alloc.threshold, "allocation_flops_ratio": alloc.flops_ratio,
+            "allocation_in_band": alloc.in_band, "projected": alloc.projected,
+            "enqueued": len(configs), "allocation": alloc.ratios}
+    return configs, info
+
+
+def enqueue_warm_start(study: optuna.Study, cfg: Config, engine: Engine, lock: Lock,
+                       storage: optuna.storages.BaseStorage) -> None:
+    """Once per study (the first worker to get here): enqueue the warm-start configurations as
+    the study's first trials and record the study attr ``warm_start``."""
+    if WARM_ATTR in study.user_attrs:
+        return
+    configs, info = warm_start_configs(cfg, engine, storage=storage)
+    with lock():
+        if WARM_ATTR in study.user_attrs:
+            return
+        for i, ratios in enumerate(configs):
+            label = "allocation" if i == 0 and info["allocation_in_band"] else "perturbation"
+            study.enqueue_trial(ratios, user_attrs={WARM_ATTR: label})
+        study.set_user_attr(WARM_ATTR, info)
