@@ -53,6 +53,9 @@ class SamplerContext:
     seed: int
     n_existing: int = 0
     worker: int = 0  # join order of this worker in the study (0 = the first)
+    # per-group keep-ratio ranges (``pruning.groups``); ``names`` are the groups that vary,
+    # ``in_band`` adds the fixed ones
+    bounds: Mapping[str, tuple[float, float]] | None = None
 
     @property
     def resume_seed(self) -> int:
@@ -113,13 +116,13 @@ def make_sampler(name: str, ctx: SamplerContext) -> BaseSampler:
 
 @register_sampler("random")
 def _random(ctx: SamplerContext) -> BaseSampler:
-    return BandRandomSampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed)
+    return BandRandomSampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed, bounds=ctx.bounds)
 
 
 @register_sampler("tpe")
 def _tpe(ctx: SamplerContext) -> BaseSampler:
     return BandTPESampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed,
-                          tpe_seed=ctx.resume_seed)
+                          tpe_seed=ctx.resume_seed, bounds=ctx.bounds)
 
 
 @register_sampler("cmaes", projects=True)
