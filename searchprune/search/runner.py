@@ -354,7 +354,8 @@ def _optimize(study: optuna.Study, cfg: Config, progress: bool,
             warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
             study.optimize(objective, n_trials=None, callbacks=[
                 cb.StopOnSignal(guard), StopAtBudget(target),
-                cb.RecordRejections(), cb.StopOnFailures(), bar, *callbacks,
+                cb.RecordRejections(), cb.StopOnFailures(), cb.StopOnRejections(), bar,
+                *callbacks,
             ])
     finally:
         optuna_log.removeFilter(quiet)
