@@ -137,3 +137,23 @@ def test_rules_that_only_restate_eta_draw_what_no_rules_draw(tmp_path, sampler):
     a = run(make_cfg(tmp_path, sampler, n_trials=12))
     b = run(make_cfg(tmp_path, sampler, n_trials=12, **{"pruning.groups": {"*": {"min": 0.3}}}))
     assert [t.params for t in a.get_trials()] == [t.params for t in b.get_trials()]
+
+
+def test_model_info_shows_each_groups_bounds(tmp_path):
+    import json
+
+    from _helpers import ROOT, cli
+
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(f"include: {ROOT / 'studies' / 'quickstart.yaml'}\n"
+                   "pruning:\n  groups:\n    '*residual': {fixed: 1.0}\n"
+                   "    'layer2.0.*': {min: 0.5, max: 0.8}\n")
+    proc = cli("model", "info", str(cfg), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    bounds = {g["name"]: g.get("bounds") for g in info["groups"]}
+    assert bounds["layer1.residual"] == [1.0, 1.0]
+    assert bounds["layer2.0.conv1"] == [0.5, 0.8]
+    assert bounds["layer1.0.conv1"] == [0.3, 1.0]
+    assert bounds["layer3.residual"] is None  # not prunable
+    assert 0.3 < info["ratio_range"][0] < info["ratio_range"][1] < 1.0

@@ -16,6 +16,7 @@ worker joins, as the heartbeat retries a dead worker's trial.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -141,6 +142,12 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
 
         engine = engine_for(cfg, progress=progress)
     check_band(cfg, engine, spec)
+    if cfg.pruning.groups and progress:
+        bounds = group_bounds(cfg, engine.groups)
+        low, high = reachable_range(cfg, engine)
+        sys.stderr.write(f"pruning.groups: reachable FLOPs ratios [{low:.4f}, {high:.4f}]; "
+                         f"{len(free_names(bounds))} groups searched, "
+                         f"{len(bounds) - len(free_names(bounds))} fixed\n")
     name = derive_study_name(cfg)
     study = optuna.create_study(storage=storage, study_name=name,
                                 directions=list(spec.directions), load_if_exists=True,
