@@ -157,3 +157,16 @@ def test_model_info_shows_each_groups_bounds(tmp_path):
     assert bounds["layer1.0.conv1"] == [0.3, 1.0]
     assert bounds["layer3.residual"] is None  # not prunable
     assert 0.3 < info["ratio_range"][0] < info["ratio_range"][1] < 1.0
+
+
+def test_a_worker_gives_up_after_infeasible_proposals_in_a_row(tmp_path, monkeypatch, caplog):
+    import searchprune.search.callbacks as cb
+
+    monkeypatch.setattr(cb, "MAX_REJECTIONS_IN_A_ROW", 15)
+    engine = FakeEngine()
+    cfg = make_cfg(tmp_path, "cmaes", n_trials=5, **{"pruning.params": {"max": 0.2}})
+    study = run(cfg, engine)
+    trials = study.get_trials()
+    assert engine.calls == 0 and len(trials) == 15
+    assert all(t.user_attrs["violated"] == ["params"] for t in trials)
+    assert "the last 15 proposals violated params" in caplog.text

@@ -35,6 +35,7 @@ __all__ = [
 
 REJECTED_PROPOSALS_ATTR = "rejected_proposals"
 _log = logging.getLogger(__name__)
+MAX_REJECTIONS_IN_A_ROW = 1000  # infeasible proposals before a worker gives up
 
 
 class RecordRejections:
@@ -64,8 +65,8 @@ class StopOnRejections:
     projected sampler whose proposals keep violating ``pruning.params`` would otherwise loop
     forever); it logs which constraint they violated."""
 
-    def __init__(self, limit: int = 1000) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_REJECTIONS_IN_A_ROW if limit is None else limit
         self.streak = 0
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
