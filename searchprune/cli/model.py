@@ -85,15 +85,15 @@ def _info(args: argparse.Namespace) -> int:
         table(f"{name}: {info['flops']:,} FLOPs, {info['params']:,} params; FLOPs ratio range "
               f"[{lo:.3f}, {hi:.3f}] at eta={eta}" + (" with pruning.groups" if rules else ""),
               ["group", "channels", "prunable", "keep-ratio"],
-              [[g["name"], g["channels"], "yes" if g["prunable"] else "no", _bounds_text(g)]
-               for g in info["groups"]])
+              [[g["name"], g["channels"], "yes" if g["prunable"] else "no",
+                _bounds_text(info["bounds"].get(g["name"]))] for g in info["groups"]])
     return 0
 
 
-def _bounds_text(group: dict[str, Any]) -> str:
-    if not group["prunable"]:
+def _bounds_text(bounds: list[float] | None) -> str:
+    if bounds is None:
         return "-"
-    lo, hi = group["bounds"]
+    lo, hi = bounds
     return f"fixed {lo:g}" if lo >= hi else f"[{lo:g}, {hi:g}]"
 
 
@@ -120,9 +120,9 @@ def _describe(space: Any, name: str, eta: float,
     return {
         "model": name, "flops": int(base.flops), "macs": int(base.macs),
         "params": int(base.params), "eta": eta, "ratio_range": [float(low), float(high)],
-        "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable),
-                    **({"bounds": list(bounds[g.name])} if g.prunable else {})}
+        "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable)}
                    for g in space.groups],
+        "bounds": {n: [lo, hi] for n, (lo, hi) in bounds.items()},  # prunable groups only
     }
 
 
