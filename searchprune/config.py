@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from searchprune.constraints import check_group_rules, limit_from
 from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 
 __all__ = [
@@ -111,6 +112,10 @@ class PruningConfig:
     round_to: int = 1
     prune_classifier_input: bool = False
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    # Per-group keep-ratio bounds: ``{pattern: {min: r, max: r} | {fixed: r}}`` (constraints.py).
+    groups: dict[str, Any] | None = None
+    # The params ratio: ``{max: r}`` or ``{target: r, tolerance: t}`` (constraints.py).
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ class Config:
         if p.abn_images is not None and not (2 <= p.abn_images <= self.data.calib_size):
             raise ConfigError(f"pruning.abn_images must be between 2 and data.calib_size "
                               f"({self.data.calib_size}), got {p.abn_images}")
+        check_group_rules(p.groups)
+        limit_from("pruning.params", p.params)
         r = p.reconstruction
         if r.ridge < 0:
             raise ConfigError(f"pruning.reconstruction.ridge must be >= 0, got {r.ridge}")

@@ -73,19 +73,28 @@ def _info(args: argparse.Namespace) -> int:
     if args.config is not None:
         engine = _engine(args.config, args.eta, args.trust_checkpoint)
         space, name, eta = engine.space, engine.cfg.model.name, engine.cfg.pruning.eta
+        rules = engine.cfg.pruning.groups
     else:
         space, name = _space_for(args.model, args.num_classes)
-        eta = 0.3 if args.eta is None else args.eta
-    info = _describe(space, name, eta)
+        eta, rules = (0.3 if args.eta is None else args.eta), None
+    info = _describe(space, name, eta, rules)
     if args.json:
         emit_json(info)
     else:
+        lo, hi = info["ratio_range"]
         table(f"{name}: {info['flops']:,} FLOPs, {info['params']:,} params; FLOPs ratio range "
-              f"[{info['ratio_range'][0]:.3f}, 1] at eta={eta}",
-              ["group", "channels", "prunable"],
-              [[g["name"], g["channels"], "yes" if g["prunable"] else "no"]
-               for g in info["groups"]])
+              f"[{lo:.3f}, {hi:.3f}] at eta={eta}" + (" with pruning.groups" if rules else ""),
+              ["group", "channels", "prunable", "keep-ratio"],
+              [[g["name"], g["channels"], "yes" if g["prunable"] else "no",
+                _bounds_text(info["bounds"].get(g["name"]))] for g in info["groups"]])
     return 0
+
+
+def _bounds_text(bounds: list[float] | None) -> str:
+    if bounds is None:
+        return "-"
+    lo, hi = bounds
+    return f"fixed {lo:g}" if lo >= hi else f"[{lo:g}, {hi:g}]"
 
 
 def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
@@ -100,14 +109,20 @@ def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
     return SearchSpace.from_model(model, torch.zeros(1, *shape)), name
 
 
-def _describe(space: Any, name: str, eta: float) -> dict[str, Any]:
+def _describe(space: Any, name: str, eta: float,
+              rules: dict[str, Any] | None = None) -> dict[str, Any]:
+    from searchprune.constraints import resolve_bounds
+
     base = space.base_cost
-    low = space.flops_ratio(space.widths({g.name: eta for g in space.prunable}))
+    bounds = resolve_bounds(rules, [g.name for g in space.prunable], eta)
+    low = space.flops_ratio(space.widths({n: lo for n, (lo, _) in bounds.items()}))
+    high = space.flops_ratio(space.widths({n: hi for n, (_, hi) in bounds.items()}))
     return {
         "model": name, "flops": int(base.flops), "macs": int(base.macs),
-        "params": int(base.params), "eta": eta, "ratio_range": [float(low), 1.0],
+        "params": int(base.params), "eta": eta, "ratio_range": [float(low), float(high)],
         "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable)}
                    for g in space.groups],
+        "bounds": {n: [lo, hi] for n, (lo, hi) in bounds.items()},  # prunable groups only
     }
 
 

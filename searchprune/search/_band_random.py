@@ -45,20 +45,26 @@ class BandRandomSampler(BaseSampler):
         seed: the study seed.
         max_draws: after this many out-of-band draws the last draw is returned as is (the
             objective then rejects it as an infeasible trial).
+        bounds: per-group ``(lo, hi)`` keep-ratio ranges (``pruning.groups``); groups not in
+            it use ``[low, high]``.
     """
 
     def __init__(self, names: Sequence[str], low: float,
                  in_band: Callable[[Mapping[str, float]], bool], *, high: float = 1.0,
-                 seed: int = 0, max_draws: int = 100_000) -> None:
+                 seed: int = 0, max_draws: int = 100_000,
+                 bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
         self._names = list(names)
         self._low, self._high = float(low), float(high)
+        self._bounds = {n: tuple(map(float, (bounds or {}).get(n, (self._low, self._high))))
+                        for n in self._names}
+        self._per_group = bool(bounds)
         self._in_band = in_band
         self._seed = int(seed)
         self._max_draws = max_draws
 
     @property
     def search_space(self) -> dict[str, BaseDistribution]:
-        return {n: FloatDistribution(self._low, self._high) for n in self._names}
+        return {n: FloatDistribution(*self._bounds[n]) for n in self._names}
 
     def reseed_rng(self) -> None:
         # Randomness is derived per trial from (seed, number); nothing to reseed.
@@ -78,8 +84,13 @@ class BandRandomSampler(BaseSampler):
 
     def draw(self, number: int) -> tuple[dict[str, float], int]:
         """The in-band configuration of trial ``number`` and how many draws were rejected first."""
+        low: float | list[float] = self._low
+        high: float | list[float] = self._high
+        if self._per_group:
+            low = [self._bounds[n][0] for n in self._names]
+            high = [self._bounds[n][1] for n in self._names]
         ratios, rejected, found = draw_in_band(trial_rng(self._seed, number), self._names,
-                                               self._low, self._in_band, high=self._high,
+                                               low, self._in_band, high=high,
                                                max_draws=self._max_draws)
         if found:
             return ratios, rejected

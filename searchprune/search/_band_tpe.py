@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
 from optuna.trial import TrialState
@@ -88,24 +88,26 @@ class BandTPESampler(TPESampler):
         n_startup_trials: band-random trials before the model takes over.
         n_ei_candidates: in-band candidates scored by the acquisition function.
         max_rounds: candidate batches drawn before giving up on the model for one trial.
+        bounds: per-group ``(lo, hi)`` keep-ratio ranges (``pruning.groups``).
     """
 
     def __init__(self, names: Sequence[str], low: float,
                  in_band: Callable[[Mapping[str, float]], bool], *, seed: int = 0,
                  tpe_seed: int | None = None, n_startup_trials: int = 10,
-                 n_ei_candidates: int = 24, max_rounds: int = 200) -> None:
+                 n_ei_candidates: int = 24, max_rounds: int = 200,
+                 bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
         super().__init__(seed=seed if tpe_seed is None else tpe_seed, multivariate=True,
                          n_startup_trials=n_startup_trials, n_ei_candidates=n_ei_candidates)
         self._names = list(names)
         self._low = float(low)
-        self._startup = BandRandomSampler(names, low, in_band, seed=seed)
+        self._startup = BandRandomSampler(names, low, in_band, seed=seed, bounds=bounds)
         self._tally = _Tally()
         self._parzen_estimator_cls = functools.partial(  # type: ignore[assignment]
             _InBandParzenEstimator, in_band=in_band, tally=self._tally, max_rounds=max_rounds)
 
     def infer_relative_search_space(self, study: Study,
                                     trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {n: FloatDistribution(self._low, 1.0) for n in self._names}
+        return self._startup.search_space
 
     def _sample_relative(self, study: Study, trial: FrozenTrial,
                          search_space: dict[str, BaseDistribution]) -> dict[str, Any]:

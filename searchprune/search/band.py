@@ -12,7 +12,11 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Band", "CostModel", "draw_in_band", "draws_in_band", "project_to_band"]
+from searchprune.constraints import Limit
+
+__all__ = ["Band", "CostModel", "Gate", "draw_in_band", "draws_in_band", "project_to_band"]
+
+BAND_CONSTRAINT = "flops_band"
 
 
 class CostModel(Protocol):
@@ -41,15 +45,46 @@ class Band:
         return self.contains(model.flops_ratio(model.widths(ratios)))
 
 
-def draw_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
-                 in_band: Callable[[Mapping[str, float]], bool], *, high: float = 1.0,
+@dataclass(frozen=True)
+class Gate:
+    """Everything a candidate must satisfy before a network is built: the FLOPs ``band`` and
+    any ``limits`` on other ratios (``pruning.params``), each with the function that computes
+    its ratio from the widths. ``fixed`` keep-ratios are added to every ratio dict tested."""
+
+    model: CostModel
+    band: Band
+    limits: tuple[tuple[Limit, Callable[[Mapping[str, int]], float]], ...] = ()
+    fixed: Mapping[str, float] | None = None
+
+    def distances(self, widths: Mapping[str, int]) -> dict[str, float]:
+        """Constraint name -> signed distance (``<= 0``: satisfied), the band first."""
+        out = {BAND_CONSTRAINT: self.band.distance(self.model.flops_ratio(widths))}
+        for limit, value in self.limits:
+            out[limit.name] = limit.distance(value(widths))
+        return out
+
+    def ratios_ok(self, ratios: Mapping[str, float]) -> bool:
+        """Whether keep-ratios (the fixed groups added) satisfy every constraint; the band is
+        tested first and the rest only when it holds."""
+        widths = self.model.widths({**(self.fixed or {}), **ratios})
+        if not self.band.contains(self.model.flops_ratio(widths)):
+            return False
+        return all(limit.contains(value(widths)) for limit, value in self.limits)
+
+
+def draw_in_band(rng: np.random.Generator, names: Sequence[str], eta: float | Sequence[float],
+                 in_band: Callable[[Mapping[str, float]], bool], *,
+                 high: float | Sequence[float] = 1.0,
                  max_draws: int = 100_000) -> tuple[dict[str, float], int, bool]:
     """The paper's random configuration: keep-ratios uniform on ``[eta, high]^L``, redrawn until
-    ``in_band``. Returns the ratios, the number of draws rejected before them, and whether they
-    are in band (False: ``max_draws`` draws failed; the last one is returned)."""
+    ``in_band``. ``eta`` and ``high`` may be one value per name (per-group bounds). Returns the
+    ratios, the number of draws rejected before them, and whether they are in band (False:
+    ``max_draws`` draws failed; the last one is returned)."""
     ratios: dict[str, float] = {}
+    low_v, high_v = (np.asarray(v, dtype=float) if not np.isscalar(v) else v
+                     for v in (eta, high))
     for attempt in range(max_draws):
-        values = rng.uniform(eta, high, size=len(names))
+        values = rng.uniform(low_v, high_v, size=len(names))
         ratios = {n: float(v) for n, v in zip(names, values)}
         if in_band(ratios):
             return ratios, attempt, True
@@ -78,18 +113,25 @@ def draws_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
 
 
 def project_to_band(model: CostModel, ratios: Mapping[str, float], band: Band, eta: float,
-                    *, iterations: int = 50) -> dict[str, float]:
+                    *, bounds: Mapping[str, tuple[float, float]] | None = None,
+                    fixed: Mapping[str, float] | None = None,
+                    iterations: int = 50) -> dict[str, float]:
     """Scale all keep-ratios by one common factor ``s`` so the FLOPs ratio lands on ``gamma``.
 
-    Returns ``clip(s * ratios, eta, 1)`` with ``s`` found by bisection (the FLOPs ratio is
-    non-decreasing in ``s``). Width rounding can leave the result slightly off ``gamma``; it is
-    returned anyway and the caller checks the band.
+    Returns ``clip(s * ratios, lo, hi)`` per group (``[eta, 1]``, or the group's ``bounds``)
+    with ``s`` found by bisection (the FLOPs ratio is non-decreasing in ``s``); ``fixed``
+    groups are added unscaled. Width rounding can leave the result slightly off ``gamma``; it
+    is returned anyway and the caller checks the band.
     """
-    values = [max(float(v), 1e-12) for v in ratios.values()]
-    low, high = eta / max(values), 1.0 / min(values)
+    fixed = dict(fixed or {})
+    limits = {k: (bounds or {}).get(k, (eta, 1.0)) for k in ratios}
+    values = {k: max(float(v), 1e-12) for k, v in ratios.items()}
+    low = min(limits[k][0] / v for k, v in values.items()) if values else 1.0
+    high = max(limits[k][1] / v for k, v in values.items()) if values else 1.0
 
     def scaled(s: float) -> dict[str, float]:
-        return {k: min(1.0, max(eta, s * float(v))) for k, v in ratios.items()}
+        return {**fixed, **{k: min(limits[k][1], max(limits[k][0], s * float(v)))
+                            for k, v in ratios.items()}}
 
     def flops(s: float) -> float:
         return model.flops_ratio(model.widths(scaled(s)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -28,10 +29,13 @@ __all__ = [
     "ProgressCallback",
     "RecordRejections",
     "StopOnFailures",
+    "StopOnRejections",
     "StopOnSignal",
 ]
 
 REJECTED_PROPOSALS_ATTR = "rejected_proposals"
+_log = logging.getLogger(__name__)
+MAX_REJECTIONS_IN_A_ROW = 1000  # infeasible proposals before a worker gives up
 
 
 class RecordRejections:
@@ -53,6 +57,26 @@ class StopOnFailures:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= self.limit:
+            study.stop()
+
+
+class StopOnRejections:
+    """Stops this worker after ``limit`` proposals in a row were rejected as infeasible (a
+    projected sampler whose proposals keep violating ``pruning.params`` would otherwise loop
+    forever); it logs which constraint they violated."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = MAX_REJECTIONS_IN_A_ROW if limit is None else limit
+        self.streak = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        infeasible = (trial.state == TrialState.PRUNED
+                      and trial.user_attrs.get("feasible") is False)
+        self.streak = self.streak + 1 if infeasible else 0
+        if self.streak >= self.limit:
+            _log.warning("stopping: the last %d proposals violated %s; loosen the constraint "
+                         "or use the random or tpe sampler, which draw inside it", self.limit,
+                         ", ".join(trial.user_attrs.get("violated", ["the band"])))
             study.stop()
 
 

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from searchprune.constraints import fixed_ratios, group_bounds, limit_from
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._interrupt import InterruptGuard, signal_name
 from searchprune.search._liveness import WORKER_ATTR, identity
-from searchprune.search.band import Band, project_to_band
+from searchprune.search.band import BAND_CONSTRAINT, Band, Gate, project_to_band
 from searchprune.search.budget import REFUSED_ATTR, Budget
 from searchprune.search.pareto import DIRECTIONS, METRIC_NAMES, pareto_band
 from searchprune.search.samplers import sampler_spec
@@ -39,10 +40,8 @@ if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
 
-__all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective",
+__all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective", "make_gate",
            "make_objective", "make_pruner", "rejected_proposals"]
-
-BAND_CONSTRAINT = "flops_band"
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,19 @@ class Counters:
 Value = float | tuple[float, ...]
 
 
+def make_gate(cfg: Config, spec: ObjectiveSpec, engine: Engine) -> Gate:
+    """The constraints every candidate is checked against before it is built: ``spec.band``
+    on the FLOPs ratio, ``pruning.params`` on the params ratio, with ``pruning.groups``' fixed
+    groups added to every configuration."""
+    limits = []
+    params = limit_from("pruning.params", cfg.pruning.params)
+    if params is not None:
+        base = engine.base_cost.params
+        limits.append((params, lambda widths: engine.cost(widths).params / base))
+    return Gate(engine, spec.band, tuple(limits),
+                fixed_ratios(group_bounds(cfg, engine.groups)))
+
+
 def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None, *,
                    budget: Budget | None = None, guard: InterruptGuard | None = None,
                    spec: ObjectiveSpec | None = None) -> Callable[[optuna.Trial], Value]:
@@ -115,19 +127,24 @@ def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None
     band, project = spec.band, spec.project
     counts = counters if counters is not None else Counters()
     guard = guard if guard is not None else InterruptGuard()  # inert unless entered
+    bounds = group_bounds(cfg, engine.groups)
+    gate = make_gate(cfg, spec, engine)
+    fixed = dict(gate.fixed or {})
 
     def evaluate(trial: optuna.Trial) -> Value:
         guard.check()
         trial.set_user_attr(WORKER_ATTR, identity())  # a killed worker's trial is seen at once
-        ratios = {g.name: trial.suggest_float(g.name, p.eta, 1.0) for g in engine.groups}
+        ratios = {g.name: fixed[g.name] if g.name in fixed
+                  else trial.suggest_float(g.name, *bounds[g.name]) for g in engine.groups}
         if project:
-            ratios = project_to_band(engine, ratios, band, p.eta)
+            free = {k: v for k, v in ratios.items() if k not in fixed}
+            ratios = project_to_band(engine, free, band, p.eta, bounds=bounds, fixed=fixed)
             trial.set_user_attr("projected", True)
         widths = engine.widths(ratios)
-        feasible = _record_cost(trial, engine, widths, band)
-        if not feasible:
+        violated = _record_cost(trial, engine, widths, gate)
+        if violated:
             counts.rejected += 1
-            raise optuna.TrialPruned("outside the FLOPs band")
+            raise optuna.TrialPruned(f"violates {', '.join(violated)}")
         if budget is not None and not budget.claim(trial):
             counts.refused += 1
             trial.set_user_attr(REFUSED_ATTR, f"budget of {budget.n_trials} evaluated trials "
@@ -177,21 +194,25 @@ def _fail(trial: optuna.Trial, counts: Counters, spec: ObjectiveSpec, reason: st
 
 
 def _record_cost(trial: optuna.Trial, engine: Engine, widths: Mapping[str, int],
-                 band: Band) -> bool:
+                 gate: Gate) -> list[str]:
+    """Store the cost attributes and constraint values; return the violated constraints."""
     cost, base = engine.cost(widths), engine.base_cost
     r = engine.flops_ratio(widths)
-    distance = band.distance(r)
-    feasible = distance <= 0.0
+    distances = gate.distances(widths)
+    violated = [name for name, d in distances.items() if d > 0.0]
     attrs = {
         "flops": int(cost.flops), "flops_ratio": float(r), "macs": int(cost.macs),
         "params": int(cost.params), "params_ratio": cost.params / base.params,
-        "widths": {k: int(v) for k, v in widths.items()}, "feasible": feasible,
-        "band_violation": max(0.0, distance),
+        "widths": {k: int(v) for k, v in widths.items()}, "feasible": not violated,
+        "band_violation": max(0.0, distances[BAND_CONSTRAINT]),
     }
+    if violated:
+        attrs["violated"] = violated
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    trial.set_constraint(BAND_CONSTRAINT, distance)
-    return feasible
+    for name, d in distances.items():
+        trial.set_constraint(name, d)
+    return violated
 
 
 def _early_stop(trial: optuna.Trial) -> Callable[[int, float], bool] | None:

@@ -16,6 +16,7 @@ worker joins, as the heartbeat retries a dead worker's trial.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import searchprune.search.callbacks as cb
 from searchprune.config import Config, config_to_dict, upgrade_stored
+from searchprune.constraints import free_names, group_bounds
 from searchprune.errors import BandError, StudyConfigMismatch
 from searchprune.provenance import provenance
 from searchprune.redact import public_config
@@ -36,6 +38,7 @@ from searchprune.search.objective import (
     Counters,
     ObjectiveSpec,
     describe_objective,
+    make_gate,
     make_objective,
     make_pruner,
 )
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     from searchprune.engine import Engine
 
 __all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_study_name",
-           "open_storage", "preflight", "run_study"]
+           "open_storage", "preflight", "reachable_range", "run_study"]
 
 CONFIG_ATTR = "config"
 WORKERS_ATTR = "workers_joined"
@@ -139,6 +142,12 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
 
         engine = engine_for(cfg, progress=progress)
     check_band(cfg, engine, spec)
+    if cfg.pruning.groups and progress:
+        bounds = group_bounds(cfg, engine.groups)
+        low, high = reachable_range(cfg, engine)
+        sys.stderr.write(f"pruning.groups: reachable FLOPs ratios [{low:.4f}, {high:.4f}]; "
+                         f"{len(free_names(bounds))} groups searched, "
+                         f"{len(bounds) - len(free_names(bounds))} fixed\n")
     name = derive_study_name(cfg)
     study = optuna.create_study(storage=storage, study_name=name,
                                 directions=list(spec.directions), load_if_exists=True,
@@ -203,13 +212,31 @@ def derive_study_name(cfg: Config) -> str:
     return Path(cfg.source).stem if cfg.source else "searchprune"
 
 
+def reachable_range(cfg: Config, engine: Engine) -> tuple[float, float]:
+    """The FLOPs ratios of every group at the smallest and at the largest keep-ratio it may
+    take (``[eta, 1]`` intersected with ``pruning.groups``)."""
+    bounds = group_bounds(cfg, engine.groups)
+    if not cfg.pruning.groups:
+        return engine.ratio_range(cfg.pruning.eta)
+    low = engine.flops_ratio(engine.widths({n: lo for n, (lo, _) in bounds.items()}))
+    high = engine.flops_ratio(engine.widths({n: hi for n, (_, hi) in bounds.items()}))
+    return low, high
+
+
 def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = None) -> None:
     """Fail fast when the band (or the Pareto range) lies outside the reachable FLOPs ratios
-    ``[r(eta), 1]``."""
+    ``[r(eta), 1]`` (with ``pruning.groups``: every group at its lowest and highest bound)."""
     spec = objective if objective is not None else describe_objective(cfg)
     band, eta = spec.band, cfg.pruning.eta
     knob = spec.target.split()[0]
-    low, high = engine.ratio_range(eta)
+    low, high = reachable_range(cfg, engine)
+    if cfg.pruning.groups:
+        if band.gamma + band.tolerance < low or band.gamma - band.tolerance > high:
+            raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) is outside "
+                            f"the reachable FLOPs ratios [{low:.4f}, {high:.4f}] with "
+                            f"pruning.groups and eta={eta}; move {knob} into that range or "
+                            "loosen the group bounds")
+        return
     if band.gamma + band.tolerance < low:
         raise BandError(f"{spec.target} is below the FLOPs ratio {low:.4f} of the all-eta "
                         f"configuration (eta={eta}); lower eta or raise {knob}")
@@ -266,11 +293,12 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
 def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
              worker: int = 0, study_warm: Mapping[str, Any] | None = None
              ) -> optuna.samplers.BaseSampler:
-    band = spec.band
+    bounds = group_bounds(cfg, engine.groups)
+    gate = make_gate(cfg, spec, engine)
     warm = study_warm.get("allocation") if study_warm else None
-    ctx = SamplerContext(names=[g.name for g in engine.groups], eta=cfg.pruning.eta,
-                         in_band=lambda ratios: band.contains_ratios(engine, ratios),
-                         seed=cfg.search.seed, n_existing=n_existing, worker=worker, warm=warm)
+    ctx = SamplerContext(names=free_names(bounds), eta=cfg.pruning.eta, in_band=gate.ratios_ok,
+                         seed=cfg.search.seed, n_existing=n_existing, worker=worker,
+                         bounds=bounds if cfg.pruning.groups else None, warm=warm)
     return make_sampler(cfg.search.sampler, ctx)
 
 
@@ -301,7 +329,7 @@ def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Eng
 def note_lines(study_name: str, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> list[str]:
     """The dashboard note of a study (Markdown lines)."""
     p, s = cfg.pruning, cfg.search
-    low = engine.ratio_range(p.eta)[0]
+    low = reachable_range(cfg, engine)[0]
     goal = (f"- objectives: maximise `val_top1` (%), minimise `flops_ratio`; Pareto front over "
             f"FLOPs ratio {spec.band.gamma - spec.band.tolerance:g} to "
             f"{spec.band.gamma + spec.band.tolerance:g}" if spec.multi
@@ -340,7 +368,8 @@ def _optimize(study: optuna.Study, cfg: Config, progress: bool,
             warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
             study.optimize(objective, n_trials=None, callbacks=[
                 cb.StopOnSignal(guard), StopAtBudget(target),
-                cb.RecordRejections(), cb.StopOnFailures(), bar, *callbacks,
+                cb.RecordRejections(), cb.StopOnFailures(), cb.StopOnRejections(), bar,
+                *callbacks,
             ])
     finally:
         optuna_log.removeFilter(quiet)

@@ -55,6 +55,9 @@ class SamplerContext:
     worker: int = 0  # join order of this worker in the study (0 = the first)
     # keep-ratios the study was warm-started from (search.warm_start), or None
     warm: Mapping[str, float] | None = None
+    # per-group keep-ratio ranges (``pruning.groups``); ``names`` are the groups that vary,
+    # ``in_band`` adds the fixed ones
+    bounds: Mapping[str, tuple[float, float]] | None = None
 
     @property
     def resume_seed(self) -> int:
@@ -115,13 +118,13 @@ def make_sampler(name: str, ctx: SamplerContext) -> BaseSampler:
 
 @register_sampler("random")
 def _random(ctx: SamplerContext) -> BaseSampler:
-    return BandRandomSampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed)
+    return BandRandomSampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed, bounds=ctx.bounds)
 
 
 @register_sampler("tpe")
 def _tpe(ctx: SamplerContext) -> BaseSampler:
     return BandTPESampler(ctx.names, ctx.eta, ctx.in_band, seed=ctx.seed,
-                          tpe_seed=ctx.resume_seed)
+                          tpe_seed=ctx.resume_seed, bounds=ctx.bounds)
 
 
 @register_sampler("cmaes", projects=True)
@@ -131,7 +134,8 @@ def _cmaes(ctx: SamplerContext) -> BaseSampler:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`x0` has been deprecated", category=FutureWarning)
         return CmaEsSampler(seed=ctx.resume_seed, warn_independent_sampling=False,
-                            x0=dict(ctx.warm) if ctx.warm else None)
+                            x0={k: v for k, v in ctx.warm.items() if k in ctx.names}
+                            if ctx.warm else None)
 
 
 @register_sampler("gp", projects=True)

@@ -1,0 +1,160 @@
+"""What the user allows: per-group keep-ratio bounds (``pruning.groups``) and limits on a cost
+ratio (``pruning.params``). Plain functions, no torch and no Optuna, so the config, the search
+layer and any other step (e.g. a sensitivity scan) share one definition.
+
+``pruning.groups`` maps glob patterns over group names (``fnmatch``: ``*`` matches dots too) to
+``{min: r, max: r}`` or ``{fixed: r}``. A group's range is the intersection of ``[eta, 1]`` and
+the range of every pattern that matches it (``fixed: r`` is ``[r, r]``), so pattern order does
+not matter. A group whose range is one point is *fixed*: it is not a trial parameter, but it
+still has a width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from searchprune.errors import ConfigError, did_you_mean
+
+__all__ = ["Bounds", "Limit", "check_group_rules", "fixed_ratios", "free_names", "group_bounds",
+           "limit_from", "resolve_bounds"]
+
+Bounds = dict[str, tuple[float, float]]
+_RULE_KEYS = ("min", "max", "fixed")
+
+
+def _ratio(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0.0 < float(value) <= 1.0):
+        raise ConfigError(f"{where} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_group_rules(rules: Any) -> None:
+    """The shape of ``pruning.groups`` (which groups match is checked against the model later)."""
+    if rules is None:
+        return
+    if not isinstance(rules, Mapping):
+        raise ConfigError("pruning.groups must map group-name patterns to {min, max} or "
+                          f"{{fixed}}, got {rules!r}")
+    for pattern, rule in rules.items():
+        where = f"pruning.groups['{pattern}']"
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"pruning.groups keys must be non-empty patterns, got {pattern!r}")
+        if not isinstance(rule, Mapping) or not rule:
+            raise ConfigError(f"{where} must be {{min: r, max: r}} or {{fixed: r}}, got {rule!r}")
+        for key in rule:
+            if key not in _RULE_KEYS:
+                raise ConfigError(f"unknown key '{key}' in {where}{did_you_mean(key, _RULE_KEYS)};"
+                                  " use min, max or fixed")
+        if "fixed" in rule and len(rule) > 1:
+            raise ConfigError(f"{where}: 'fixed' excludes 'min' and 'max'")
+        lo, hi = rule_range(rule, where)
+        if lo > hi:
+            raise ConfigError(f"{where}: min {lo:g} is above max {hi:g}")
+
+
+def rule_range(rule: Mapping[str, Any], where: str = "pruning.groups") -> tuple[float, float]:
+    """``[min, max]`` of one rule (missing ends are 0 and 1; ``fixed: r`` is ``[r, r]``)."""
+    if "fixed" in rule:
+        r = _ratio(rule["fixed"], f"{where}.fixed")
+        return r, r
+    lo = _ratio(rule["min"], f"{where}.min") if "min" in rule else 0.0
+    hi = _ratio(rule["max"], f"{where}.max") if "max" in rule else 1.0
+    return lo, hi
+
+
+def resolve_bounds(rules: Mapping[str, Any] | None, names: Sequence[str], eta: float) -> Bounds:
+    """``{group: (lo, hi)}`` for every name: ``[eta, 1]`` intersected with every matching rule.
+
+    Raises ConfigError when a pattern matches no group (listing the groups) or a group's range
+    is empty (naming the group and the patterns).
+    """
+    rules = dict(rules or {})
+    for pattern in rules:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(f"pruning.groups pattern '{pattern}' matches no group; the groups "
+                              f"are: {', '.join(names)}")
+    out: Bounds = {}
+    for name in names:
+        lo, hi, matched = float(eta), 1.0, []
+        for pattern, rule in rules.items():
+            if fnmatchcase(name, pattern):
+                r_lo, r_hi = rule_range(rule, f"pruning.groups['{pattern}']")
+                lo, hi = max(lo, r_lo), min(hi, r_hi)
+                matched.append(pattern)
+        if lo > hi:
+            raise ConfigError(f"group '{name}' has no allowed keep-ratio: eta {eta:g} and "
+                              f"pruning.groups patterns {', '.join(repr(m) for m in matched)} "
+                              "do not overlap; widen one of them")
+        out[name] = (lo, hi)
+    return out
+
+
+def group_bounds(cfg: Any, groups: Sequence[Any]) -> Bounds:
+    """The keep-ratio range of each of ``groups`` (objects with ``.name``) under ``cfg``'s
+    ``pruning.groups`` and ``pruning.eta``."""
+    return resolve_bounds(cfg.pruning.groups, [g.name for g in groups], cfg.pruning.eta)
+
+
+def fixed_ratios(bounds: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """The groups whose range is one point, with that keep-ratio (not trial parameters)."""
+    return {n: lo for n, (lo, hi) in bounds.items() if lo >= hi}
+
+
+def free_names(bounds: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The groups the search varies (trial parameters), in ``bounds`` order."""
+    return [n for n, (lo, hi) in bounds.items() if lo < hi]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``low <= value <= high`` on a ratio of the unpruned network's cost (``name`` says
+    which). An upper bound has ``low = 0``."""
+
+    name: str
+    high: float
+    low: float = 0.0
+
+    def distance(self, value: float) -> float:
+        """Signed distance to the allowed range: ``<= 0`` inside (the Optuna constraint value)."""
+        return max(self.low - value, value - self.high)
+
+    def contains(self, value: float) -> bool:
+        return self.distance(value) <= 0.0
+
+    def describe(self) -> str:
+        if self.low > 0.0:
+            return f"{self.name} ratio in [{self.low:g}, {self.high:g}]"
+        return f"{self.name} ratio <= {self.high:g}"
+
+
+def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None:
+    """``{max: r}`` or ``{target: r, tolerance: t}`` (ratios) as a :class:`Limit` named after
+    the last part of ``key``; None when ``raw`` is None. ``extra`` keys are allowed and ignored
+    here (they belong to the caller)."""
+    if raw is None:
+        return None
+    forms = "{max: r} or {target: r, tolerance: t}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key} must be {forms}, got {raw!r}")
+    known = ("max", "target", "tolerance", *extra)
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"unknown key '{k}' in {key}{did_you_mean(k, known)}; use {forms}")
+    name = key.rsplit(".", 1)[-1]
+    if "max" in raw:
+        if "target" in raw or "tolerance" in raw:
+            raise ConfigError(f"{key}: give either max or target and tolerance, not both")
+        return Limit(name, _ratio(raw["max"], f"{key}.max"))
+    if "target" not in raw:
+        raise ConfigError(f"{key} must be {forms}")
+    target = _ratio(raw["target"], f"{key}.target")
+    tol = raw.get("tolerance", 0.02)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+            0.0 <= tol < 1.0) or math.isnan(tol):
+        raise ConfigError(f"{key}.tolerance must be a number in [0, 1), got {tol!r}")
+    return Limit(name, target + float(tol), max(0.0, target - float(tol)))
