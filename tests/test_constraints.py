@@ -146,7 +146,8 @@ def test_model_info_shows_each_groups_bounds(tmp_path):
 
     cfg = tmp_path / "g.yaml"
     cfg.write_text(f"include: {ROOT / 'studies' / 'quickstart.yaml'}\n"
-                   "pruning:\n  groups:\n    '*residual': {fixed: 1.0}\n"
+                   "pruning:\n  eta: 0.3\n  gamma: 0.5\n"
+                   "  groups:\n    '*residual': {fixed: 1.0}\n"
                    "    'layer2.0.*': {min: 0.5, max: 0.8}\n")
     proc = cli("model", "info", str(cfg), "--json")
     assert proc.returncode == 0, proc.stderr
