@@ -67,12 +67,8 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
 
     Every epoch is checkpointed under ``out_dir``; calling again after a kill resumes.
     """
-    if not candidates:
-        raise ValueError("no candidates to fine-tune")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, train_set = _prepare(engine, candidates, out_dir)
     data, device = engine.data, engine.device
-    train_set = data.train_set(augment=True)
     result = FinetuneResult()
     models: dict[int, nn.Module] = {}
     for cand in candidates:
@@ -118,12 +114,8 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
     """
     from searchprune.export import measure_latency
 
-    if not candidates:
-        raise ValueError("no candidates to fine-tune")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out, train_set = _prepare(engine, candidates, out_dir)
     data, device = engine.data, engine.device
-    train_set = data.train_set(augment=True)
     base = engine.base_cost
     shape = (1, *data.input_shape)
     base_ms = (measure_latency(engine.model.cpu().eval(), shape, latency_batch)
@@ -152,6 +144,15 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
             row.update(latency_ms=ms, latency_ratio=ms / base_ms, latency_batch=latency_batch)
         rows.append(row)
     return rows
+
+
+def _prepare(engine, candidates: Sequence[Candidate], out_dir: str | Path):
+    """The output folder (created) and the augmented training set every candidate shares."""
+    if not candidates:
+        raise ValueError("no candidates to fine-tune")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, engine.data.train_set(augment=True)
 
 
 def _fit(model, train_set, s: FinetuneSettings, epochs, ckpt, device, progress) -> None:
