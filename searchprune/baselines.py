@@ -47,14 +47,25 @@ def _band(engine) -> tuple[float, float, float]:
     return p.gamma, p.tolerance, p.eta
 
 
+def _bounds(engine) -> dict[str, tuple[float, float]]:
+    """Each group's keep-ratio range under ``pruning.groups`` (``[0, 1]`` without rules: the
+    baselines are not held to ``eta``)."""
+    from searchprune.constraints import group_bounds
+
+    if not engine.cfg.pruning.groups:
+        return {g.name: (0.0, 1.0) for g in engine.groups}
+    return group_bounds(engine.cfg, engine.groups)
+
+
 def uniform(engine) -> BaselineConfig:
-    """One keep-ratio ``r`` for every prunable group, ``r`` bisected so the FLOPs ratio is as
-    close to ``gamma`` as the integer widths allow."""
+    """One keep-ratio ``r`` for every prunable group (clipped to its ``pruning.groups`` range;
+    fixed groups keep their ratio), ``r`` bisected so the FLOPs ratio is as close to ``gamma``
+    as the integer widths allow."""
     gamma, _, _ = _band(engine)
-    names = [g.name for g in engine.groups]
+    bounds = _bounds(engine)
 
     def at(r: float) -> tuple[dict[str, int], float]:
-        widths = engine.widths({n: r for n in names})
+        widths = engine.widths({n: min(max(r, lo), hi) for n, (lo, hi) in bounds.items()})
         return widths, engine.flops_ratio(widths)
 
     lo, hi = 0.0, 1.0  # flops(lo) < gamma <= flops(hi), widths monotone in r
@@ -70,8 +81,10 @@ def uniform(engine) -> BaselineConfig:
 
 
 def _ignored_layers(engine, model: nn.Module) -> list[nn.Module]:
-    """The classifier and the producers of every group the search space does not prune."""
-    prunable = {g.name for g in engine.groups}
+    """The classifier and the producers of every group the search space does not prune (or
+    ``pruning.groups`` fixes at 1.0)."""
+    bounds = _bounds(engine)
+    prunable = {g.name for g in engine.groups if bounds[g.name][0] < 1.0}
     ignored = []
     for g in engine.space.groups:
         if g.name in prunable:
@@ -138,6 +151,11 @@ def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
     """Torch-Pruning's global group-magnitude pruning, its ratio bisected onto the FLOPs band
     (the closest configuration when no ratio lands inside)."""
     gamma, tol, eta = _band(engine)
+    odd = [n for n, (lo, hi) in _bounds(engine).items() if (lo, hi) not in ((0.0, 1.0), (1.0, 1.0))
+           and not (lo <= eta and hi >= 1.0)]
+    if odd:
+        raise ConfigError("the tp-global baseline honours only pruning.groups that fix a group "
+                          f"at 1.0; groups {', '.join(odd[:4])} have other bounds")
     lo, hi = 0.0, 1.0 - eta  # our FLOPs ratio falls as Torch-Pruning's ratio grows
     best: tuple[float, float, dict[str, torch.Tensor]] | None = None
     steps = 0
@@ -164,10 +182,11 @@ def sensitivity(engine) -> BaselineConfig:
     threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The scan
     is read from the study storage; points still missing are measured first (and counted in
     ``scan_new_evaluations``)."""
-    from searchprune.search.sensitivity import sensitivity_allocation
+    from searchprune.search.sensitivity import sensitivity_allocation, space_of
 
     scan, alloc = sensitivity_allocation(engine.cfg, engine)
-    return BaselineConfig("sensitivity", engine.widths(alloc.ratios), info={
+    fixed = space_of(engine.cfg, engine)[1]
+    return BaselineConfig("sensitivity", engine.widths({**fixed, **alloc.ratios}), info={
         "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
         "projected": alloc.projected, "scan_study": scan.name,
         "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations})

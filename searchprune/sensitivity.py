@@ -58,9 +58,18 @@ def min_ratio(curve: Curve, threshold: float) -> float:
     return 1.0
 
 
-def allocate(curves: Mapping[str, Curve], threshold: float) -> dict[str, float]:
-    """Every group's :func:`min_ratio` at ``threshold``."""
-    return {g: min_ratio(c, threshold) for g, c in curves.items()}
+Bounds = Mapping[str, tuple[float, float]]
+
+
+def allocate(curves: Mapping[str, Curve], threshold: float,
+             bounds: Bounds | None = None) -> dict[str, float]:
+    """Every group's :func:`min_ratio` at ``threshold``, clipped to its ``bounds`` when given
+    (still non-increasing in ``threshold``)."""
+    out = {g: min_ratio(c, threshold) for g, c in curves.items()}
+    if bounds:
+        out = {g: min(max(r, bounds[g][0]), bounds[g][1]) if g in bounds else r
+               for g, r in out.items()}
+    return out
 
 
 @dataclass
@@ -76,16 +85,22 @@ class Allocation:
 
 
 def allocate_in_band(model: CostModel, curves: Mapping[str, Curve], band: Band, eta: float,
-                     *, iterations: int = 60) -> Allocation:
+                     *, bounds: Bounds | None = None, fixed: Mapping[str, float] | None = None,
+                     iterations: int = 60) -> Allocation:
     """Bisect the drop threshold until the allocation's FLOPs ratio is as close to ``gamma`` as
     the curves allow; if that is still outside the band (a jump of the non-convex curves), the
-    ratios are scaled onto the band by one common factor and ``projected`` is set."""
+    ratios are scaled onto the band by one common factor and ``projected`` is set.
+
+    ``curves`` holds the groups the search varies; ``bounds`` (per-group keep-ratio ranges)
+    clip their ratios and ``fixed`` groups are added to every FLOPs count. The returned ratios
+    are the varied groups' only."""
+    fixed = dict(fixed or {})
     drops = [d for c in curves.values() for _, d in c]
     lo = min([0.0, *drops]) - 1.0  # every group at 1.0 (or at a ratio that helps accuracy)
     hi = max([0.0, *drops]) + 1.0  # every group at its smallest scanned ratio
 
     def flops(t: float) -> float:
-        return model.flops_ratio(model.widths(allocate(curves, t)))
+        return model.flops_ratio(model.widths({**fixed, **allocate(curves, t, bounds)}))
 
     for _ in range(iterations):  # flops(lo) >= gamma > flops(hi) where reachable
         mid = 0.5 * (lo + hi)
@@ -94,34 +109,41 @@ def allocate_in_band(model: CostModel, curves: Mapping[str, Curve], band: Band, 
         else:
             hi = mid
     threshold = min((lo, hi), key=lambda t: abs(flops(t) - band.gamma))
-    ratios = allocate(curves, threshold)
+    ratios = allocate(curves, threshold, bounds)
     ratio = flops(threshold)
     if band.contains(ratio):
         return Allocation(ratios, threshold, ratio, True)
-    projected = project_to_band(model, ratios, band, eta)
+    projected = project_to_band(model, ratios, band, eta, bounds=bounds, fixed=fixed)
     ratio = model.flops_ratio(model.widths(projected))
+    projected = {k: v for k, v in projected.items() if k not in fixed}
     return Allocation(projected, threshold, ratio, band.contains(ratio), projected=True)
 
 
 def perturbations(model: CostModel, ratios: Mapping[str, float], band: Band, eta: float,
-                  n: int, scale: float, seed: int, *, max_draws: int = 1000
+                  n: int, scale: float, seed: int, *, bounds: Bounds | None = None,
+                  fixed: Mapping[str, float] | None = None, max_draws: int = 1000
                   ) -> list[dict[str, float]]:
-    """Up to ``n`` seeded in-band neighbours of ``ratios``: each keep-ratio times
-    ``exp(N(0, scale))``, clipped to ``[eta, 1]``, scaled onto the band by one common factor;
-    draws that still miss the band, or repeat a width configuration, are skipped."""
+    """Up to ``n`` seeded in-band neighbours of ``ratios`` (the varied groups): each keep-ratio
+    times ``exp(N(0, scale))``, clipped to ``[eta, 1]`` (or its ``bounds``), scaled onto the
+    band by one common factor (``fixed`` groups added unscaled); draws that still miss the
+    band, or repeat a width configuration, are skipped. Returns the varied groups' ratios."""
     rng = np.random.default_rng(seed)
+    fixed = dict(fixed or {})
     names = list(ratios)
-    seen = {tuple(model.widths(ratios).values())}
+    limits = {k: (bounds or {}).get(k, (eta, 1.0)) for k in names}
+    seen = {tuple(model.widths({**fixed, **ratios}).values())}
     out: list[dict[str, float]] = []
     for _ in range(max_draws):
         if len(out) >= n:
             break
         noise = rng.normal(0.0, scale, size=len(names))
-        moved = {k: float(np.clip(ratios[k] * np.exp(z), eta, 1.0)) for k, z in zip(names, noise)}
-        moved = project_to_band(model, moved, band, eta)
-        widths = tuple(model.widths(moved).values())
-        if widths in seen or not band.contains(model.flops_ratio(model.widths(moved))):
+        moved = {k: float(np.clip(ratios[k] * np.exp(z), *limits[k]))
+                 for k, z in zip(names, noise)}
+        moved = project_to_band(model, moved, band, eta, bounds=bounds, fixed=fixed)
+        widths = model.widths(moved)
+        key = tuple(widths.values())
+        if key in seen or not band.contains(model.flops_ratio(widths)):
             continue
-        seen.add(widths)
-        out.append(moved)
+        seen.add(key)
+        out.append({k: v for k, v in moved.items() if k not in fixed})
     return out

@@ -46,8 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     from searchprune.report.sensitivity import plot_sensitivity
     from searchprune.search.band import Band
     from searchprune.search.runner import open_storage
-    from searchprune.search.sensitivity import run_scan
-    from searchprune.sensitivity import allocate_in_band
+    from searchprune.search.sensitivity import allocation_of, run_scan, space_of
 
     cfg = load_config(args.config, {
         "sensitivity.points": args.points, "sensitivity.ratios": _ratios(args.ratios),
@@ -60,8 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     with _Progress(enabled=not args.json) as bar:
         scan = run_scan(cfg, engine, storage=storage, on_point=bar.step)
     band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
-    alloc = allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
-    widths = engine.widths(alloc.ratios)
+    alloc = allocation_of(cfg, engine, scan)
+    widths = engine.widths({**space_of(cfg, engine)[1], **alloc.ratios})
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,
                   "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
                   "in_band": alloc.in_band, "projected": alloc.projected,

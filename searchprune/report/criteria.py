@@ -13,7 +13,7 @@ import logging
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +47,17 @@ class CriteriaReport:
 
 
 def draw_configs(engine, n: int, *, gamma: float, tolerance: float, eta: float, seed: int,
+                 groups: Mapping[str, Any] | None = None,
                  max_draws: int = 1_000_000) -> list[dict[str, float]]:
-    """``n`` keep-ratio vectors uniform on ``[eta, 1]^L`` conditioned on the FLOPs band."""
-    from searchprune.search.band import Band, draws_in_band
+    """``n`` keep-ratio vectors uniform on ``[eta, 1]^L`` (each group's range under the
+    ``pruning.groups`` rules ``groups``) conditioned on the FLOPs band."""
+    from searchprune.constraints import resolve_bounds
+    from searchprune.search.band import Band, draws_in_bounds
 
     band = Band(gamma, tolerance)
-    out = draws_in_band(np.random.default_rng(seed), [g.name for g in engine.groups], eta,
-                        lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws)
+    bounds = resolve_bounds(groups, [g.name for g in engine.groups], eta)
+    out = draws_in_bounds(np.random.default_rng(seed), bounds,
+                          lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws)
     if len(out) == n:
         return out
     raise RuntimeError(f"found only {len(out)} in-band configurations in {max_draws} draws")
@@ -73,7 +77,7 @@ def run_criteria_benchmark(cfg: Config, criteria: Sequence[str], *, n_configs: i
         engine = PruningEngine.from_config(cfg)
     p = cfg.pruning
     configs = draw_configs(engine, n_configs, gamma=p.gamma, tolerance=p.tolerance, eta=p.eta,
-                           seed=seed)
+                           seed=seed, groups=p.groups)
     report = CriteriaReport(list(criteria), configs)
     report.baseline_top1 = engine.evaluate_baseline("val")[0]
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()

@@ -68,12 +68,13 @@ def _equal_total(cfg: Config, engine: Engine) -> Config:
     (its points and the unpruned reference)."""
     if cfg.search.warm_start != "sensitivity":
         return cfg
-    from searchprune.search.sensitivity import plan_points
+    from searchprune.search.sensitivity import plan_points, space_of
     from searchprune.sensitivity import grid
 
     s = cfg.sensitivity
-    return _without_scan(cfg, len(plan_points(engine, grid(cfg.pruning.eta, s.points,
-                                                            s.ratios))) + 1)
+    bounds, _ = space_of(cfg, engine)
+    return _without_scan(cfg, len(plan_points(engine, grid(cfg.pruning.eta, s.points, s.ratios),
+                                              bounds)) + 1)
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import numpy as np
 
-from searchprune.constraints import Limit
+from searchprune.constraints import Limit, fixed_ratios, free_names
 
-__all__ = ["Band", "CostModel", "Gate", "draw_in_band", "draws_in_band", "project_to_band"]
+__all__ = ["Band", "CostModel", "Gate", "draw_in_band", "draws_in_band", "draws_in_bounds", "project_to_band"]
 
 BAND_CONSTRAINT = "flops_band"
 
@@ -91,9 +91,9 @@ def draw_in_band(rng: np.random.Generator, names: Sequence[str], eta: float | Se
     return ratios, max_draws, False
 
 
-def draws_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
+def draws_in_band(rng: np.random.Generator, names: Sequence[str], eta: float | Sequence[float],
                   in_band: Callable[[Mapping[str, float]], bool], n: int, *,
-                  max_draws: int = 1_000_000,
+                  high: float | Sequence[float] = 1.0, max_draws: int = 1_000_000,
                   key: Callable[[Mapping[str, float]], Hashable] | None = None
                   ) -> list[dict[str, float]]:
     """Up to ``n`` successive :func:`draw_in_band` configurations from one generator, at most
@@ -103,13 +103,32 @@ def draws_in_band(rng: np.random.Generator, names: Sequence[str], eta: float,
     seen: set[Hashable] = set()
     left = max_draws
     while left > 0 and len(out) < n:
-        ratios, rejected, found = draw_in_band(rng, names, eta, in_band, max_draws=left)
+        ratios, rejected, found = draw_in_band(rng, names, eta, in_band, high=high,
+                                               max_draws=left)
         left -= rejected + 1
         k = key(ratios) if key is not None else len(out)
         if found and k not in seen:
             seen.add(k)
             out.append(ratios)
     return out
+
+
+def draws_in_bounds(rng: np.random.Generator, bounds: Mapping[str, tuple[float, float]],
+                    in_band: Callable[[Mapping[str, float]], bool], n: int, *,
+                    max_draws: int = 1_000_000,
+                    key: Callable[[Mapping[str, float]], Hashable] | None = None
+                    ) -> list[dict[str, float]]:
+    """:func:`draws_in_band` over per-group ranges (``pruning.groups``): every group whose range
+    is wider than a point uniform on it, the fixed ones at their ratio; ``in_band`` and ``key``
+    see, and the result holds, every group."""
+    fixed = fixed_ratios(bounds)
+    names = free_names(bounds)
+    lows = [bounds[n][0] for n in names]
+    highs = [bounds[n][1] for n in names]
+    drawn = draws_in_band(rng, names, lows, lambda r: in_band({**fixed, **r}), n, high=highs,
+                          max_draws=max_draws,
+                          key=None if key is None else lambda r: key({**fixed, **r}))
+    return [{**fixed, **r} for r in drawn]
 
 
 def project_to_band(model: CostModel, ratios: Mapping[str, float], band: Band, eta: float,

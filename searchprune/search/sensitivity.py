@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from searchprune.config import Config, config_to_dict
+from searchprune.constraints import fixed_ratios, group_bounds
 from searchprune.search.band import Band
 from searchprune.search.budget import Lock, study_lock
 from searchprune.search.storage import get_storage
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from searchprune.engine import Engine
 
 __all__ = ["WARM_ATTR", "Scan", "ScanPoint", "enqueue_warm_start", "is_scan", "load_scan",
-           "plan_points", "run_scan",
+           "allocation_of", "plan_points", "run_scan", "space_of",
            "scan_name", "sensitivity_allocation", "warm_start_configs"]
 
 PLAN_ATTR = "plan"
@@ -52,7 +53,9 @@ WARM_ATTR = "warm_start"
 def _fingerprint_data(cfg: Config) -> dict[str, Any]:
     """What a scan's drops depend on."""
     d = config_to_dict(cfg)
-    pruning = {k: v for k, v in d["pruning"].items() if k not in ("gamma", "tolerance")}
+    # the constraints do not change a drop; the per-group bounds do (which points, which base)
+    pruning = {k: v for k, v in d["pruning"].items()
+               if k not in ("gamma", "tolerance", "params", "latency")}
     s = cfg.sensitivity
     return {"model": d["model"], "data": d["data"], "pruning": pruning, "setting": cfg.setting,
             "supernet": d["supernet"] if cfg.setting == "scratch" else None,
@@ -114,15 +117,42 @@ def is_scan(name: str, attrs: dict[str, Any]) -> bool:
     return name.startswith("sensitivity-") and PLAN_ATTR in attrs
 
 
-def plan_points(engine: Engine, ratios: list[float]) -> list[tuple[str, float, int, int]]:
+def space_of(cfg: Config, engine: Engine) -> tuple[dict[str, tuple[float, float]] | None,
+                                                 dict[str, float]]:
+    """``pruning.groups``' per-group bounds (None without rules) and its fixed groups."""
+    if not cfg.pruning.groups:
+        return None, {}
+    bounds = group_bounds(cfg, engine.groups)
+    return bounds, fixed_ratios(bounds)
+
+
+def _base(engine: Engine, fixed: dict[str, float]) -> dict[str, int]:
+    """Widths of the least-pruned allowed network: fixed groups at their ratio, the rest full."""
+    widths = engine.widths({g.name: fixed.get(g.name, 1.0) for g in engine.groups})
+    return {k: int(v) for k, v in widths.items()}
+
+
+def plan_points(engine: Engine, ratios: list[float],
+                bounds: dict[str, tuple[float, float]] | None = None
+                ) -> list[tuple[str, float, int, int]]:
     """One point per group and distinct pruned width: ``(group, keep_ratio, width, channels)``
-    (grid ratios that round to the same width, or to the full width, are measured once/never)."""
-    full = {g.name: 1.0 for g in engine.groups}
+    (grid ratios that round to the same width, or to the full width, are measured once/never).
+
+    With ``bounds`` (per-group keep-ratio ranges): fixed groups are not scanned, grid ratios
+    outside a group's range are skipped and a lower bound above ``eta`` is a point of its own."""
+    fixed = fixed_ratios(bounds or {})
+    base = {g.name: fixed.get(g.name, 1.0) for g in engine.groups}
     plan = []
     for g in engine.groups:
+        if g.name in fixed:
+            continue
+        lo, hi = (bounds or {}).get(g.name, (0.0, 1.0))
+        points = [r for r in ratios if lo <= r <= hi]
+        if bounds and lo > min(ratios, default=lo):
+            points = sorted({lo, *points})
         seen = set()
-        for r in ratios:
-            w = int(engine.widths({**full, g.name: r})[g.name])
+        for r in points:
+            w = int(engine.widths({**base, g.name: r})[g.name])
             if w < g.channels and w not in seen:
                 seen.add(w)
                 plan.append((g.name, float(r), w, int(g.channels)))
@@ -174,7 +204,8 @@ def run_scan(cfg: Config, engine: Engine, *, storage: optuna.storages.BaseStorag
                                 load_if_exists=True)
     lock = study_lock(storage, name)
     ratios = grid(cfg.pruning.eta, cfg.sensitivity.points, cfg.sensitivity.ratios)
-    plan = plan_points(engine, ratios)
+    bounds, fixed = space_of(cfg, engine)
+    plan = plan_points(engine, ratios, bounds)
     with lock():
         if PLAN_ATTR not in study.user_attrs:
             study.set_user_attr(PLAN_ATTR, [list(p) for p in plan])
@@ -183,13 +214,13 @@ def run_scan(cfg: Config, engine: Engine, *, storage: optuna.storages.BaseStorag
     evaluate = _evaluator(cfg, engine)
     new = 0
     if REFERENCE_ATTR not in study.user_attrs:
-        top1 = evaluate({g.name: int(g.channels) for g in engine.groups})
+        top1 = evaluate(_base(engine, fixed))
         new += 1
         with lock():
             if REFERENCE_ATTR not in study.user_attrs:
                 study.set_user_attr(REFERENCE_ATTR, top1)
     reference = float(study.user_attrs[REFERENCE_ATTR])
-    full = {g.name: int(g.channels) for g in engine.groups}
+    full = _base(engine, fixed)
     stale = timedelta(seconds=cfg.search.grace_period)
     while (claimed := _claim(study, lock, plan, stale)) is not None:
         trial, (group, ratio, width, channels) = claimed
@@ -259,8 +290,16 @@ def sensitivity_allocation(cfg: Config, engine: Engine, *,
                            storage: optuna.storages.BaseStorage | None = None):
     """The scan (measured now where points are missing) and the allocation for ``cfg``'s band."""
     scan = run_scan(cfg, engine, storage=storage)
+    return scan, allocation_of(cfg, engine, scan)
+
+
+def allocation_of(cfg: Config, engine: Engine, scan: Scan):
+    """The allocation a (complete) scan gives for ``cfg``'s band and per-group bounds; its
+    ratios cover the varied groups (add :func:`space_of`'s fixed ones for widths)."""
     band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
-    return scan, allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
+    bounds, fixed = space_of(cfg, engine)
+    return allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta, bounds=bounds,
+                            fixed=fixed)
 
 
 def warm_start_configs(cfg: Config, engine: Engine, *,
@@ -271,8 +310,9 @@ def warm_start_configs(cfg: Config, engine: Engine, *,
     scan, alloc = sensitivity_allocation(cfg, engine, storage=storage)
     band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
     s = cfg.sensitivity
+    bounds, fixed = space_of(cfg, engine)
     extra = perturbations(engine, alloc.ratios, band, cfg.pruning.eta, s.perturbations,
-                          s.perturb_scale, cfg.search.seed)
+                          s.perturb_scale, cfg.search.seed, bounds=bounds, fixed=fixed)
     configs = ([alloc.ratios] if alloc.in_band else []) + extra
     info = {"method": "sensitivity", "scan_study": scan.name,
             "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,

@@ -15,7 +15,8 @@ import numpy as np
 from torch import nn
 
 from searchprune.prune import prune_model
-from searchprune.search.band import Band, draws_in_band
+from searchprune.constraints import group_bounds
+from searchprune.search.band import Band, draws_in_bounds
 from searchprune.supernet._masking import first_k_keep
 from searchprune.supernet._training import build_scratch_model, supernet_train_config
 
@@ -52,14 +53,14 @@ class TopKResult:
 def sample_in_band(engine: SupernetEngine, n: int, *, seed: int = 0,
                    max_draws: int = 200_000) -> list[dict[str, int]]:
     """``n`` distinct configurations inside the FLOPs band of ``engine.cfg``: keep-ratios
-    uniform on ``[eta, 1]`` per group conditioned on the band (:func:`draw_in_band`, as the
-    random sampler draws them), mapped to allowed widths; repeats are skipped."""
+    uniform on ``[eta, 1]`` (or a group's ``pruning.groups`` range) per group conditioned on the
+    band (:func:`draw_in_band`, as the random sampler draws them), mapped to allowed widths;
+    repeats are skipped."""
     p = engine.cfg.pruning
     band = Band(p.gamma, p.tolerance)
-    names = [g.name for g in engine.groups]
-    drawn = draws_in_band(np.random.default_rng(seed), names, p.eta,
-                          lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
-                          key=lambda r: tuple(engine.widths(r).values()))
+    drawn = draws_in_bounds(np.random.default_rng(seed), group_bounds(engine.cfg, engine.groups),
+                            lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
+                            key=lambda r: tuple(engine.widths(r).values()))
     return [engine.widths(r) for r in drawn]
 
 
