@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _helpers import FakeEngine, make_cfg, run
+from _helpers import GAMMA, TOL, FakeEngine, make_cfg, run
 from optuna.trial import TrialState
 
 from searchprune.config import config_from_dict
@@ -171,3 +171,27 @@ def test_a_worker_gives_up_after_infeasible_proposals_in_a_row(tmp_path, monkeyp
     assert engine.calls == 0 and len(trials) == 15
     assert all(t.user_attrs["violated"] == ["params"] for t in trials)
     assert "the last 15 proposals violated params" in caplog.text
+
+
+def test_uniform_baseline_and_draws_honour_group_bounds(tmp_path):
+    import numpy as np
+
+    from searchprune.baselines import solve_baseline
+    from searchprune.report.criteria import draw_configs
+
+    rules = {"layer0.*": {"fixed": 1.0}, "layer5.*": {"max": 0.5}}
+    cfg = make_cfg(tmp_path, **{"pruning.groups": rules})
+    engine = FakeEngine()
+    engine.cfg = cfg
+    b = solve_baseline("uniform", engine)
+    assert b.widths["layer0.conv"] == 16 and b.widths["layer5.conv"] <= 32
+    assert abs(engine.flops_ratio(b.widths) - GAMMA) <= TOL
+    free = [b.widths[f"layer{i}.conv"] / c for i, c in zip((1, 2, 3, 4), (16, 32, 32, 64))]
+    assert max(free) - min(free) < 0.1  # one keep-ratio for the groups the rules leave free
+    configs = draw_configs(engine, 20, gamma=GAMMA, tolerance=TOL, eta=0.3, seed=0,
+                           groups=rules)
+    assert len(configs) == 20
+    for r in configs:
+        assert r["layer0.conv"] == 1.0 and 0.3 <= r["layer5.conv"] <= 0.5
+        assert abs(engine.flops_ratio(engine.widths(r)) - GAMMA) <= TOL
+    assert np.std([r["layer2.conv"] for r in configs]) > 0.05  # free groups still vary

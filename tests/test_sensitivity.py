@@ -280,3 +280,45 @@ def test_real_engine_scan_scores_the_first_val_images_and_feeds_the_baseline(tmp
     (row,) = evaluate_baselines(engine, ["sensitivity"])
     assert row["in_band"] and row["scan_new_evaluations"] == 0
     assert row["scan_evaluations"] == scan.evaluations
+
+
+def test_scan_and_warm_start_honour_per_group_bounds(tmp_path):
+    """Fixed groups are never scanned and keep their ratio in every evaluation; a lower bound
+    above eta is a scan point of its own; the allocation, the warm start and the sensitivity
+    baseline stay inside every group's range."""
+    rules = {"layer1.*": {"fixed": 0.5}, "layer5.*": {"fixed": 1.0}, "layer4.*": {"min": 0.6}}
+    cfg = make_cfg(tmp_path, "tpe", n_trials=5, **{
+        "pruning.groups": rules, "search.warm_start": "sensitivity",
+        "sensitivity.perturbations": 2})
+    engine = RecordingEngine(cfg)
+    study = run_study(cfg, engine=engine, progress=False)
+    scan = load_scan(cfg)
+    scanned = {g for g, *_ in scan.planned}
+    assert scanned == {"layer0.conv", "layer2.conv", "layer3.conv", "layer4.conv"}
+    assert min(r for g, r, *_ in scan.planned if g == "layer4.conv") == pytest.approx(0.6)
+    assert all(r >= 0.6 for g, r, *_ in scan.planned if g == "layer4.conv")
+    for widths in engine.seen:  # scan and study alike
+        assert widths["layer1.conv"] == 8 and widths["layer5.conv"] == 64
+    # the reference is the least-pruned allowed network, so drops are against it
+    assert _pruned_groups(engine, engine.seen[0]) == ["layer1.conv"]
+    info = study.user_attrs[WARM_ATTR]
+    assert set(info["allocation"]) == {"layer0.conv", "layer2.conv", "layer3.conv",
+                                       "layer4.conv"}
+    assert info["allocation"]["layer4.conv"] >= 0.6
+    warm = [t for t in study.get_trials() if WARM_ATTR in t.user_attrs]
+    assert len(warm) == info["enqueued"] >= 2
+    for t in warm:
+        assert t.params["layer4.conv"] >= 0.6 and "layer1.conv" not in t.params
+        assert abs(t.user_attrs["flops_ratio"] - GAMMA) <= TOL
+    b = solve_baseline("sensitivity", RecordingEngine(cfg))
+    assert b.info["scan_new_evaluations"] == 0
+    assert b.widths["layer1.conv"] == 8 and b.widths["layer5.conv"] == 64
+    assert b.widths["layer4.conv"] >= round(0.6 * 64)
+
+
+def test_scan_with_bounds_is_a_separate_scan(tmp_path):
+    free = make_cfg(tmp_path)
+    fixed = make_cfg(tmp_path, **{"pruning.groups": {"layer5.*": {"fixed": 1.0}}})
+    capped = make_cfg(tmp_path, **{"pruning.params": {"max": 0.9}})
+    assert scan_name(free) != scan_name(fixed)
+    assert scan_name(free) == scan_name(capped)  # a constraint does not change a drop
