@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from searchprune.config import load_config
     from searchprune.engine import engine_for
     from searchprune.report.sensitivity import plot_sensitivity
-    from searchprune.search.band import Band
+    from searchprune.search.band import config_band
     from searchprune.search.runner import open_storage
     from searchprune.search.sensitivity import run_scan
     from searchprune.sensitivity import allocate_in_band
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     engine = engine_for(cfg, progress=not args.json)
     with _Progress(enabled=not args.json) as bar:
         scan = run_scan(cfg, engine, storage=storage, on_point=bar.step)
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    band = config_band(cfg.pruning, "the sensitivity allocation")
     alloc = allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
     widths = engine.widths(alloc.ratios)
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from searchprune.config import Config, config_to_dict
-from searchprune.search.band import Band
+from searchprune.search.band import config_band
 from searchprune.search.budget import Lock, study_lock
 from searchprune.search.storage import get_storage
 from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
@@ -258,8 +258,8 @@ def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, in
 def sensitivity_allocation(cfg: Config, engine: Engine, *,
                            storage: optuna.storages.BaseStorage | None = None):
     """The scan (measured now where points are missing) and the allocation for ``cfg``'s band."""
+    band = config_band(cfg.pruning, "the sensitivity allocation")
     scan = run_scan(cfg, engine, storage=storage)
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
     return scan, allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
 
 
@@ -269,7 +269,7 @@ def warm_start_configs(cfg: Config, engine: Engine, *,
     """The warm start's keep-ratios (the allocation, if in band, then its perturbations) and
     what to record about them."""
     scan, alloc = sensitivity_allocation(cfg, engine, storage=storage)
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    band = config_band(cfg.pruning, "the warm start")
     s = cfg.sensitivity
     extra = perturbations(engine, alloc.ratios, band, cfg.pruning.eta, s.perturbations,
                           s.perturb_scale, cfg.search.seed)

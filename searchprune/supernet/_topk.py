@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from searchprune.prune import prune_model
-from searchprune.search.band import Band, draws_in_band
+from searchprune.search.band import config_band, draws_in_band
 from searchprune.supernet._masking import first_k_keep
 from searchprune.supernet._training import build_scratch_model, supernet_train_config
 
@@ -55,7 +55,7 @@ def sample_in_band(engine: SupernetEngine, n: int, *, seed: int = 0,
     uniform on ``[eta, 1]`` per group conditioned on the band (:func:`draw_in_band`, as the
     random sampler draws them), mapped to allowed widths; repeats are skipped."""
     p = engine.cfg.pruning
-    band = Band(p.gamma, p.tolerance)
+    band = config_band(p, "supernet rank")
     names = [g.name for g in engine.groups]
     drawn = draws_in_band(np.random.default_rng(seed), names, p.eta,
                           lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
