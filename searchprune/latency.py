@@ -60,8 +60,8 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["TABLE_ATTR", "VERSION", "LatencyModel", "LatencyTable", "build_table",
-           "cpu_threads", "latency_for_engine", "machine_id", "study_latency", "table_key",
-           "time_forward"]
+           "cpu_threads", "latency_for_engine", "machine_id", "stored_table", "study_latency",
+           "table_key", "time_forward"]
 
 VERSION = 1
 TABLE_ATTR = "latency_table:"  # + key: a study system attribute holding the table's JSON
@@ -482,17 +482,26 @@ def latency_for_engine(engine: Any, spec: LatencySpec, *,
     return LatencyModel(table, engine.model, engine.space, shape, spec)
 
 
+def stored_table(study: optuna.Study, engine: Any, spec: LatencySpec) -> LatencyTable | None:
+    """The study's table for this engine and ``spec`` on this machine, or None (nothing is
+    measured)."""
+    key = table_key(engine.model, engine.space, engine.data.input_shape, spec)
+    stored = study._storage.get_study_system_attrs(study._study_id).get(TABLE_ATTR + key)
+    if isinstance(stored, Mapping) and stored.get("version") == VERSION:
+        return LatencyTable(stored)
+    return None
+
+
 def study_latency(study: optuna.Study, lock: Callable[[], Any], engine: Any,
                   spec: LatencySpec, *, progress: bool = False) -> LatencyModel:
     """The study's table for this engine and ``spec``: loaded from the study, or measured and
     stored by the first worker to take the study ``lock`` while the others wait on it."""
-    key = table_key(engine.model, engine.space, engine.data.input_shape, spec)
-    storage, study_id = study._storage, study._study_id
     log = (lambda line: sys.stderr.write(line + "\n")) if progress else None
     with lock():
-        stored = storage.get_study_system_attrs(study_id).get(TABLE_ATTR + key)
-        if isinstance(stored, Mapping) and stored.get("version") == VERSION:
-            return latency_for_engine(engine, spec, table=LatencyTable(stored))
+        table = stored_table(study, engine, spec)
+        if table is not None:
+            return latency_for_engine(engine, spec, table=table)
         model = latency_for_engine(engine, spec, log=log)
-        storage.set_study_system_attr(study_id, TABLE_ATTR + key, model.table.to_json())
+        study._storage.set_study_system_attr(study._study_id, TABLE_ATTR + model.table.key,
+                                             model.table.to_json())
         return model
