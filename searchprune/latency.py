@@ -60,13 +60,13 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["TABLE_ATTR", "VERSION", "LatencyModel", "LatencyTable", "build_table",
-           "cpu_threads", "latency_for_engine", "machine_id", "stored_table", "study_latency",
-           "table_key", "time_forward"]
+           "cpu_threads", "latency_for_engine", "machine_id", "network_of", "stored_table",
+           "study_latency", "table_key", "time_forward"]
 
 VERSION = 1
 TABLE_ATTR = "latency_table:"  # + key: a study system attribute holding the table's JSON
 GRID_POINTS = 6
-FIT_NETS = 6
+FIT_NETS = 8
 HOLDOUT_NETS = 3
 _FIT_LOW = 0.25  # random fitting networks draw keep-ratios from [_FIT_LOW, 1]
 _UNIT_RUNS = (2, 5)  # warm-up and timed runs per grid point
@@ -340,7 +340,7 @@ def table_key(model: nn.Module, space: SearchSpace, input_shape: Sequence[int],
     return f"{model_hash}-{host}-b{spec.batch_size}-t{spec.threads}-{spec.dtype}"
 
 
-def _prune_to(model: nn.Module, space: SearchSpace, widths: Mapping[str, int]) -> nn.Module:
+def network_of(model: nn.Module, space: SearchSpace, widths: Mapping[str, int]) -> nn.Module:
     """The network of ``widths`` (the first channels of each group: weights do not matter)."""
     from searchprune.prune import prune_model
 
@@ -351,7 +351,7 @@ def _prune_to(model: nn.Module, space: SearchSpace, widths: Mapping[str, int]) -
 
 def _net_ms(model: nn.Module, space: SearchSpace, input_shape: Sequence[int],
             widths: Mapping[str, int], batch: int, dtype: torch.dtype) -> float:
-    net = _prune_to(model, space, widths)
+    net = network_of(model, space, widths)
     x = torch.randn(batch, *input_shape).to(dtype)
     return float(time_forward(net, x, warmup=_NET_RUNS[0], repeats=_NET_RUNS[1]))
 

@@ -181,7 +181,7 @@ def test_a_built_table_is_monotone_json_and_predicts_networks_it_was_not_fitted_
     rng = np.random.default_rng(1)
     for _ in range(5):  # more networks that the fit never saw
         widths = engine.widths({g.name: rng.uniform(0.3, 1.0) for g in engine.groups})
-        net = lat._prune_to(engine.model, engine.space, widths)
+        net = lat.network_of(engine.model, engine.space, widths)
         measured = exact(net, torch.zeros(4, *engine.data.input_shape))
         assert table.predict_ms(widths) == pytest.approx(measured, rel=0.05)
 
