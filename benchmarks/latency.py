@@ -27,7 +27,6 @@ initialisations; configurations are keep-ratios uniform on ``[0.3, 1]`` per grou
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -149,7 +148,6 @@ def studies(args) -> None:
     cap = float(study.best_trial.user_attrs["latency_ratio"])
     lat_cfg = _study_cfg(args, "latency-cap", {"gamma": None,
                                                 "latency": {**latency, "max": round(cap, 4)}})
-    engine.cfg = dataclasses.replace(engine.cfg, pruning=lat_cfg.pruning)
     study = run_study(lat_cfg, engine=engine, progress=False,
                       storage=optuna.storages.InMemoryStorage())
     rows.append((f"latency <= {cap:.3f}, no FLOPs band", study))

@@ -135,6 +135,15 @@ class Limit:
         return f"{self.name} ratio <= {self.high:g}"
 
 
+def _check_keys(key: str, raw: Any, known: Sequence[str], forms: str) -> None:
+    """``raw`` is a mapping with only ``known`` keys (one-line :class:`ConfigError`s)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key} must be {forms}, got {raw!r}")
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"unknown key '{k}' in {key}{did_you_mean(k, known)}; use {forms}")
+
+
 def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None:
     """``{max: r}`` or ``{target: r, tolerance: t}`` (ratios) as a :class:`Limit` named after
     the last part of ``key``; None when ``raw`` is None. ``extra`` keys are allowed and ignored
@@ -142,12 +151,7 @@ def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None
     if raw is None:
         return None
     forms = "{max: r} or {target: r, tolerance: t}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key} must be {forms}, got {raw!r}")
-    known = ("max", "target", "tolerance", *extra)
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"unknown key '{k}' in {key}{did_you_mean(k, known)}; use {forms}")
+    _check_keys(key, raw, ("max", "target", "tolerance", *extra), forms)
     name = key.rsplit(".", 1)[-1]
     if "max" in raw:
         if "target" in raw or "tolerance" in raw:
@@ -207,14 +211,9 @@ def latency_spec(raw: Any) -> LatencySpec | None:
     or no limit at all, plus the optional measurement keys."""
     if raw is None:
         return None
-    forms = "{max: r}, {target: r, tolerance: t} or {max_ms: x}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"pruning.latency must be a mapping such as {forms}, got {raw!r}")
-    known = ("max", "target", "tolerance", *_LATENCY_KEYS)
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"unknown key '{k}' in pruning.latency{did_you_mean(k, known)}; "
-                              f"use {', '.join(known)}")
+    _check_keys("pruning.latency", raw, ("max", "target", "tolerance", *_LATENCY_KEYS),
+                "{max: r}, {target: r, tolerance: t} or {max_ms: x}, with batch_size, threads, "
+                "dtype, measure")
     ratio_form = any(k in raw for k in ("max", "target", "tolerance"))
     max_ms = raw.get("max_ms")
     if max_ms is not None:

@@ -54,7 +54,7 @@ from torch import nn
 
 from searchprune.constraints import LatencySpec
 from searchprune.space import SearchSpace, is_depthwise
-from searchprune.space._cost import _ACTIVATIONS
+from searchprune.space._cost import _ACTIVATIONS, forward_hooks
 
 if TYPE_CHECKING:
     import optuna
@@ -142,13 +142,8 @@ def _find_units(model: nn.Module, example: torch.Tensor, space: SearchSpace,
         if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(out, torch.Tensor):
             calls.append((names[mod], mod, inputs[0], out))  # tensors kept: ids stay unique
 
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(names, hook), torch.no_grad():
+        model(example)
     prunable = {g.name for g in space.prunable}
     out_of, in_of = {}, {}
     for g in space.groups:

@@ -78,7 +78,7 @@ def run(cfg, engine, storage=None) -> optuna.Study:
     ({"threads": True}, "threads must be an integer >= 1"),
     ({"dtype": "float16"}, "dtype must be one of float32, bfloat16"),
     ({"measure": "yes"}, "measure must be true or false"),
-    ([0.5], "pruning.latency must be a mapping"),
+    ([0.5], r"pruning.latency must be \{max: r\}, .* got \[0.5\]"),
 ])
 def test_malformed_latency_settings_are_one_line_config_errors(latency, message):
     with pytest.raises(ConfigError, match=message):

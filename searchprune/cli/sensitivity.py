@@ -55,11 +55,11 @@ def _run(args: argparse.Namespace) -> int:
         "pruning.proxy": args.proxy, "storage": args.storage})
     if cfg.search.objective != "single":
         raise ConfigError("sensitivity needs search.objective: single (one FLOPs band)")
+    band = config_band(cfg.pruning, "the sensitivity allocation")
     storage = open_storage(cfg)
     engine = engine_for(cfg, progress=not args.json)
     with _Progress(enabled=not args.json) as bar:
         scan = run_scan(cfg, engine, storage=storage, on_point=bar.step)
-    band = config_band(cfg.pruning, "the sensitivity allocation")
     alloc = allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta)
     widths = engine.widths(alloc.ratios)
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,
