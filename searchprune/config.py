@@ -207,8 +207,8 @@ class Config:
         """Check value ranges; raise :class:`ConfigError` with a one-line fix."""
         p = self.pruning
         if p.gamma is not None and (not (0.0 < p.gamma <= 1.0) or math.isnan(p.gamma)):
-            raise ConfigError(f"pruning.gamma must be in (0, 1] (or null: no FLOPs band), "
-                              f"got {p.gamma}")
+            raise ConfigError(f"pruning.gamma must be in (0, 1], got {p.gamma} (or null: no "
+                              "FLOPs band)")
         if not (p.tolerance >= 0.0) or math.isnan(p.tolerance):
             raise ConfigError(f"pruning.tolerance must be >= 0, got {p.tolerance}")
         if not (0.0 < p.eta <= 1.0) or math.isnan(p.eta):

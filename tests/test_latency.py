@@ -104,7 +104,7 @@ def test_latency_forms():
       "search": {"warm_start": "sensitivity"}}, "warm_start needs a FLOPs band"),
     ({"search": {"pareto_cost": "latncy"}}, "unknown search.pareto_cost 'latncy'.*'latency'"),
     ({"search": {"pareto_cost": "latency"}}, "pareto_cost is only used with"),
-    ({"pruning": {"gamma": 0}}, r"pruning.gamma must be in \(0, 1\] \(or null"),
+    ({"pruning": {"gamma": 0}}, r"pruning.gamma must be in \(0, 1\], got 0.0 \(or null"),
 ])
 def test_gamma_null_and_pareto_cost_are_checked(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -275,7 +275,8 @@ def test_gamma_null_searches_the_box_under_the_latency_cap(tmp_path, engine, tim
     assert len(done) == 6
     assert all(t.user_attrs["latency_ratio"] <= 0.6 for t in done)
     assert "latency_ms_measured" not in done[0].user_attrs  # measure: false
-    assert "flops_band" not in (done[0].system_attrs.get("constraints") or {})
+    constraints = [k.rsplit(":", 1)[-1] for k in done[0].system_attrs if ":" in k]
+    assert "latency" in constraints and "flops_band" not in constraints
     flops = [t.user_attrs["flops_ratio"] for t in done]
     assert max(flops) - min(flops) > 0.05  # no FLOPs band: the ratios spread
 
@@ -360,3 +361,24 @@ def test_project_to_limit_scales_down_onto_a_cap_and_leaves_feasible_proposals(e
     gate = Gate(engine, None, ((cap, value),))
     assert "flops_band" not in gate.distances(engine.widths(got))
     assert gate.ratios_ok(got) and not gate.ratios_ok(above)
+
+
+def test_export_card_puts_every_cost_ratio_side_by_side(tmp_path, timer):
+    from searchprune.search.finishing import export_trial
+
+    d = config_to_dict(Config())
+    d["data"].update({"calib_size": 64, "val_size": 100})
+    d["pruning"].update({"proxy": "none", "latency": {"batch_size": 4, "threads": 1,
+                                                      "measure": False}})
+    d["search"].update({"n_trials": 2, "study_name": "card"})
+    d["storage"] = str(tmp_path / "s.db")
+    study = run_study(config_from_dict(d), progress=False)
+    best = study.best_trial
+    card = export_trial(study, tmp_path / "out", trial=best.number, finetuned=False)
+    ratios = card["ratios"]
+    assert set(ratios) == {"flops", "params", "latency_predicted", "latency_measured_batch1",
+                           "latency_measured_batch4", "latency_measured_batch64"}
+    assert ratios["flops"] == pytest.approx(best.user_attrs["flops_ratio"])
+    assert ratios["latency_predicted"] == pytest.approx(best.user_attrs["latency_ratio"])
+    assert "1 threads" in card["latency_method"]  # the study's latency.threads
+    assert card["latency_table"]["key"] == study.user_attrs["latency"]["key"]
