@@ -43,8 +43,11 @@ class BaselineConfig:
 
 
 def _band(engine) -> tuple[float, float, float]:
+    from searchprune.search.band import config_band
+
     p = engine.cfg.pruning
-    return p.gamma, p.tolerance, p.eta
+    band = config_band(p, "a no-search baseline")
+    return band.gamma, band.tolerance, p.eta
 
 
 def _bounds(engine) -> dict[str, tuple[float, float]]:
@@ -223,7 +226,7 @@ def evaluate_baselines(engine, names: list[str], split: str = "val") -> list[dic
         rows.append({
             "name": name, "widths": b.widths, "flops_ratio": ratio,
             "params_ratio": cost.params / base.params, "top1": result.top1,
-            "top5": result.top5, "in_band": abs(ratio - engine.cfg.pruning.gamma) <= tol,
+            "top5": result.top5, "in_band": abs(ratio - _band(engine)[0]) <= tol,
             "proxy": engine.cfg.pruning.proxy, "seconds_solve": solve,
             "seconds_evaluate": sum(result.seconds.values()), **b.info,
         })

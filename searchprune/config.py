@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from searchprune.constraints import check_group_rules, limit_from
+from searchprune.constraints import check_group_rules, latency_spec, limit_from
 from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 
 __all__ = [
@@ -45,6 +45,8 @@ DEFAULT_PROXY = "ls"
 # A study stored before ``pruning.proxy`` existed was scored with least squares.
 LEGACY_PROXY = "ls"
 OBJECTIVES = ("single", "pareto")
+# What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
+PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
 
 
@@ -96,14 +98,18 @@ class ReconstructionConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """The FLOPs band, the search-space bounds, the channel criterion and the proxy.
+    """The FLOPs band, the search-space bounds, the limits on other costs, the channel
+    criterion and the proxy.
+
+    ``gamma: null`` switches the FLOPs band off (then ``params`` or ``latency`` must limit the
+    search).
 
     ``proxy``: ``ls`` (least-squares rebuild), ``abn`` (BatchNorm statistics re-estimated on
     ``abn_images`` calibration images, all of them when None), ``abn+ls`` (both, statistics
     first) or ``none`` (prune only).
     """
 
-    gamma: float = 0.5
+    gamma: float | None = 0.5
     tolerance: float = 0.02
     eta: float = 0.3
     criterion: str = "l1"
@@ -116,6 +122,9 @@ class PruningConfig:
     groups: dict[str, Any] | None = None
     # The params ratio: ``{max: r}`` or ``{target: r, tolerance: t}`` (constraints.py).
     params: dict[str, Any] | None = None
+    # The latency: ``{max: r}``, ``{target: r, tolerance: t}`` or ``{max_ms: x}`` plus
+    # ``batch_size``, ``threads``, ``dtype``, ``measure`` (constraints.latency_spec; latency.py).
+    latency: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,8 @@ class SearchConfig:
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
     gamma_range: list[float] | None = None
+    # the Pareto study's second objective: ``flops``, ``params`` or ``latency`` (predicted)
+    pareto_cost: str = "flops"
     # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
     # perturbations of it (searchprune/search/sensitivity.py)
     warm_start: str = "none"
@@ -195,8 +206,9 @@ class Config:
     def validate(self) -> Config:
         """Check value ranges; raise :class:`ConfigError` with a one-line fix."""
         p = self.pruning
-        if not (0.0 < p.gamma <= 1.0) or math.isnan(p.gamma):
-            raise ConfigError(f"pruning.gamma must be in (0, 1], got {p.gamma}")
+        if p.gamma is not None and (not (0.0 < p.gamma <= 1.0) or math.isnan(p.gamma)):
+            raise ConfigError(f"pruning.gamma must be in (0, 1], got {p.gamma} (or null: no "
+                              "FLOPs band)")
         if not (p.tolerance >= 0.0) or math.isnan(p.tolerance):
             raise ConfigError(f"pruning.tolerance must be >= 0, got {p.tolerance}")
         if not (0.0 < p.eta <= 1.0) or math.isnan(p.eta):
@@ -207,7 +219,13 @@ class Config:
             raise ConfigError(f"pruning.abn_images must be between 2 and data.calib_size "
                               f"({self.data.calib_size}), got {p.abn_images}")
         check_group_rules(p.groups)
-        limit_from("pruning.params", p.params)
+        params = limit_from("pruning.params", p.params)
+        latency = latency_spec(p.latency)
+        if p.gamma is None and self.search.objective == "single" and params is None and not (
+                latency is not None and latency.capped):
+            raise ConfigError("pruning.gamma: null switches the FLOPs band off; limit the "
+                              "search another way: pruning.params {max: r} or pruning.latency "
+                              "{max: r} / {max_ms: x}")
         r = p.reconstruction
         if r.ridge < 0:
             raise ConfigError(f"pruning.reconstruction.ridge must be >= 0, got {r.ridge}")
@@ -229,7 +247,7 @@ class Config:
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
-        _validate_sensitivity(self.sensitivity, s, p.eta)
+        _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
         return self
 
 
@@ -244,12 +262,15 @@ def validate_study_name(name: str) -> str:
     return name
 
 
-def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float) -> None:
+def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
+                          gamma: float | None = 0.5) -> None:
     """The ``sensitivity`` section and ``search.warm_start`` (one-line :class:`ConfigError`)."""
     if s.warm_start not in WARM_STARTS:
         raise ConfigError(unknown_choice("search.warm_start", s.warm_start, WARM_STARTS))
     if s.warm_start != "none" and s.objective != "single":
         raise ConfigError("search.warm_start needs search.objective: single (one FLOPs band)")
+    if s.warm_start != "none" and gamma is None:
+        raise ConfigError("search.warm_start needs a FLOPs band; set pruning.gamma (it is null)")
     if v.points < 1:
         raise ConfigError(f"sensitivity.points must be >= 1, got {v.points}")
     if v.ratios is not None and (
@@ -286,7 +307,13 @@ def _validate_objective(s: SearchConfig) -> None:
     """``search.objective`` and, for ``pareto``, ``search.gamma_range`` and what it excludes."""
     if s.objective not in OBJECTIVES:
         raise ConfigError(unknown_choice("search.objective", s.objective, OBJECTIVES))
+    if s.pareto_cost not in PARETO_COSTS:
+        raise ConfigError(unknown_choice("search.pareto_cost", s.pareto_cost, PARETO_COSTS))
     if s.objective == "single":
+        if s.pareto_cost != "flops":
+            raise ConfigError("search.pareto_cost is only used with search.objective: pareto; "
+                              "for one target limit the cost with pruning.params or "
+                              "pruning.latency")
         if s.gamma_range is not None:
             raise ConfigError("search.gamma_range is only used with search.objective: pareto; "
                               "use pruning.gamma and pruning.tolerance for one target")

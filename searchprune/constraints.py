@@ -1,6 +1,6 @@
 """What the user allows: per-group keep-ratio bounds (``pruning.groups``) and limits on a cost
-ratio (``pruning.params``). Plain functions, no torch and no Optuna, so the config, the search
-layer and any other step (e.g. a sensitivity scan) share one definition.
+ratio (``pruning.params``, ``pruning.latency``). Plain functions, no torch and no Optuna, so the
+config, the search layer and any other step (e.g. a sensitivity scan) share one definition.
 
 ``pruning.groups`` maps glob patterns over group names (``fnmatch``: ``*`` matches dots too) to
 ``{min: r, max: r}`` or ``{fixed: r}``. A group's range is the intersection of ``[eta, 1]`` and
@@ -19,11 +19,14 @@ from typing import Any
 
 from searchprune.errors import ConfigError, did_you_mean
 
-__all__ = ["Bounds", "Limit", "check_group_rules", "fixed_ratios", "free_names", "group_bounds",
-           "limit_from", "resolve_bounds"]
+__all__ = ["LATENCY_DTYPES", "Bounds", "LatencySpec", "Limit", "check_group_rules", "fixed_ratios",
+           "free_names", "group_bounds", "latency_spec", "limit_from", "resolve_bounds"]
 
 Bounds = dict[str, tuple[float, float]]
 _RULE_KEYS = ("min", "max", "fixed")
+LATENCY_DTYPES = ("float32", "bfloat16")
+# pruning.latency keys besides the ratio forms of :func:`limit_from`
+_LATENCY_KEYS = ("max_ms", "batch_size", "threads", "dtype", "measure")
 
 
 def _ratio(value: Any, where: str) -> float:
@@ -132,6 +135,15 @@ class Limit:
         return f"{self.name} ratio <= {self.high:g}"
 
 
+def _check_keys(key: str, raw: Any, known: Sequence[str], forms: str) -> None:
+    """``raw`` is a mapping with only ``known`` keys (one-line :class:`ConfigError`s)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key} must be {forms}, got {raw!r}")
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"unknown key '{k}' in {key}{did_you_mean(k, known)}; use {forms}")
+
+
 def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None:
     """``{max: r}`` or ``{target: r, tolerance: t}`` (ratios) as a :class:`Limit` named after
     the last part of ``key``; None when ``raw`` is None. ``extra`` keys are allowed and ignored
@@ -139,12 +151,7 @@ def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None
     if raw is None:
         return None
     forms = "{max: r} or {target: r, tolerance: t}"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key} must be {forms}, got {raw!r}")
-    known = ("max", "target", "tolerance", *extra)
-    for k in raw:
-        if k not in known:
-            raise ConfigError(f"unknown key '{k}' in {key}{did_you_mean(k, known)}; use {forms}")
+    _check_keys(key, raw, ("max", "target", "tolerance", *extra), forms)
     name = key.rsplit(".", 1)[-1]
     if "max" in raw:
         if "target" in raw or "tolerance" in raw:
@@ -158,3 +165,73 @@ def limit_from(key: str, raw: Any, *, extra: Sequence[str] = ()) -> Limit | None
             0.0 <= tol < 1.0) or math.isnan(tol):
         raise ConfigError(f"{key}.tolerance must be a number in [0, 1), got {tol!r}")
     return Limit(name, target + float(tol), max(0.0, target - float(tol)))
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """``pruning.latency``: a limit on the predicted latency (a ratio ``limit`` of the unpruned
+    network's, or ``max_ms`` milliseconds, or neither: predict and measure only) and how
+    latency is measured (``batch_size`` images per forward pass, ``threads`` CPU threads,
+    ``dtype``; ``measure``: also time every evaluated trial's built network)."""
+
+    limit: Limit | None = None
+    max_ms: float | None = None
+    batch_size: int = 64
+    threads: int = 2
+    dtype: str = "float32"
+    measure: bool = True
+
+    @property
+    def capped(self) -> bool:
+        """Whether candidates are gated on latency (a ratio limit or ``max_ms``)."""
+        return self.limit is not None or self.max_ms is not None
+
+    def limit_for(self, base_ms: float) -> Limit | None:
+        """The limit as a ratio, given the unpruned network's predicted latency ``base_ms``."""
+        if self.max_ms is not None:
+            return Limit("latency", self.max_ms / base_ms)
+        return self.limit
+
+    def describe(self) -> str:
+        if self.max_ms is not None:
+            return f"latency <= {self.max_ms:g} ms"
+        return self.limit.describe() if self.limit is not None else "latency (no limit)"
+
+
+def _count(raw: Mapping[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"pruning.latency.{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def latency_spec(raw: Any) -> LatencySpec | None:
+    """``pruning.latency`` checked and parsed (None when unset): ``{max: r}``,
+    ``{target: r, tolerance: t}`` (ratios of the unpruned network's latency), ``{max_ms: x}``
+    or no limit at all, plus the optional measurement keys."""
+    if raw is None:
+        return None
+    _check_keys("pruning.latency", raw, ("max", "target", "tolerance", *_LATENCY_KEYS),
+                "{max: r}, {target: r, tolerance: t} or {max_ms: x}, with batch_size, threads, "
+                "dtype, measure")
+    ratio_form = any(k in raw for k in ("max", "target", "tolerance"))
+    max_ms = raw.get("max_ms")
+    if max_ms is not None:
+        if ratio_form:
+            raise ConfigError("pruning.latency: give either max_ms or a ratio (max, or target "
+                              "and tolerance), not both")
+        if isinstance(max_ms, bool) or not isinstance(max_ms, (int, float)) or not (
+                0.0 < float(max_ms) < math.inf):
+            raise ConfigError(f"pruning.latency.max_ms must be a positive number of "
+                              f"milliseconds, got {max_ms!r}")
+        max_ms = float(max_ms)
+    limit = limit_from("pruning.latency", raw, extra=_LATENCY_KEYS) if ratio_form else None
+    dtype = raw.get("dtype", "float32")
+    if dtype not in LATENCY_DTYPES:
+        raise ConfigError(f"pruning.latency.dtype must be one of {', '.join(LATENCY_DTYPES)}, "
+                          f"got {dtype!r}{did_you_mean(str(dtype), LATENCY_DTYPES)}")
+    measure = raw.get("measure", True)
+    if not isinstance(measure, bool):
+        raise ConfigError(f"pruning.latency.measure must be true or false, got {measure!r}")
+    return LatencySpec(limit, max_ms, _count(raw, "batch_size", 64), _count(raw, "threads", 2),
+                       dtype, measure)

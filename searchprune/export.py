@@ -17,9 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -168,16 +166,12 @@ def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, ...],
 
 
 def measure_latency(model, input_shape: tuple[int, ...], batch: int, *, repeats: int = 20,
-                    warmup: int = 3) -> float:
+                    warmup: int = 3, threads: int | None = None) -> float:
     """Median wall time in milliseconds of one forward pass on a random batch (CPU, inference
-    mode, ``warmup`` untimed runs first)."""
+    mode, ``warmup`` untimed runs first; ``threads``: torch CPU threads while timing, the
+    current count when None)."""
+    from searchprune.latency import cpu_threads, time_forward
+
     x = torch.randn(batch, *input_shape[1:])
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    with cpu_threads(threads):
+        return time_forward(model, x, repeats=repeats, warmup=warmup)

@@ -10,7 +10,7 @@ every rank (identical weights, identical results) and only rank 0 writes files.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +105,15 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
 
 def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSettings,
                   out_dir: str | Path, *, latency_batch: int | None = 64,
+                  latency_threads: int | None = None,
+                  predict_latency: Callable[[Mapping[str, int]], float] | None = None,
                   progress: bool = False) -> list[dict[str, Any]]:
     """Fine-tune every candidate with the same recipe (``settings.epochs`` epochs, same images
     and seed) and report them side by side: validation and test top-1 before and after, FLOPs
-    and params ratios, and (unless ``latency_batch`` is None) CPU latency of the fine-tuned net.
+    and params ratios, (unless ``latency_batch`` is None) CPU latency of the fine-tuned net
+    (``latency_ms``; ``latency_ratio``: to the unpruned net's, both measured on
+    ``latency_threads`` threads) and, with ``predict_latency`` (the study's latency table),
+    the predicted ratio (``latency_ratio_predicted``).
 
     Each candidate's training is checkpointed under ``out_dir``; calling again resumes.
     """
@@ -118,8 +123,8 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
     data, device = engine.data, engine.device
     base = engine.base_cost
     shape = (1, *data.input_shape)
-    base_ms = (measure_latency(engine.model.cpu().eval(), shape, latency_batch)
-               if latency_batch else None)
+    base_ms = (measure_latency(engine.model.cpu().eval(), shape, latency_batch,
+                               threads=latency_threads) if latency_batch else None)
     engine.model.to(device)
     rows = []
     for i, cand in enumerate(candidates, 1):
@@ -139,8 +144,11 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
             "test_top5": test5, "flops_ratio": cost.flops / base.flops,
             "params_ratio": cost.params / base.params,
         }
+        if predict_latency is not None:
+            row["latency_ratio_predicted"] = float(predict_latency(cand.widths))
         if base_ms is not None:
-            ms = measure_latency(model.cpu().eval(), shape, latency_batch)
+            ms = measure_latency(model.cpu().eval(), shape, latency_batch,
+                                 threads=latency_threads)
             row.update(latency_ms=ms, latency_ratio=ms / base_ms, latency_batch=latency_batch)
         rows.append(row)
     return rows

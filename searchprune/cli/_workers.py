@@ -56,9 +56,11 @@ def run_workers(cfg: Config, storage: Any, worker_args: Sequence[str], workers: 
     received: list[int] = []
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]
     command = [sys.executable, *LAUNCHER, "study", "run", *worker_args]
+    from searchprune.search._liveness import WORKERS_ENV
     from searchprune.search.storage import resolve_storage_url
 
-    env = {**os.environ, STORAGE_ENV: resolve_storage_url(cfg.storage)}
+    env = {**os.environ, STORAGE_ENV: resolve_storage_url(cfg.storage),
+           WORKERS_ENV: str(workers)}
     procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
              for log in logs]
 

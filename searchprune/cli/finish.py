@@ -154,13 +154,18 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
         emit_json({"epochs": settings.epochs, "rows": rows})
         return 0
     cols = ["candidate", "val before", "val after", "test after", "FLOPs", "params"]
+    predicted = any("latency_ratio_predicted" in r for r in rows)
+    if predicted:
+        cols.append("latency pred.")
     lat = not args.no_latency
     if lat:
-        cols.append("latency (batch 64)")
-    table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe",
+        cols.append(f"latency meas. (batch {rows[0].get('latency_batch', 64)})")
+    table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe "
+          "(costs as ratios of the unpruned network's)",
           cols, [[str(r["key"]), f"{r['val_top1_before']:.2f}", f"{r['val_top1']:.2f}",
                   f"{r['test_top1']:.2f}", f"{r['flops_ratio']:.3f}", f"{r['params_ratio']:.3f}"]
-                 + ([f"{r['latency_ms']:.1f} ms ({r['latency_ratio']:.2f}x)"] if lat else [])
+                 + ([f"{r['latency_ratio_predicted']:.3f}"] if predicted else [])
+                 + ([f"{r['latency_ratio']:.3f} ({r['latency_ms']:.1f} ms)"] if lat else [])
                  for r in rows])
     return 0
 
@@ -179,6 +184,10 @@ def _export(args: argparse.Namespace) -> int:
     console.print(f"exported trial {card['trial']} to {args.out}: FLOPs ratio "
                   f"{card['flops_ratio']:.3f}, params ratio {card['params_ratio']:.3f}; "
                   f"files: {', '.join(card['files'].values())}")
+    names = {"flops": "FLOPs", "params": "params", "latency_predicted": "latency (predicted)"}
+    table("ratios to the unpruned network", ["cost", "ratio"],
+          [[names.get(k, k.replace("latency_measured_batch", "latency (measured, batch ") + ")"),
+            f"{v:.3f}"] for k, v in card["ratios"].items()])
     if "onnx_check" in card:
         console.print(f"ONNX vs PyTorch logits: max abs diff "
                       f"{card['onnx_check']['max_abs_diff']:.2e} ({card['onnx_check']['runtime']})")

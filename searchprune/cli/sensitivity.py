@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     from searchprune.config import load_config
     from searchprune.engine import engine_for
     from searchprune.report.sensitivity import plot_sensitivity
-    from searchprune.search.band import Band
+    from searchprune.search.band import config_band
     from searchprune.search.runner import open_storage
     from searchprune.search.sensitivity import allocation_of, run_scan, space_of
 
@@ -54,11 +54,11 @@ def _run(args: argparse.Namespace) -> int:
         "pruning.proxy": args.proxy, "storage": args.storage})
     if cfg.search.objective != "single":
         raise ConfigError("sensitivity needs search.objective: single (one FLOPs band)")
+    band = config_band(cfg.pruning, "the sensitivity allocation")
     storage = open_storage(cfg)
     engine = engine_for(cfg, progress=not args.json)
     with _Progress(enabled=not args.json) as bar:
         scan = run_scan(cfg, engine, storage=storage, on_point=bar.step)
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
     alloc = allocation_of(cfg, engine, scan)
     widths = engine.widths({**space_of(cfg, engine)[1], **alloc.ratios})
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,

@@ -301,31 +301,55 @@ def _summary(study: Any) -> dict[str, Any]:
         attrs["config"] = redact_config(attrs["config"])
     multi = is_multi_objective(study)
     out = {"study_name": study.study_name, "objective": "pareto" if multi else "single",
+           "cost_columns": _cost_columns(trials),
            "directions": [d.name.lower() for d in study.directions],
            "counts": dict(counts), "evaluated": n_evaluated(study),
            "best_trial": _trial(best[0]) if best else None, "user_attrs": attrs}
     if multi:
         out["front"] = [_trial(t) for t in sorted(best, key=lambda t: t.values[1])]
+        out["pareto_cost"] = _pareto_cost(study)
     else:
         out["spread"] = _spread(study.user_attrs, trials)
     return out
 
 
+# The cost ratios a study may record per trial (objective.py), in the order tables show them:
+# the analytic ones, then the predicted and the measured latency (with a latency table).
+COST_RATIOS = (("flops_ratio", "FLOPs ratio"), ("params_ratio", "params ratio"),
+               ("latency_ratio", "latency pred."), ("latency_ratio_measured", "latency meas."))
+_LONG = {"latency_ratio": "predicted latency ratio",
+         "latency_ratio_measured": "measured latency ratio"}
+
+
+def _cost_columns(trials: list[Any]) -> list[str]:
+    """The cost ratios recorded on any of ``trials`` (FLOPs and params always)."""
+    seen = {k for t in trials for k in t.user_attrs}
+    return [k for k, _ in COST_RATIOS if k in ("flops_ratio", "params_ratio") or k in seen]
+
+
+def _pareto_cost(study: Any) -> str:
+    """The ratio a Pareto study minimises (its second metric name), e.g. ``latency_ratio``."""
+    names = getattr(study, "metric_names", None) or []
+    return names[1] if len(names) > 1 and names[1] else "flops_ratio"
+
+
 def _spread(attrs: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
     """The unpruned baseline, then the best, median and worst evaluated trial by val top-1: how
-    much the choice of configuration matters."""
+    much the choice of configuration matters, with every cost ratio side by side."""
     from searchprune.report.study_plot import study_points
 
+    columns = _cost_columns(trials)
     rows = [{"label": "unpruned", "trial": None, "val_top1": attrs.get("baseline_val_top1"),
-             "flops_ratio": 1.0, "params_ratio": 1.0}]
+             **{k: 1.0 for k in columns}}]
     points = study_points(trials)  # best first
     if not points:
         return rows
-    params = {t.number: t.user_attrs.get("params_ratio") for t in trials}
+    by_number = {t.number: t.user_attrs for t in trials}
     for label, p in (("best", points[0]), ("median", points[len(points) // 2]),
                      ("worst", points[-1])):
         rows.append({"label": label, "trial": p.number, "val_top1": p.top1,
-                     "flops_ratio": p.flops_ratio, "params_ratio": params.get(p.number)})
+                     **{k: by_number[p.number].get(k) for k in columns},
+                     "flops_ratio": p.flops_ratio})
     return rows
 
 
@@ -337,34 +361,55 @@ def _print_summary(summary: dict[str, Any]) -> None:
             ["rejected proposals", attrs.get("rejected_proposals", 0)]]
     if len(spread) < 2:  # a Pareto study, or nothing evaluated yet (else: the spread table)
         rows += [["baseline val top-1", _pct(attrs.get("baseline_val_top1"))]]
+    columns = summary.get("cost_columns") or ["flops_ratio", "params_ratio"]
+    labels = {**dict(COST_RATIOS), **_LONG}
     if "front" in summary:
-        ratios = [t["user_attrs"].get("flops_ratio") for t in summary["front"]]
-        rows += [["objectives", "max val top-1, min FLOPs ratio (Pareto front)"],
+        cost = summary.get("pareto_cost", "flops_ratio")
+        ratios = [t["user_attrs"].get(cost) for t in summary["front"]]
+        ratios = [r for r in ratios if r is not None]
+        rows += [["objectives", f"max val top-1, min {labels.get(cost, cost)} (Pareto front)"],
                  ["front members", len(summary["front"])]]
         if ratios:
-            rows += [["front FLOPs ratios", f"{min(ratios):.4f} to {max(ratios):.4f}"]]
+            rows += [[f"front {labels.get(cost, cost)}s",
+                      f"{min(ratios):.4f} to {max(ratios):.4f}"]]
         if best is not None:
             u = best["user_attrs"]
             rows += [["most accurate member", best["number"]],
-                     ["its val top-1", _pct(best["value"])],
-                     ["its FLOPs ratio", _num(u.get("flops_ratio"))],
-                     ["its params ratio", _num(u.get("params_ratio"))]]
+                     ["its val top-1", _pct(best["value"])]]
+            rows += [[f"its {labels[k]}", _num(u.get(k))] for k in columns]
+    latency = attrs.get("latency")
+    if isinstance(latency, dict) and latency.get("base_ms_measured") is not None:
+        errors = [abs(e) for e in latency.get("holdout_errors") or []]
+        rows += [["latency (unpruned)",
+                  f"{latency['base_ms_measured']:.2f} ms measured, "
+                  f"{latency['base_ms_predicted']:.2f} ms predicted (batch "
+                  f"{latency.get('batch_size')}, {latency.get('threads')} threads, "
+                  f"{latency.get('dtype')})"
+                  + (f"; table error on held-out nets <= {100 * max(errors):.1f}%"
+                     if errors else "")]]
     table(f"study {summary['study_name']}", ["", ""], rows)
+    labels = dict(COST_RATIOS)
     if len(spread) > 1:
-        table("evaluated configurations, ranked by val top-1",
-              ["", "trial", "val top-1", "FLOPs ratio", "params ratio"],
-              [[r["label"], r["trial"], _pct(r["val_top1"]), _num(r["flops_ratio"]),
-                _num(r["params_ratio"])] for r in spread])
+        table("evaluated configurations, ranked by val top-1 (costs as ratios of the unpruned "
+              "network's)", ["", "trial", "val top-1", *(labels[k] for k in columns)],
+              [[r["label"], r["trial"], _pct(r["val_top1"]), *(_num(r.get(k)) for k in columns)]
+               for r in spread])
+        pruning = (attrs.get("config") or {}).get("pruning") or {}
+        same = ("within the same constraints" if pruning.get("gamma", 0.5) is None
+                else "at the same FLOPs budget")
         console.print(f"best - worst: {spread[1]['val_top1'] - spread[-1]['val_top1']:.2f} "
-                      "points of val top-1 at the same FLOPs budget")
+                      f"points of val top-1 {same}")
 
 
 def _print_trials(trials: list[Any], front: set[int] | None = None) -> None:
-    """The trials table; with ``front`` (a Pareto study) a column marks the front members."""
-    head = ["#", "state", "val top-1", "top-5", "FLOPs ratio", "params ratio"]
+    """The trials table with every recorded cost ratio; with ``front`` (a Pareto study) a
+    column marks the front members."""
+    columns = _cost_columns(trials)
+    labels = dict(COST_RATIOS)
+    head = ["#", "state", "val top-1", "top-5", *(labels[k] for k in columns)]
     rows = [[t.number, t.state.name, _pct(t.values[0] if t.values else None),
-             _pct(t.user_attrs.get("top5")), _num(t.user_attrs.get("flops_ratio")),
-             _num(t.user_attrs.get("params_ratio"))] for t in trials]
+             _pct(t.user_attrs.get("top5")), *(_num(t.user_attrs.get(k)) for k in columns)]
+            for t in trials]
     if front is not None:
         head.append("front")
         rows = [[*r, "yes" if t.number in front else ""] for r, t in zip(rows, trials)]

@@ -75,9 +75,12 @@ def run_criteria_benchmark(cfg: Config, criteria: Sequence[str], *, n_configs: i
         from searchprune.engine import PruningEngine
 
         engine = PruningEngine.from_config(cfg)
+    from searchprune.search.band import config_band
+
     p = cfg.pruning
-    configs = draw_configs(engine, n_configs, gamma=p.gamma, tolerance=p.tolerance, eta=p.eta,
-                           seed=seed, groups=p.groups)
+    band = config_band(p, "the criteria benchmark")
+    configs = draw_configs(engine, n_configs, gamma=band.gamma, tolerance=band.tolerance,
+                           eta=p.eta, seed=seed, groups=p.groups)
     report = CriteriaReport(list(criteria), configs)
     report.baseline_top1 = engine.evaluate_baseline("val")[0]
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()

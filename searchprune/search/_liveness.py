@@ -23,10 +23,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["REQUEUED_ATTR", "WORKER_ATTR", "drop_waiting", "identity", "is_gone",
+__all__ = ["REQUEUED_ATTR", "WORKERS_ENV", "WORKER_ATTR", "drop_waiting", "identity", "is_gone",
            "reap_dead_workers", "report_remote"]
 
 WORKER_ATTR = "worker"
+# How many workers ``study run --workers K`` started on this machine (set in their environment).
+WORKERS_ENV = "SEARCHPRUNE_WORKERS"
 REQUEUED_ATTR = "requeued_from"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 

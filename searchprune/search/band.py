@@ -2,19 +2,24 @@
 
 A configuration is a dict of keep-ratios in ``[eta, 1]`` per prunable group; it is inside the
 band when ``|flops_ratio - gamma| <= tolerance`` (paper Eq. 1, ``gamma`` = fraction of FLOPs kept).
+A :class:`Gate` adds the limits on other ratios (``pruning.params``, ``pruning.latency``); with
+``pruning.gamma: null`` there is no band and the first limit is the *primary* constraint, the
+one proposals are projected onto.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from searchprune.constraints import Limit, fixed_ratios, free_names
+from searchprune.errors import ConfigError
 
-__all__ = ["Band", "CostModel", "Gate", "draw_in_band", "draws_in_band", "draws_in_bounds", "project_to_band"]
+__all__ = ["Band", "CostModel", "Gate", "config_band", "draw_in_band", "draws_in_band",
+           "draws_in_bounds", "project_to_band", "project_to_limit"]
 
 BAND_CONSTRAINT = "flops_band"
 
@@ -45,20 +50,32 @@ class Band:
         return self.contains(model.flops_ratio(model.widths(ratios)))
 
 
+def config_band(pruning: Any, what: str) -> Band:
+    """The FLOPs band of a ``pruning`` config section; ``what`` needs one, so ``gamma: null``
+    is a one-line :class:`ConfigError`."""
+    if pruning.gamma is None:
+        raise ConfigError(f"{what} needs a FLOPs band: set pruning.gamma (it is null in this "
+                          "config)")
+    return Band(pruning.gamma, pruning.tolerance)
+
+
 @dataclass(frozen=True)
 class Gate:
-    """Everything a candidate must satisfy before a network is built: the FLOPs ``band`` and
-    any ``limits`` on other ratios (``pruning.params``), each with the function that computes
-    its ratio from the widths. ``fixed`` keep-ratios are added to every ratio dict tested."""
+    """Everything a candidate must satisfy before a network is built: the FLOPs ``band``
+    (None: ``pruning.gamma: null``) and any ``limits`` on other ratios (``pruning.params``,
+    ``pruning.latency``), each with the function that computes its ratio from the widths,
+    cheapest first (without a band, the primary limit first). ``fixed`` keep-ratios are added
+    to every ratio dict tested."""
 
     model: CostModel
-    band: Band
+    band: Band | None
     limits: tuple[tuple[Limit, Callable[[Mapping[str, int]], float]], ...] = ()
     fixed: Mapping[str, float] | None = None
 
     def distances(self, widths: Mapping[str, int]) -> dict[str, float]:
         """Constraint name -> signed distance (``<= 0``: satisfied), the band first."""
-        out = {BAND_CONSTRAINT: self.band.distance(self.model.flops_ratio(widths))}
+        out = ({} if self.band is None
+               else {BAND_CONSTRAINT: self.band.distance(self.model.flops_ratio(widths))})
         for limit, value in self.limits:
             out[limit.name] = limit.distance(value(widths))
         return out
@@ -67,9 +84,23 @@ class Gate:
         """Whether keep-ratios (the fixed groups added) satisfy every constraint; the band is
         tested first and the rest only when it holds."""
         widths = self.model.widths({**(self.fixed or {}), **ratios})
-        if not self.band.contains(self.model.flops_ratio(widths)):
+        if self.band is not None and not self.band.contains(self.model.flops_ratio(widths)):
             return False
         return all(limit.contains(value(widths)) for limit, value in self.limits)
+
+    def project(self, ratios: Mapping[str, float], eta: float, *,
+                bounds: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+        """``ratios`` (the free groups) scaled onto the primary constraint: the FLOPs band
+        (:func:`project_to_band`), else the first limit (:func:`project_to_limit`); the fixed
+        groups added. The other constraints are the caller's to check."""
+        if self.band is not None:
+            return project_to_band(self.model, ratios, self.band, eta, bounds=bounds,
+                                   fixed=self.fixed)
+        if not self.limits:
+            return {**(self.fixed or {}), **ratios}
+        limit, value = self.limits[0]
+        return project_to_limit(self.model, ratios, limit, value, eta, bounds=bounds,
+                                fixed=self.fixed)
 
 
 def draw_in_band(rng: np.random.Generator, names: Sequence[str], eta: float | Sequence[float],
@@ -142,6 +173,42 @@ def project_to_band(model: CostModel, ratios: Mapping[str, float], band: Band, e
     groups are added unscaled. Width rounding can leave the result slightly off ``gamma``; it
     is returned anyway and the caller checks the band.
     """
+    scaled, low, high = _scaling(ratios, eta, bounds, fixed)
+    best, _ = _bisect(lambda s: model.flops_ratio(model.widths(scaled(s))), band.gamma, low,
+                      high, iterations)
+    return scaled(best)
+
+
+def project_to_limit(model: CostModel, ratios: Mapping[str, float], limit: Limit,
+                     value: Callable[[Mapping[str, int]], float], eta: float, *,
+                     bounds: Mapping[str, tuple[float, float]] | None = None,
+                     fixed: Mapping[str, float] | None = None,
+                     iterations: int = 50) -> dict[str, float]:
+    """:func:`project_to_band` for a limit on another ratio (``value`` of the widths, e.g.
+    the predicted latency ratio; non-decreasing in the common scale ``s``). A target limit
+    (``low > 0``) is projected onto its centre, like the band onto ``gamma``; an upper bound
+    scales a proposal above it down to the largest ``s`` that satisfies it and leaves a
+    proposal inside it unchanged."""
+    scaled, low, high = _scaling(ratios, eta, bounds, fixed)
+
+    def at(s: float) -> float:
+        return value(model.widths(scaled(s)))
+
+    if limit.low > 0.0:
+        best, _ = _bisect(at, 0.5 * (limit.low + limit.high), low, high, iterations)
+        return scaled(best)
+    if at(1.0) <= limit.high:
+        return scaled(1.0)
+    _, below = _bisect(at, limit.high, low, 1.0, iterations)
+    return scaled(below)
+
+
+def _scaling(ratios: Mapping[str, float], eta: float,
+             bounds: Mapping[str, tuple[float, float]] | None,
+             fixed: Mapping[str, float] | None
+             ) -> tuple[Callable[[float], dict[str, float]], float, float]:
+    """``scaled(s)``: the ratios times ``s`` clipped to each group's range, fixed groups
+    added; and the range of ``s`` that moves some group (from all-lowest to all-highest)."""
     fixed = dict(fixed or {})
     limits = {k: (bounds or {}).get(k, (eta, 1.0)) for k in ratios}
     values = {k: max(float(v), 1e-12) for k, v in ratios.items()}
@@ -152,17 +219,21 @@ def project_to_band(model: CostModel, ratios: Mapping[str, float], band: Band, e
         return {**fixed, **{k: min(limits[k][1], max(limits[k][0], s * float(v)))
                             for k, v in ratios.items()}}
 
-    def flops(s: float) -> float:
-        return model.flops_ratio(model.widths(scaled(s)))
+    return scaled, low, high
 
-    best, best_err = low, abs(flops(low) - band.gamma)
+
+def _bisect(f: Callable[[float], float], target: float, low: float, high: float,
+            iterations: int) -> tuple[float, float]:
+    """Bisection on a non-decreasing ``f``: the ``s`` whose ``f(s)`` came closest to
+    ``target``, and the last ``s`` seen with ``f(s) < target`` (``low`` if none)."""
+    best, best_err = low, abs(f(low) - target)
     for _ in range(iterations):
         mid = 0.5 * (low + high)
-        r = flops(mid)
-        if abs(r - band.gamma) < best_err:
-            best, best_err = mid, abs(r - band.gamma)
-        if r < band.gamma:
+        r = f(mid)
+        if abs(r - target) < best_err:
+            best, best_err = mid, abs(r - target)
+        if r < target:
             low = mid
         else:
             high = mid
-    return scaled(best)
+    return best, low

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.config import Config, config_from_dict, upgrade_stored
+from searchprune.constraints import LatencySpec
 from searchprune.engine import engine_for
 from searchprune.errors import SearchpruneError
 from searchprune.finetune import (
@@ -33,12 +34,15 @@ from searchprune.train import distributed_world, is_main_process
 
 __all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
            "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
-           "top_trials"]
+           "study_latency_table", "top_trials"]
 
 FINETUNE_ATTR = "finetune"
 FINETUNE_EACH_ATTR = "finetune_each"
 ARTIFACTS_ENV = "SEARCHPRUNE_ARTIFACTS"
 _log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from searchprune.latency import LatencyTable
 
 
 def load_study_config(study: optuna.Study) -> Config:
@@ -143,13 +147,29 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     for name in baselines:
         b = solve_baseline(name, engine)
         candidates.append(Candidate(name, b.widths, b.keep))
+    spec, table = study_latency_table(study, cfg, engine)
+    if spec is not None and latency_batch is not None:  # measured as the study measures
+        latency_batch = spec.batch_size
     rows = finetune_each(engine, candidates, settings, out_dir, latency_batch=latency_batch,
+                         latency_threads=spec.threads if spec is not None else None,
+                         predict_latency=table.ratio if table is not None else None,
                          progress=progress)
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
               "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
     if is_main_process():  # under torchrun rank 0 records the one result
         study.set_user_attr(FINETUNE_EACH_ATTR, record)
     return rows
+
+
+def study_latency_table(study: optuna.Study, cfg: Config, engine: Any
+                        ) -> tuple[LatencySpec | None, LatencyTable | None]:
+    """The study's latency settings (``pruning.latency``, or the defaults of a latency Pareto
+    study) and its latency table on this machine, each None when absent."""
+    from searchprune.latency import stored_table
+    from searchprune.search.objective import latency_needed
+
+    spec = latency_needed(cfg)
+    return spec, stored_table(study, engine, spec) if spec is not None else None
 
 
 def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | None:
@@ -252,15 +272,26 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["accuracy"].update({k: ft[k] for k in ("val_top1", "test_top1", "test_top5",
                                                     "test_top1_before") if k in ft})
         card["accuracy"]["epochs"] = ft.get("epochs", 0) + ft.get("final_epochs", 0)
+    spec, table = study_latency_table(study, cfg, engine)
+    ratios: dict[str, float] = {"flops": cost.flops / base.flops,
+                                "params": cost.params / base.params}
+    if table is not None:
+        ratios["latency_predicted"] = table.ratio(widths)
+        card["latency_table"] = {"key": table.key, "base_ms_predicted": table.base_ms,
+                                 "holdout_errors": table.holdout_errors()}
     if latency:
+        threads = spec.threads if spec is not None else torch.get_num_threads()
         card["latency_ms"] = {}
-        for b in (1, 64):
-            card["latency_ms"][f"batch{b}"] = {
-                "pruned": measure_latency(model, shape, b),
-                "original": measure_latency(engine.model.cpu().eval(), shape, b),
+        for b in sorted({1, 64, *([spec.batch_size] if spec is not None else [])}):
+            entry = card["latency_ms"][f"batch{b}"] = {
+                "pruned": measure_latency(model, shape, b, threads=threads),
+                "original": measure_latency(engine.model.cpu().eval(), shape, b,
+                                            threads=threads),
             }
+            ratios[f"latency_measured_batch{b}"] = entry["pruned"] / entry["original"]
         card["latency_method"] = (f"median of 20 timed forward passes after 3 warm-up passes, "
                                   f"random input, torch.inference_mode, CPU, "
-                                  f"{torch.get_num_threads()} threads, eager PyTorch modules")
+                                  f"{threads} threads, eager PyTorch modules")
+    card["ratios"] = ratios
     return export_model(model, out_dir, input_shape=shape, widths=widths, card=card, force=force,
                         format=format)

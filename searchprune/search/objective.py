@@ -3,11 +3,18 @@
 What a study optimises is an :class:`ObjectiveSpec` (:func:`describe_objective`): its directions
 and metric names, the band that gates candidates, whether proposals are projected onto it, and
 how a trial's value is computed from the evaluation (``single``: validation top-1; ``pareto``:
-validation top-1 and the FLOPs ratio over ``search.gamma_range``). Everything else is shared.
+validation top-1 and the ``search.pareto_cost`` ratio (FLOPs, params or predicted latency) over
+``search.gamma_range``). Everything else is shared. With ``pruning.gamma: null`` there is no
+band: the gate holds the limits only and proposals are projected onto the primary one
+(``pruning.latency``, else ``pruning.params``).
 
 Every trial stores, as user attributes (the dashboard shows them; it cannot show constraints):
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
-``band_violation``; evaluated trials add ``top1``, ``top5`` and ``seconds_*``. Out-of-band
+``band_violation``; with a latency table (``pruning.latency`` or a latency Pareto study)
+``latency_ms`` and ``latency_ratio`` (predicted); evaluated trials add ``top1``, ``top5`` and
+``seconds_*``, and with ``pruning.latency.measure`` the built network's
+``latency_ms_measured``, ``latency_ratio_measured`` and ``latency_unreliable`` (true when
+other workers share this machine, so the timing is disturbed). Out-of-band
 proposals are PRUNED without evaluation (``feasible: false``). A trial FAILs with a
 ``fail_reason`` user attr when the evaluation yields NaN/inf, when reconstruction meets NaN/inf
 features (``FloatingPointError``), or when a signal interrupts it; the study goes on (or, after a
@@ -20,53 +27,66 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import TrialState
 
-from searchprune.constraints import fixed_ratios, group_bounds, limit_from
+from searchprune.constraints import (
+    LatencySpec,
+    fixed_ratios,
+    group_bounds,
+    latency_spec,
+    limit_from,
+)
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._interrupt import InterruptGuard, signal_name
-from searchprune.search._liveness import WORKER_ATTR, identity
-from searchprune.search.band import BAND_CONSTRAINT, Band, Gate, project_to_band
+from searchprune.search._liveness import WORKER_ATTR, WORKERS_ENV, identity
+from searchprune.search.band import BAND_CONSTRAINT, Band, Gate
 from searchprune.search.budget import REFUSED_ATTR, Budget
-from searchprune.search.pareto import DIRECTIONS, METRIC_NAMES, pareto_band
+from searchprune.search.pareto import DIRECTIONS, pareto_band
 from searchprune.search.samplers import sampler_spec
 from searchprune.search.trials import rejected_proposals
 
 if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
+    from searchprune.latency import LatencyModel
 
-__all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective", "make_gate",
-           "make_objective", "make_pruner", "rejected_proposals"]
+__all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective",
+           "latency_needed", "make_gate", "make_objective", "make_pruner", "rejected_proposals"]
 
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
     """What a study optimises and how a trial's value is computed.
 
-    ``band`` gates every candidate before evaluation; ``target`` names it in messages and in
-    the dashboard note; ``project`` maps proposals onto the band first (samplers that cannot
-    be steered into it); ``values`` turns ``(top1, flops_ratio)`` into the trial's value(s).
+    ``band`` gates every candidate before evaluation (None: ``pruning.gamma: null``, the
+    limits gate alone); ``target`` names the primary constraint in messages and in the
+    dashboard note; ``project`` maps proposals onto it first (samplers that cannot be steered
+    into it); ``cost`` is the ratio a Pareto study minimises (``flops``, ``params``,
+    ``latency``); ``values`` turns ``(top1, cost ratio)`` into the trial's value(s).
     """
 
     kind: str
     directions: tuple[str, ...]
     metric_names: tuple[str, ...]
-    band: Band
+    band: Band | None
     target: str
     project: bool = False
+    cost: str = "flops"
 
     @property
     def multi(self) -> bool:
         return len(self.directions) > 1
 
-    def values(self, top1: float, flops_ratio: float) -> float | tuple[float, ...]:
+    def values(self, top1: float, cost_ratio: float) -> float | tuple[float, ...]:
         if self.multi:
-            return float(top1), float(flops_ratio)
+            return float(top1), float(cost_ratio)
         return float(top1)
 
     def failed(self) -> float | tuple[float, ...]:
@@ -78,12 +98,30 @@ def describe_objective(cfg: Config) -> ObjectiveSpec:
     """The objective ``cfg.search.objective`` asks for."""
     if cfg.search.objective == "pareto":
         lo, hi = cfg.search.gamma_range or (0.0, 1.0)
-        return ObjectiveSpec("pareto", DIRECTIONS, METRIC_NAMES, pareto_band(cfg),
-                             f"search.gamma_range [{lo:g}, {hi:g}]")
+        cost = cfg.search.pareto_cost
+        return ObjectiveSpec("pareto", DIRECTIONS, ("val_top1", f"{cost}_ratio"),
+                             pareto_band(cfg), f"search.gamma_range [{lo:g}, {hi:g}]",
+                             cost=cost)
     p = cfg.pruning
+    projects = sampler_spec(cfg.search.sampler).projects
+    if p.gamma is None:
+        latency = latency_spec(p.latency)
+        target = (f"pruning.latency ({latency.describe()})"
+                  if latency is not None and latency.capped
+                  else f"pruning.params ({limit_from('pruning.params', p.params).describe()})")
+        return ObjectiveSpec("single", ("maximize",), ("val_top1",), None, target,
+                             project=projects)
     return ObjectiveSpec("single", ("maximize",), ("val_top1",), Band(p.gamma, p.tolerance),
-                         f"gamma {p.gamma:g}",
-                         project=sampler_spec(cfg.search.sampler).projects)
+                         f"gamma {p.gamma:g}", project=projects)
+
+
+def latency_needed(cfg: Config) -> LatencySpec | None:
+    """The latency settings when the study needs a latency table (``pruning.latency`` set, or
+    a Pareto study over latency: then the defaults), else None."""
+    spec = latency_spec(cfg.pruning.latency)
+    if spec is None and cfg.search.objective == "pareto" and cfg.search.pareto_cost == "latency":
+        spec = LatencySpec()
+    return spec
 
 
 @dataclass
@@ -100,35 +138,54 @@ class Counters:
 Value = float | tuple[float, ...]
 
 
-def make_gate(cfg: Config, spec: ObjectiveSpec, engine: Engine) -> Gate:
+def make_gate(cfg: Config, spec: ObjectiveSpec, engine: Engine,
+              latency: LatencyModel | None = None) -> Gate:
     """The constraints every candidate is checked against before it is built: ``spec.band``
-    on the FLOPs ratio, ``pruning.params`` on the params ratio, with ``pruning.groups``' fixed
-    groups added to every configuration."""
-    limits = []
+    on the FLOPs ratio, ``pruning.params`` on the params ratio, ``pruning.latency`` on the
+    predicted latency ratio (``latency``: the study's table), with ``pruning.groups``' fixed
+    groups added to every configuration. Without a band the primary limit comes first
+    (latency, else params)."""
+    limits: list[tuple[Any, Callable[[Mapping[str, int]], float]]] = []
     params = limit_from("pruning.params", cfg.pruning.params)
     if params is not None:
         base = engine.base_cost.params
         limits.append((params, lambda widths: engine.cost(widths).params / base))
+    lat = latency_spec(cfg.pruning.latency)
+    if lat is not None and lat.capped:
+        if latency is None:
+            raise ValueError("pruning.latency limits the search: pass the study's latency "
+                             "model (searchprune.latency.study_latency)")
+        limit = lat.limit_for(latency.base_ms)
+        entry = (limit, latency.ratio)
+        limits = [entry, *limits] if spec.band is None else [*limits, entry]
     return Gate(engine, spec.band, tuple(limits),
                 fixed_ratios(group_bounds(cfg, engine.groups)))
 
 
 def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None, *,
                    budget: Budget | None = None, guard: InterruptGuard | None = None,
-                   spec: ObjectiveSpec | None = None) -> Callable[[optuna.Trial], Value]:
+                   spec: ObjectiveSpec | None = None,
+                   latency: LatencyModel | None = None) -> Callable[[optuna.Trial], Value]:
     """The function ``study.optimize`` calls: the value(s) of ``spec`` (default: the config's
     objective), e.g. validation top-1 in percent, maximised.
 
     ``budget`` makes the count of evaluated trials exact across workers; ``guard`` lets a
-    signal abandon the trial cleanly (see :mod:`searchprune.search._interrupt`).
+    signal abandon the trial cleanly (see :mod:`searchprune.search._interrupt`); ``latency``
+    is the study's latency table (the runner shares one per study; when the config needs one
+    and none is given, it is measured here, for this process only).
     """
     p = cfg.pruning
     spec = spec if spec is not None else describe_objective(cfg)
-    band, project = spec.band, spec.project
+    project = spec.project
     counts = counters if counters is not None else Counters()
     guard = guard if guard is not None else InterruptGuard()  # inert unless entered
     bounds = group_bounds(cfg, engine.groups)
-    gate = make_gate(cfg, spec, engine)
+    lat_spec = latency_needed(cfg)
+    if lat_spec is not None and latency is None:
+        from searchprune.latency import latency_for_engine
+
+        latency = latency_for_engine(engine, lat_spec)
+    gate = make_gate(cfg, spec, engine, latency)
     fixed = dict(gate.fixed or {})
 
     def evaluate(trial: optuna.Trial) -> Value:
@@ -138,10 +195,10 @@ def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None
                   else trial.suggest_float(g.name, *bounds[g.name]) for g in engine.groups}
         if project:
             free = {k: v for k, v in ratios.items() if k not in fixed}
-            ratios = project_to_band(engine, free, band, p.eta, bounds=bounds, fixed=fixed)
+            ratios = gate.project(free, p.eta, bounds=bounds)
             trial.set_user_attr("projected", True)
         widths = engine.widths(ratios)
-        violated = _record_cost(trial, engine, widths, gate)
+        violated, costs = _record_cost(trial, engine, widths, gate, latency)
         if violated:
             counts.rejected += 1
             raise optuna.TrialPruned(f"violates {', '.join(violated)}")
@@ -170,8 +227,10 @@ def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None
             raise optuna.TrialPruned("stopped early by the pruner")
         trial.set_user_attr("top1", float(result.top1))
         trial.set_user_attr("top5", float(result.top5))
+        if latency is not None and latency.spec.measure:
+            _record_measured_latency(trial, latency, widths)
         counts.evaluated += 1
-        return spec.values(result.top1, engine.flops_ratio(widths))
+        return spec.values(result.top1, costs[f"{spec.cost}_ratio"])
 
     def objective(trial: optuna.Trial) -> Value:
         try:
@@ -194,25 +253,57 @@ def _fail(trial: optuna.Trial, counts: Counters, spec: ObjectiveSpec, reason: st
 
 
 def _record_cost(trial: optuna.Trial, engine: Engine, widths: Mapping[str, int],
-                 gate: Gate) -> list[str]:
-    """Store the cost attributes and constraint values; return the violated constraints."""
+                 gate: Gate, latency: LatencyModel | None = None
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """Store the cost attributes and constraint values; return the violated constraints and
+    the attributes."""
     cost, base = engine.cost(widths), engine.base_cost
     r = engine.flops_ratio(widths)
     distances = gate.distances(widths)
     violated = [name for name, d in distances.items() if d > 0.0]
-    attrs = {
+    attrs: dict[str, Any] = {
         "flops": int(cost.flops), "flops_ratio": float(r), "macs": int(cost.macs),
         "params": int(cost.params), "params_ratio": cost.params / base.params,
         "widths": {k: int(v) for k, v in widths.items()}, "feasible": not violated,
-        "band_violation": max(0.0, distances[BAND_CONSTRAINT]),
+        "band_violation": max(0.0, distances.get(BAND_CONSTRAINT, 0.0)),
     }
+    if latency is not None:
+        attrs["latency_ms"] = float(latency.predict_ms(widths))
+        attrs["latency_ratio"] = float(latency.ratio(widths))
     if violated:
         attrs["violated"] = violated
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     for name, d in distances.items():
         trial.set_constraint(name, d)
-    return violated
+    return violated, attrs
+
+
+def _record_measured_latency(trial: optuna.Trial, latency: LatencyModel,
+                             widths: Mapping[str, int]) -> None:
+    """Time the built network of ``widths`` (the table's batch, threads and dtype) and store
+    it next to the prediction; ``latency_unreliable`` when other workers share the machine."""
+    start = time.perf_counter()
+    ms = latency.measure_ms(widths)
+    trial.set_user_attr("latency_ms_measured", float(ms))
+    trial.set_user_attr("latency_ratio_measured", float(ms / latency.table.measured_base_ms))
+    trial.set_user_attr("latency_unreliable", _machine_shared(trial))
+    trial.set_user_attr("seconds_latency", time.perf_counter() - start)
+
+
+def _machine_shared(trial: optuna.Trial) -> bool:
+    """Whether other workers run on this machine: started by ``study run --workers K``
+    (K > 1), or another process of this host holds a RUNNING trial of the study."""
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get(WORKERS_ENV, "1")) > 1:
+            return True
+    me = identity()
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get(WORKER_ATTR)
+        if (t.number != trial.number and isinstance(w, Mapping) and w.get("pid") != me["pid"]
+                and w.get("host") == me["host"] and w.get("boot_id") == me["boot_id"]):
+            return True
+    return False
 
 
 def _early_stop(trial: optuna.Trial) -> Callable[[int, float], bool] | None:

@@ -33,11 +33,13 @@ from searchprune.provenance import provenance
 from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
+from searchprune.search.band import Gate
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.objective import (
     Counters,
     ObjectiveSpec,
     describe_objective,
+    latency_needed,
     make_gate,
     make_objective,
     make_pruner,
@@ -48,11 +50,14 @@ from searchprune.search.trials import n_evaluated
 
 if TYPE_CHECKING:
     from searchprune.engine import Engine
+    from searchprune.latency import LatencyModel
 
-__all__ = ["CONFIG_ATTR", "RUNTIME_KEYS", "check_band", "config_diff", "derive_study_name",
-           "open_storage", "preflight", "reachable_range", "run_study"]
+__all__ = ["CONFIG_ATTR", "LATENCY_ATTR", "RUNTIME_KEYS", "check_band", "check_limits",
+           "config_diff", "derive_study_name", "open_storage", "preflight", "reachable_range",
+           "run_study"]
 
 CONFIG_ATTR = "config"
+LATENCY_ATTR = "latency"  # study user attr: the latency table's summary (latency.py)
 WORKERS_ATTR = "workers_joined"
 # Keys that say how or where to run, not what to search: they may differ between runs of a study.
 RUNTIME_KEYS = frozenset({
@@ -154,24 +159,57 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
     worker = _join(study, lock)
+    latency = _latency(study, lock, cfg, engine, progress)
+    gate = make_gate(cfg, spec, engine, latency)
+    check_limits(cfg, engine, gate)
     if cfg.search.warm_start == "sensitivity":
         from searchprune.search.sensitivity import enqueue_warm_start
 
         enqueue_warm_start(study, cfg, engine, lock, storage)
-    study.sampler = _sampler(cfg, spec, engine,
+    study.sampler = _sampler(cfg, gate, engine,
                              n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
                              study_warm=study.user_attrs.get("warm_start"))
-    _describe(study, cfg, spec, engine)
+    _describe(study, cfg, spec, engine, latency)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
                     wait_for_others=not dead_stay_running)
     with guard.deferred():
         _optimize(study, cfg, progress, callbacks,
-                  make_objective(engine, cfg, counters, budget=budget, guard=guard, spec=spec),
+                  make_objective(engine, cfg, counters, budget=budget, guard=guard, spec=spec,
+                                 latency=latency),
                   guard)
         tidy_up(study, lock, cfg.search.n_trials)
     return study
+
+
+def _latency(study: optuna.Study, lock: Lock, cfg: Config, engine: Engine,
+             progress: bool) -> LatencyModel | None:
+    """The study's latency table (measured by the first worker, shared through the study),
+    or None when the config needs none."""
+    spec = latency_needed(cfg)
+    if spec is None:
+        return None
+    from searchprune.latency import study_latency
+
+    return study_latency(study, lock, engine, spec, progress=progress)
+
+
+def check_limits(cfg: Config, engine: Engine, gate: Gate) -> None:
+    """Fail fast when a limit cannot be met: its ratio at the cheapest configuration (every
+    group at its lowest keep-ratio) is above the limit, or at the dearest below it."""
+    bounds = group_bounds(cfg, engine.groups)
+    cheapest = engine.widths({n: lo for n, (lo, _) in bounds.items()})
+    dearest = engine.widths({n: hi for n, (_, hi) in bounds.items()})
+    for limit, value in gate.limits:
+        low, high = value(cheapest), value(dearest)
+        if limit.high < low:
+            raise BandError(f"{limit.describe()} cannot be met: the smallest configuration "
+                            f"(every group at its lowest keep-ratio) has a {limit.name} ratio "
+                            f"of {low:.4f}; raise the limit or lower pruning.eta")
+        if limit.low > high:
+            raise BandError(f"{limit.describe()} cannot be met: the largest configuration "
+                            f"has a {limit.name} ratio of {high:.4f}; lower the target")
 
 
 def tidy_up(study: optuna.Study, lock: Lock, n_trials: int) -> None:
@@ -225,9 +263,12 @@ def reachable_range(cfg: Config, engine: Engine) -> tuple[float, float]:
 
 def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = None) -> None:
     """Fail fast when the band (or the Pareto range) lies outside the reachable FLOPs ratios
-    ``[r(eta), 1]`` (with ``pruning.groups``: every group at its lowest and highest bound)."""
+    ``[r(eta), 1]`` (with ``pruning.groups``: every group at its lowest and highest bound).
+    Without a band (``pruning.gamma: null``) the limits are checked by :func:`check_limits`."""
     spec = objective if objective is not None else describe_objective(cfg)
     band, eta = spec.band, cfg.pruning.eta
+    if band is None:
+        return
     knob = spec.target.split()[0]
     low, high = reachable_range(cfg, engine)
     if cfg.pruning.groups:
@@ -290,11 +331,10 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
     _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
 
 
-def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
+def _sampler(cfg: Config, gate: Gate, engine: Engine, n_existing: int,
              worker: int = 0, study_warm: Mapping[str, Any] | None = None
              ) -> optuna.samplers.BaseSampler:
     bounds = group_bounds(cfg, engine.groups)
-    gate = make_gate(cfg, spec, engine)
     warm = study_warm.get("allocation") if study_warm else None
     ctx = SamplerContext(names=free_names(bounds), eta=cfg.pruning.eta, in_band=gate.ratios_ok,
                          seed=cfg.search.seed, n_existing=n_existing, worker=worker,
@@ -302,13 +342,17 @@ def _sampler(cfg: Config, spec: ObjectiveSpec, engine: Engine, n_existing: int,
     return make_sampler(cfg.search.sampler, ctx)
 
 
-def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> None:
-    """Study user attrs (config, baseline, base cost), metric names and a dashboard note."""
+def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine,
+              latency: LatencyModel | None = None) -> None:
+    """Study user attrs (config, baseline, base cost, latency table summary), metric names and
+    a dashboard note."""
     attrs = study.user_attrs
     config = public_config(cfg)
     if attrs.get(CONFIG_ATTR) != config:
         study.set_user_attr(CONFIG_ATTR, config)
         _save_note(study, cfg, spec, engine)
+    if latency is not None and attrs.get(LATENCY_ATTR) != latency.summary():
+        study.set_user_attr(LATENCY_ATTR, latency.summary())
     if "baseline_val_top1" not in attrs:
         top1, top5 = engine.evaluate_baseline("val")
         base = engine.base_cost
@@ -330,15 +374,18 @@ def note_lines(study_name: str, cfg: Config, spec: ObjectiveSpec, engine: Engine
     """The dashboard note of a study (Markdown lines)."""
     p, s = cfg.pruning, cfg.search
     low = reachable_range(cfg, engine)[0]
-    goal = (f"- objectives: maximise `val_top1` (%), minimise `flops_ratio`; Pareto front over "
-            f"FLOPs ratio {spec.band.gamma - spec.band.tolerance:g} to "
-            f"{spec.band.gamma + spec.band.tolerance:g}" if spec.multi
+    band = spec.band
+    goal = (f"- objectives: maximise `val_top1` (%), minimise `{spec.cost}_ratio`; Pareto front "
+            f"over FLOPs ratio {band.gamma - band.tolerance:g} to "
+            f"{band.gamma + band.tolerance:g}" if spec.multi and band is not None
             else "- objective: maximise `val_top1` (%)")
+    where = (f"FLOPs ratio {band.gamma:g} ± {band.tolerance:g} ({spec.target})"
+             if band is not None else f"no FLOPs band; {spec.target}")
     return [
         f"# {study_name}" + (" (Pareto front)" if spec.multi else ""),
         f"- model: `{cfg.model.name}` on `{cfg.data.name}` ({cfg.setting})",
         goal,
-        f"- band: FLOPs ratio {spec.band.gamma:g} ± {spec.band.tolerance:g} ({spec.target}); "
+        f"- band: {where}; "
         f"keep-ratios in [{p.eta}, 1] (reachable FLOPs ratios [{low:.3f}, 1])",
         f"- criterion: `{p.criterion}`, proxy: `{p.proxy}`",
         f"- sampler: `{s.sampler}` (seed {s.seed}), target {s.n_trials} evaluated trials",

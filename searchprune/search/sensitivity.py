@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 
 from searchprune.config import Config, config_to_dict
 from searchprune.constraints import fixed_ratios, group_bounds
-from searchprune.search.band import Band
+from searchprune.search.band import config_band
 from searchprune.search.budget import Lock, study_lock
 from searchprune.search.storage import get_storage
 from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
@@ -41,9 +41,21 @@ from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage
 if TYPE_CHECKING:
     from searchprune.engine import Engine
 
-__all__ = ["WARM_ATTR", "Scan", "ScanPoint", "enqueue_warm_start", "is_scan", "load_scan",
-           "allocation_of", "plan_points", "run_scan", "space_of",
-           "scan_name", "sensitivity_allocation", "warm_start_configs"]
+__all__ = [
+    "WARM_ATTR",
+    "Scan",
+    "ScanPoint",
+    "allocation_of",
+    "enqueue_warm_start",
+    "is_scan",
+    "load_scan",
+    "plan_points",
+    "run_scan",
+    "scan_name",
+    "sensitivity_allocation",
+    "space_of",
+    "warm_start_configs",
+]
 
 PLAN_ATTR = "plan"
 REFERENCE_ATTR = "reference_top1"
@@ -289,6 +301,7 @@ def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, in
 def sensitivity_allocation(cfg: Config, engine: Engine, *,
                            storage: optuna.storages.BaseStorage | None = None):
     """The scan (measured now where points are missing) and the allocation for ``cfg``'s band."""
+    config_band(cfg.pruning, "the sensitivity allocation")  # before any evaluation
     scan = run_scan(cfg, engine, storage=storage)
     return scan, allocation_of(cfg, engine, scan)
 
@@ -296,7 +309,7 @@ def sensitivity_allocation(cfg: Config, engine: Engine, *,
 def allocation_of(cfg: Config, engine: Engine, scan: Scan):
     """The allocation a (complete) scan gives for ``cfg``'s band and per-group bounds; its
     ratios cover the varied groups (add :func:`space_of`'s fixed ones for widths)."""
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    band = config_band(cfg.pruning, "the sensitivity allocation")
     bounds, fixed = space_of(cfg, engine)
     return allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta, bounds=bounds,
                             fixed=fixed)
@@ -308,7 +321,7 @@ def warm_start_configs(cfg: Config, engine: Engine, *,
     """The warm start's keep-ratios (the allocation, if in band, then its perturbations) and
     what to record about them."""
     scan, alloc = sensitivity_allocation(cfg, engine, storage=storage)
-    band = Band(cfg.pruning.gamma, cfg.pruning.tolerance)
+    band = config_band(cfg.pruning, "the warm start")
     s = cfg.sensitivity
     bounds, fixed = space_of(cfg, engine)
     extra = perturbations(engine, alloc.ratios, band, cfg.pruning.eta, s.perturbations,

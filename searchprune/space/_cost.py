@@ -11,7 +11,8 @@ microseconds, cheap enough to gate every candidate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import nn
 
 from searchprune.space._groups import ChannelGroup, is_depthwise
 
-__all__ = ["Cost", "CostModel", "count_cost"]
+__all__ = ["Cost", "CostModel", "count_cost", "forward_hooks"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Sigmoid,
                 nn.Hardsigmoid, nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Tanh, nn.ELU)
@@ -34,6 +35,18 @@ class Cost:
     flops: int
     macs: int
     params: int
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: Iterable[nn.Module],
+                  hook: Callable[[nn.Module, tuple, object], None]) -> Iterator[None]:
+    """``hook`` registered as a forward hook on every one of ``modules`` inside the block."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _leaves(model: nn.Module):
@@ -55,13 +68,8 @@ def count_cost(model: nn.Module, example: torch.Tensor) -> Cost:
         elif isinstance(mod, _NORMS + _ACTIVATIONS):
             extra += out.numel() / batch
 
-    handles = [m.register_forward_hook(hook) for _, m in _leaves(model)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m for _, m in _leaves(model)), hook), torch.no_grad():
+        model(example)
     params = sum(p.numel() for p in model.parameters())
     return Cost(int(round(macs + extra)), int(round(macs)), int(params))
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
-from searchprune.prune import prune_model
 from searchprune.constraints import group_bounds
-from searchprune.search.band import Band, draws_in_bounds
+from searchprune.prune import prune_model
+from searchprune.search.band import config_band, draws_in_bounds
 from searchprune.supernet._masking import first_k_keep
 from searchprune.supernet._training import build_scratch_model, supernet_train_config
 
@@ -57,7 +57,7 @@ def sample_in_band(engine: SupernetEngine, n: int, *, seed: int = 0,
     band (:func:`draw_in_band`, as the random sampler draws them), mapped to allowed widths;
     repeats are skipped."""
     p = engine.cfg.pruning
-    band = Band(p.gamma, p.tolerance)
+    band = config_band(p, "supernet rank")
     drawn = draws_in_bounds(np.random.default_rng(seed), group_bounds(engine.cfg, engine.groups),
                             lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
                             key=lambda r: tuple(engine.widths(r).values()))
