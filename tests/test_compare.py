@@ -253,6 +253,22 @@ def test_pareto_comparison_plots(tmp_path, counting_engine):
     assert c.target is not None
     assert plot_anytime(c, tmp_path / "a.png").stat().st_size > 0
     assert plot_fronts(runs, tmp_path / "f.png").stat().st_size > 0
+    # a Pareto study over another cost names it in the report and on the fronts' axis
+    assert "x FLOPs ratio" in to_markdown(c)
+    c_params = compare_runs(runs, budget=4, cost="params")
+    assert "x params ratio" in to_markdown(c_params) and "FLOPs" not in to_markdown(
+        c_params).split("hypervolume")[1].splitlines()[0]
+    import matplotlib.pyplot as plt
+
+    calls = []
+    orig = plt.Axes.set_xlabel
+    try:
+        plt.Axes.set_xlabel = lambda self, text, *a, **k: calls.append(text) or orig(
+            self, text, *a, **k)
+        plot_fronts(runs, tmp_path / "g.png", cost="latency")
+    finally:
+        plt.Axes.set_xlabel = orig
+    assert calls == ["predicted latency ratio kept (lower is cheaper)"]
 
 
 # -- baselines without search -----------------------------------------------------------------

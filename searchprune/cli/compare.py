@@ -87,7 +87,7 @@ def _compare(args: argparse.Namespace) -> int:
 
         references = evaluate_baselines(engine, baselines)
     comparison = compare_runs(runs, reference="random", budget=cfg.search.n_trials,
-                              references=references)
+                              references=references, cost=cfg.search.pareto_cost)
     files = _write_report(comparison, runs, Path(args.out), _baseline(plan, storage),
                           derive_study_name(cfg)) if args.out else {}
     if args.json:
@@ -163,7 +163,8 @@ def _write_report(comparison: Any, runs: list[Any], out: Path, baseline: float |
                  title=f"{base}: anytime performance per sampler")
     if comparison.objective == "pareto":
         files["fronts"] = "fronts.png"
-        plot_fronts(runs, out / files["fronts"], title=f"{base}: Pareto fronts per seed")
+        plot_fronts(runs, out / files["fronts"], title=f"{base}: Pareto fronts per seed",
+                    cost=comparison.cost)
     captions = {"anytime curves": files["anytime"], **(
         {"Pareto fronts": files["fronts"]} if "fronts" in files else {})}
     (out / "report.md").write_text(to_markdown(comparison, title=f"Sampler comparison: {base}",

@@ -162,6 +162,7 @@ class Comparison:
     studies: list[str]
     # configurations chosen without search (searchprune.baselines), scored like trials
     references: list[dict[str, Any]] = field(default_factory=list)
+    cost: str = "flops"  # a Pareto study's second objective (search.pareto_cost)
 
     def best_reference(self) -> dict[str, Any] | None:
         return max(self.references, key=lambda r: r["top1"], default=None)
@@ -172,7 +173,8 @@ class Comparison:
 
 def compare_runs(runs: Sequence[Run], *, reference: str = "random",
                  budget: int | None = None,
-                 references: Sequence[Mapping[str, Any]] = ()) -> Comparison:
+                 references: Sequence[Mapping[str, Any]] = (),
+                 cost: str = "flops") -> Comparison:
     """Aggregate runs per sampler (in first-seen order). The target for "evaluations to reach"
     is the reference sampler's mean final value (None when it has no runs). ``references`` are
     baseline rows (:func:`searchprune.baselines.evaluate_baselines`)."""
@@ -189,7 +191,7 @@ def compare_runs(runs: Sequence[Run], *, reference: str = "random",
               for s, rs in by_sampler.items()}
     metric = "hypervolume" if objective == "pareto" else "best val top-1 (%)"
     return Comparison(objective, metric, reference, target, budget, rows, curves,
-                      [r.name for r in runs], [dict(r) for r in references])
+                      [r.name for r in runs], [dict(r) for r in references], cost)
 
 
 def _row(sampler: str, runs: list[Run], target: float | None) -> SamplerRow:
@@ -294,7 +296,8 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
                      "scored with the same proxy on the same validation images; the last column "
                      "is each sampler's mean final value minus the best of them")
     if c.objective == "pareto":
-        lines.append(f"- hypervolume: accuracy as a fraction x FLOPs ratio, reference point "
+        lines.append(f"- hypervolume: accuracy as a fraction x {cost_label(c.cost)} ratio, "
+                     "reference point "
                      f"{HV_REFERENCE}")
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -302,6 +305,11 @@ def to_markdown(c: Comparison, *, title: str = "Sampler comparison",
         lines += ["", f"![{caption}]({path})"]
     lines += ["", "Studies: " + ", ".join(f"`{s}`" for s in c.studies), ""]
     return "\n".join(lines)
+
+
+def cost_label(cost: str) -> str:
+    """How reports name a Pareto study's second objective (``search.pareto_cost``)."""
+    return {"flops": "FLOPs", "params": "params", "latency": "predicted latency"}.get(cost, cost)
 
 
 def _reach_text(r: SamplerRow, target: float | None) -> str:

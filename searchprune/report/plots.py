@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from matplotlib.ticker import MaxNLocator
 
-from searchprune.report.compare import pareto_front
+from searchprune.report.compare import cost_label, pareto_front
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -86,9 +86,10 @@ def _zoom(ax, c: Comparison, baseline: float | None) -> None:
         ax.set_ylim(lo - pad, hi + pad)
 
 
-def plot_fronts(runs: Sequence[Run], path: str | Path, *, title: str | None = None) -> Path:
+def plot_fronts(runs: Sequence[Run], path: str | Path, *, title: str | None = None,
+                cost: str = "flops") -> Path:
     """Pareto studies: every evaluated trial as a faint dot and each seed's front as a staircase,
-    one colour per sampler."""
+    one colour per sampler; ``cost`` names the second objective (``search.pareto_cost``)."""
     fig = _figure((7.5, 4.8))
     ax = fig.add_subplot()
     samplers = list(dict.fromkeys(r.sampler for r in runs))
@@ -103,7 +104,7 @@ def plot_fronts(runs: Sequence[Run], path: str | Path, *, title: str | None = No
             front = pareto_front(pts)
             ax.step([p[1] for p in front], [p[0] for p in front], where="post", color=color,
                     linewidth=1.5, alpha=0.9, label=sampler if j == 0 else None)
-    ax.set_xlabel("FLOPs ratio kept (lower is cheaper)")
+    ax.set_xlabel(f"{cost_label(cost)} ratio kept (lower is cheaper)")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(title or "Pareto fronts (one staircase per seed)")
     ax.grid(True, alpha=0.3)
