@@ -17,7 +17,8 @@ initialisations; configurations are keep-ratios uniform on ``[0.3, 1]`` per grou
   (c) on the ../shared ResNet-20 and CIFAR-10-JPEG (studies/compare-resnet20.yaml with small
       validation and calibration sets): a FLOPs-band study (gamma 0.5 +- 0.02), then a study with
       no FLOPs band and a latency cap equal to the predicted latency ratio of the FLOPs study's
-      best trial; both ``--trials`` evaluated trials of the same sampler. Best proxy top-1 of
+      best trial, and one with a latency band (that ratio +- 0.02) instead; each ``--trials``
+      evaluated trials of the same sampler. Best proxy top-1 of
       each with its FLOPs ratio and measured latency ratio.
 
     python benchmarks/latency.py --threads 2            # the full run (a quiet CPU)
@@ -145,12 +146,17 @@ def studies(args) -> None:
     study = run_study(flops_cfg, engine=engine, progress=False,
                       storage=optuna.storages.InMemoryStorage())
     rows.append(("FLOPs 0.5 +- 0.02", study))
-    cap = float(study.best_trial.user_attrs["latency_ratio"])
-    lat_cfg = _study_cfg(args, "latency-cap", {"gamma": None,
-                                                "latency": {**latency, "max": round(cap, 4)}})
-    study = run_study(lat_cfg, engine=engine, progress=False,
-                      storage=optuna.storages.InMemoryStorage())
-    rows.append((f"latency <= {cap:.3f}, no FLOPs band", study))
+    cap = round(float(study.best_trial.user_attrs["latency_ratio"]), 4)
+    forms = {"cap": ({"max": cap}, f"latency <= {cap:.3f}, no FLOPs band"),
+             "band": ({"target": cap, "tolerance": 0.02},
+                      f"latency {cap:.3f} +- 0.02, no FLOPs band")}
+    for form in args.latency_limit:
+        limit, label = forms[form]
+        lat_cfg = _study_cfg(args, f"latency-{form}", {"gamma": None,
+                                                        "latency": {**latency, **limit}})
+        study = run_study(lat_cfg, engine=engine, progress=False,
+                          storage=optuna.storages.InMemoryStorage())
+        rows.append((label, study))
     print(f"{'study':>34} {'best top-1':>10} {'FLOPs':>6} {'lat. pred':>9} {'lat. meas':>9} "
           f"{'mean meas':>9}")
     for label, s in rows:
@@ -177,12 +183,16 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=1000)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--parts", default="a,b,c", help="which parts to run (a,b,c)")
+    ap.add_argument("--latency-limit", default="cap,band",
+                    help="(c): the latency studies, cap ({max: r}) and/or band ({target: r, "
+                         "tolerance: 0.02}) at the FLOPs winner's predicted ratio r")
     args = ap.parse_args()
     if args.quick:
         args.models, args.batches, args.configs = "resnet20,resnet18", "1", 4
         args.band_configs, args.trials, args.val, args.calib = 6, 2, 200, 64
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.latency_limit = [f.strip() for f in args.latency_limit.split(",") if f.strip()]
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; python "
