@@ -154,8 +154,8 @@ def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
     """Torch-Pruning's global group-magnitude pruning, its ratio bisected onto the FLOPs band
     (the closest configuration when no ratio lands inside)."""
     gamma, tol, eta = _band(engine)
-    odd = [n for n, (lo, hi) in _bounds(engine).items() if (lo, hi) not in ((0.0, 1.0), (1.0, 1.0))
-           and not (lo <= eta and hi >= 1.0)]
+    # a group fixed at 1.0 is left out of Torch-Pruning; any other range narrower than [eta, 1]
+    odd = [n for n, (lo, hi) in _bounds(engine).items() if lo < 1.0 and (lo > eta or hi < 1.0)]
     if odd:
         raise ConfigError("the tp-global baseline honours only pruning.groups that fix a group "
                           f"at 1.0; groups {', '.join(odd[:4])} have other bounds")

@@ -195,3 +195,12 @@ def test_uniform_baseline_and_draws_honour_group_bounds(tmp_path):
         assert r["layer0.conv"] == 1.0 and 0.3 <= r["layer5.conv"] <= 0.5
         assert abs(engine.flops_ratio(engine.widths(r)) - GAMMA) <= TOL
     assert np.std([r["layer2.conv"] for r in configs]) > 0.05  # free groups still vary
+
+
+def test_tp_global_refuses_bounds_other_than_fixed_at_one(tmp_path):
+    from searchprune.baselines import solve_baseline
+
+    engine = FakeEngine()
+    engine.cfg = make_cfg(tmp_path, **{"pruning.groups": {"layer5.*": {"max": 0.5}}})
+    with pytest.raises(ConfigError, match="layer5.conv"):
+        solve_baseline("tp-global", engine)
