@@ -42,7 +42,8 @@ def test_finetune_records_results_in_the_study_and_resumes(study):
     assert record["artifact_id"] and record["test_top1"] == pytest.approx(result.test_top1)
     # the trained digits net, pruned to 60% FLOPs and fine-tuned, is far above chance (10%)
     assert record["test_top1"] > 50.0 and record["val_top1"] == pytest.approx(result.val_top1)
-    assert (tmp / "ft" / f"trial-{result.best}-stage2.pt").is_file()
+    # checkpoints are named by the run's key (issue 25): one stage-2 file for this best
+    assert len(list((tmp / "ft").glob(f"trial-{result.best}-stage2-*.pt"))) == 1
     # a second call finds every epoch checkpointed and reproduces the result without training
     again = finetune_study(st, top=2, settings=settings, out_dir=tmp / "ft")
     assert again.test_top1 == pytest.approx(result.test_top1)
@@ -105,7 +106,9 @@ def test_finetune_each_gives_trials_and_baselines_one_recipe(study, capsys):
     assert rows[0]["widths"] == st.best_trial.user_attrs["widths"]
     engine = engine_for(load_study_config(st))
     assert rows[2]["widths"] == solve_baseline("tp-global", engine).widths
-    assert all((tmp / "each" / f"{k}-each.pt").is_file() for k in (best, "uniform", "tp-global"))
+    # checkpoints are named by the run's key (issue 25): one file per candidate
+    assert all(len(list((tmp / "each").glob(f"{k}-each-*.pt"))) == 1
+               for k in (best, "uniform", "tp-global"))
     stored = optuna.load_study(study_name="finish", storage=f"sqlite:///{tmp / 's.db'}"
                                ).user_attrs["finetune_each"]
     assert [r["test_top1"] for r in stored["rows"]] == [r["test_top1"] for r in rows]
