@@ -262,5 +262,136 @@ def test_finetune_under_torchrun_two_cpu_ranks_writes_one_result(study, tmp_path
                                ).user_attrs["finetune"]
     assert stored == record
     assert len([p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]) == 1
-    assert sorted(p.name for p in (tmp_path / "ft").glob("*-final.pt")) == [
-        f"trial-{record['best_trial']}-final.pt"]
+    # one final file, of the best trial (named by the run's key since issue 25)
+    finals = sorted(p.name for p in (tmp_path / "ft").glob("*-final-*.pt"))
+    assert finals == [Path(record["checkpoint"]).name]
+    assert finals[0].startswith(f"trial-{record['best_trial']}-final-")
+
+
+# -- fine-tune checkpoints belong to one run (issue 25) -------------------------------------
+def _small_study(db, gamma: float = 0.6, name: str = "stale") -> optuna.Study:
+    return run_study(config_from_dict({
+        "data": {"calib_size": 64, "val_size": 100, "train_size": 256},
+        "pruning": {"gamma": gamma, "tolerance": 0.05},
+        "search": {"n_trials": 2, "study_name": name}, "storage": str(db),
+    }), progress=False)
+
+
+def _finetune(db, out, *extra: str, name: str = "stale") -> int:
+    from searchprune.cli.main import main
+
+    return main(["finetune", "--study-name", name, "--storage", str(db), "--top", "1",
+                 "--epochs", "1", "--final-epochs", "0", "--batch-size", "64", "--out",
+                 str(out), "--artifact-dir", str(out.parent / "artifacts"), "--json", *extra])
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def _stored_meta(path) -> dict:
+    return json.loads(torch.load(path, weights_only=True)["meta"])
+
+
+@pytest.fixture(scope="module")
+def stale(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stale")
+    _small_study(tmp / "s.db")
+    return tmp / "s.db"
+
+
+def test_finetune_resumes_only_its_own_recipe(stale, tmp_path, caplog, capsys):
+    import logging
+
+    out = tmp_path / "ft"
+    with caplog.at_level(logging.INFO):
+        assert _finetune(stale, out, "--lr", "0.01") == 0
+    (first,) = out.glob("trial-*-stage1-*.pt")
+    assert _stored_meta(first)["recipe"]["lr"] == 0.01
+    # positive control: the same recipe again resumes the finished checkpoint
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert _finetune(stale, out, "--lr", "0.01") == 0
+    assert f"resuming training from {first} at epoch 1/1" in _messages(caplog)
+    for flag, value in (("--lr", "0.02"), ("--seed", "1"), ("--batch-size", "32")):
+        caplog.clear()
+        before = set(out.glob("trial-*-stage1-*.pt"))
+        with caplog.at_level(logging.INFO):
+            assert _finetune(stale, out, flag, value) == 0
+        (new,) = set(out.glob("trial-*-stage1-*.pt")) - before  # its own checkpoint...
+        assert not any(m.startswith("resuming training") for m in _messages(caplog))
+        assert any("not resuming" in m and first.name in m and "starting fresh in "
+                   f"{new.name}" in m for m in _messages(caplog)), _messages(caplog)
+        recipe = _stored_meta(new)["recipe"]  # ...trained for the new recipe, 1 epoch
+        assert str(recipe[flag[2:].replace("-", "_")]) == value
+        assert len(torch.load(new, weights_only=True)["records"]) == 1
+    capsys.readouterr()
+
+
+def test_a_recreated_study_does_not_resume_the_old_ones_checkpoints(tmp_path, caplog, capsys):
+    """Deleted and created again under the same name: with the same config (same widths) the
+    old checkpoint is not resumed; with another band (other widths) the old checkpoint, which
+    no longer fits, is not even opened (it used to be a RuntimeError traceback)."""
+    import logging
+
+    from searchprune.engine import engine_for
+    from searchprune.search.finishing import load_study_config
+
+    db, out = tmp_path / "s.db", tmp_path / "ft"
+    old = _small_study(db)
+    assert _finetune(db, out) == 0
+    (old_ckpt,) = out.glob("trial-*-stage1-*.pt")
+    old_widths = old.trials[int(old_ckpt.name.split("-")[1])].user_attrs["widths"]
+    for gamma in (0.6, 0.35):
+        optuna.delete_study(study_name="stale", storage=f"sqlite:///{db}")
+        new = _small_study(db, gamma=gamma)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert _finetune(db, out) == 0, capsys.readouterr().err
+        assert not any(m.startswith("resuming training") for m in _messages(caplog))
+        assert any("not resuming" in m and old_ckpt.name in m for m in _messages(caplog))
+    best = max(new.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
+               key=lambda t: t.value)
+    # the old checkpoint really does not fit the new study's best network
+    assert best.user_attrs["widths"] != old_widths
+    model = engine_for(load_study_config(new)).build(best.user_attrs["widths"])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model.load_state_dict(torch.load(old_ckpt, weights_only=True)["model"])
+    capsys.readouterr()
+
+
+def test_a_second_finetune_of_the_same_run_is_refused_while_one_holds_it(stale, tmp_path,
+                                                                         capsys):
+    """Real: another process holds the run's lock (flock); no timing is involved, the holder
+    says when it holds the lock and keeps it until told to let go."""
+    from pathlib import Path
+
+    out = tmp_path / "ft"
+    assert _finetune(stale, out) == 0
+    (lock,) = out.glob("trial-*-stage1-*.lock")
+    (ckpt,) = out.glob("trial-*-stage1-*.pt")
+    saved = ckpt.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys\n"
+         f"f = open({str(lock)!r}, 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        assert _finetune(stale, out) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: trial ") and (
+            f"of study 'stale' is being fine-tuned with this recipe by another process (it "
+            f"holds {lock}); wait for it to finish, then rerun" in err[0]), err
+        assert ckpt.read_bytes() == saved  # nothing trained or written
+        # another recipe is another run: not held up
+        assert _finetune(stale, out, "--lr", "0.02") == 0
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    # the lock is free again: the same run now goes ahead and reuses the finished checkpoint
+    capsys.readouterr()
+    assert _finetune(stale, out) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert Path(record["checkpoint"]).is_file() and ckpt.read_bytes() == saved
