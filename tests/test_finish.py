@@ -395,3 +395,50 @@ def test_a_second_finetune_of_the_same_run_is_refused_while_one_holds_it(stale, 
     assert _finetune(stale, out) == 0
     record = json.loads(capsys.readouterr().out)
     assert Path(record["checkpoint"]).is_file() and ckpt.read_bytes() == saved
+
+
+# -- export killed between its two renames (issue 25) ---------------------------------------
+def test_export_puts_back_what_a_killed_export_moved_aside_and_cleans_up(study, tmp_path,
+                                                                         caplog, capsys):
+    """Simulated: the crash state on disk, made as an export killed at each point leaves it
+    (the folders are created by the test). Real: the dead process id (a process that ran and
+    was reaped), the live one (this test's parent) and the export command that recovers."""
+    import logging
+    import os
+
+    from searchprune.cli.main import main
+    from searchprune.export import _host
+
+    st, tmp = study
+    out = tmp_path / "exp"
+    ex = ["export", "--storage", str(tmp / "s.db"), "--study-name", "finish", "--no-latency",
+          "--json", "--out", str(out)]
+    assert main(ex) == 0
+    card = (out / "card.json").read_text()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    host, live = _host(), os.getppid()
+    # killed between the renames: --out moved aside, the new files complete in their tmp
+    old = tmp_path / f".exp.{host}.{dead}.old"
+    out.rename(old)
+    half = tmp_path / f".exp.{host}.{dead}.k2j4x_0a.tmp"
+    half.mkdir()
+    (half / "model.pt2").write_text("partial")
+    keep = [tmp_path / f".exp.{host}.{live}.b7c8d9e0.tmp",  # an export still running
+            tmp_path / f".exp.otherhost.{dead}.old"]  # another machine's: cannot be asked
+    for p in keep:
+        p.mkdir()
+    with caplog.at_level(logging.INFO):
+        assert main(ex) == 2  # the old export is back, and replacing it still needs --force
+    assert f"--out {out} is not empty; pass --force" in capsys.readouterr().err
+    assert (out / "card.json").read_text() == card
+    assert f"restored {out} from {old.name}, left by an export that was killed" in [
+        r.getMessage() for r in caplog.records]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", *(p.name for p in keep)])
+    # killed after the second rename, while deleting the old copy: --out is the new export
+    (tmp_path / f".exp.{host}.{dead}.del").mkdir()
+    (tmp_path / f".exp.{host}.{dead}.old").mkdir()
+    assert main([*ex, "--force"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.pt2", "state_dict.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", *(p.name for p in keep)])
