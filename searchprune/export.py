@@ -13,10 +13,14 @@ Loading needs only PyTorch, or only an ONNX runtime::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +40,8 @@ ONNX = "model.onnx"
 STATE = "state_dict.pt"
 CARD = "card.json"
 
+_log = logging.getLogger(__name__)
+
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -46,8 +52,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
-    """``out_dir`` as an absolute path; a non-empty folder is refused unless ``force``."""
+    """``out_dir`` as an absolute path; a non-empty folder is refused unless ``force``. What an
+    interrupted export left next to it is dealt with first (:func:`recover_out_dir`)."""
     out = Path(out_dir).expanduser().absolute()
+    recover_out_dir(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -65,13 +73,15 @@ def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[in
     files accept any batch size. The card lists every file written (``files``) and, for ONNX,
     the largest difference between onnxruntime's logits and PyTorch's. Returns the card. The files are written into a
     temporary folder next to ``out_dir``, which is then renamed into place: a crash leaves the
-    old folder or the new one. A non-empty ``out_dir`` is replaced only with ``force``.
+    old folder or the new one (or, killed between the two renames, the old one aside, put back
+    by the next export: :func:`recover_out_dir`). A non-empty ``out_dir`` is replaced only with
+    ``force``.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     out = check_out_dir(out_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f"{_aside(out)}.", suffix=".tmp"))
     try:
         full = _write(model, tmp, input_shape, widths, card, format)
         _swap_into_place(tmp, out)
@@ -81,15 +91,74 @@ def export_model(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[in
     return full
 
 
+# -- the folders an export puts next to --out, and what a killed one leaves --------------------
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _aside(out: Path, pid: int | None = None) -> str:
+    """``.<out name>.<host>.<pid>``: the start of the names this process gives, next to
+    ``out``, to its temporary folder (``.<random>.tmp`` follows), to the old ``out`` it moves
+    aside (``.old``) and to the old one being deleted (``.del``)."""
+    return f".{out.name}.{_host()}.{os.getpid() if pid is None else pid}"
+
+
+def _leftovers(out: Path) -> list[tuple[Path, str]]:
+    """(folder, kind) of what exports by processes of this host that are gone left next to
+    ``out``; kind is ``tmp``, ``old`` or ``del``. Live processes' folders are left alone, and so
+    are other hosts' (a shared disk: their processes cannot be asked)."""
+    pattern = re.compile(re.escape(f".{out.name}.{_host()}.")
+                         + r"(\d+)\.(?:[^.]+\.(tmp)|(old)|(del))")
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in out.parent.iterdir():
+            m = pattern.fullmatch(entry.name)
+            if m and not entry.is_symlink() and entry.is_dir() and not _alive(int(m[1])):
+                found.append((entry, m[2] or m[3] or m[4]))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_out_dir(out: Path) -> None:
+    """Undo what an export killed half-way left next to ``out``: with ``out`` missing, the old
+    folder it had moved aside (``.old``) is put back (a warning says so); then every leftover
+    temporary, old or half-deleted folder of a process that is gone is removed."""
+    left = _leftovers(out)
+    olds = [p for p, kind in left if kind == "old"]
+    if olds and not out.exists():
+        keep = max(olds, key=lambda p: p.stat().st_ctime)  # the last one moved aside
+        os.rename(keep, out)
+        left = [(p, k) for p, k in left if p != keep]
+        _log.warning("restored %s from %s, left by an export that was killed", out, keep.name)
+    for path, _ in left:
+        _log.info("removing %s, left by an export that was killed", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, then removed."""
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first (``.old``), then
+    renamed ``.del`` and removed, so a kill at any point leaves either ``out`` or an ``.old``
+    that :func:`recover_out_dir` puts back (never a half-deleted one)."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        old = out.with_name(f"{_aside(out)}.old")
         os.rename(out, old)
     os.rename(tmp, out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(f"{_aside(out)}.del")
+        os.rename(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _write(model: nn.Module, out: Path, input_shape: tuple[int, ...],

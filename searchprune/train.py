@@ -14,6 +14,7 @@ Only rank 0 writes checkpoints and shows progress.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -156,6 +157,7 @@ def fit(
     loss_fn: LossFn | None = None,
     num_workers: int = 0,
     loss_parts: Callable[[], Mapping[str, float]] | None = None,
+    checkpoint_meta: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` epochs and return one record per epoch.
 
@@ -166,6 +168,9 @@ def fit(
     ``loss_parts()``, called after every step, gives named parts of that step's loss (the
     supernet's full and sampled networks); their epoch means are shown on the progress bar and
     stored in the record as ``loss_<name>``. The model is left in eval mode on ``device``.
+    ``checkpoint_meta`` (plain JSON values: what defines the run) is stored in the checkpoint,
+    and a checkpoint holding other meta is not resumed: training starts fresh (a log line says
+    so) and replaces it.
 
     Raises:
         SearchpruneError: the loss became NaN or infinite (lower ``lr``).
@@ -183,8 +188,14 @@ def fit(
     records: list[dict[str, Any]] = []
     start = 0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = load_weights(ckpt)
+    meta = _meta_text(checkpoint_meta)
+    state = load_weights(ckpt) if ckpt is not None and ckpt.is_file() else None
+    stored = state.get("meta") if isinstance(state, dict) else None
+    if state is not None and meta is not None and stored != meta:
+        _log.info("not resuming from %s: it was written for another run (%s); starting fresh",
+                  ckpt, _meta_change(stored, checkpoint_meta))
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -246,6 +257,7 @@ def fit(
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch + 1,
                         "records": records,
+                        **({"meta": meta} if meta is not None else {}),
                     },
                     ckpt,
                 )
@@ -253,6 +265,22 @@ def fit(
                 break
     model.eval()
     return records
+
+
+def _meta_text(meta: Mapping[str, Any] | None) -> str | None:
+    return None if meta is None else json.dumps(meta, sort_keys=True, default=str)
+
+
+def _meta_change(stored: Any, meta: Mapping[str, Any] | None) -> str:
+    """Which top-level entries of the run's meta differ from a checkpoint's stored meta."""
+    try:
+        old = json.loads(stored) if isinstance(stored, str) else {}
+    except ValueError:
+        old = {}
+    new = json.loads(_meta_text(meta) or "{}")
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(changed) + (" differ" if len(changed) > 1 else " differs") if changed \
+        else "no run description"
 
 
 def _loader(train_set: Dataset, batch_size: int, epoch_seed: int, drop_last: bool,

@@ -42,7 +42,8 @@ def test_finetune_records_results_in_the_study_and_resumes(study):
     assert record["artifact_id"] and record["test_top1"] == pytest.approx(result.test_top1)
     # the trained digits net, pruned to 60% FLOPs and fine-tuned, is far above chance (10%)
     assert record["test_top1"] > 50.0 and record["val_top1"] == pytest.approx(result.val_top1)
-    assert (tmp / "ft" / f"trial-{result.best}-stage2.pt").is_file()
+    # checkpoints are named by the run's key (issue 25): one stage-2 file for this best
+    assert len(list((tmp / "ft").glob(f"trial-{result.best}-stage2-*.pt"))) == 1
     # a second call finds every epoch checkpointed and reproduces the result without training
     again = finetune_study(st, top=2, settings=settings, out_dir=tmp / "ft")
     assert again.test_top1 == pytest.approx(result.test_top1)
@@ -105,7 +106,9 @@ def test_finetune_each_gives_trials_and_baselines_one_recipe(study, capsys):
     assert rows[0]["widths"] == st.best_trial.user_attrs["widths"]
     engine = engine_for(load_study_config(st))
     assert rows[2]["widths"] == solve_baseline("tp-global", engine).widths
-    assert all((tmp / "each" / f"{k}-each.pt").is_file() for k in (best, "uniform", "tp-global"))
+    # checkpoints are named by the run's key (issue 25): one file per candidate
+    assert all(len(list((tmp / "each").glob(f"{k}-each-*.pt"))) == 1
+               for k in (best, "uniform", "tp-global"))
     stored = optuna.load_study(study_name="finish", storage=f"sqlite:///{tmp / 's.db'}"
                                ).user_attrs["finetune_each"]
     assert [r["test_top1"] for r in stored["rows"]] == [r["test_top1"] for r in rows]
@@ -259,5 +262,183 @@ def test_finetune_under_torchrun_two_cpu_ranks_writes_one_result(study, tmp_path
                                ).user_attrs["finetune"]
     assert stored == record
     assert len([p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]) == 1
-    assert sorted(p.name for p in (tmp_path / "ft").glob("*-final.pt")) == [
-        f"trial-{record['best_trial']}-final.pt"]
+    # one final file, of the best trial (named by the run's key since issue 25)
+    finals = sorted(p.name for p in (tmp_path / "ft").glob("*-final-*.pt"))
+    assert finals == [Path(record["checkpoint"]).name]
+    assert finals[0].startswith(f"trial-{record['best_trial']}-final-")
+
+
+# -- fine-tune checkpoints belong to one run (issue 25) -------------------------------------
+def _small_study(db, gamma: float = 0.6, name: str = "stale") -> optuna.Study:
+    return run_study(config_from_dict({
+        "data": {"calib_size": 64, "val_size": 100, "train_size": 256},
+        "pruning": {"gamma": gamma, "tolerance": 0.05},
+        "search": {"n_trials": 2, "study_name": name}, "storage": str(db),
+    }), progress=False)
+
+
+def _finetune(db, out, *extra: str, name: str = "stale") -> int:
+    from searchprune.cli.main import main
+
+    return main(["finetune", "--study-name", name, "--storage", str(db), "--top", "1",
+                 "--epochs", "1", "--final-epochs", "0", "--batch-size", "64", "--out",
+                 str(out), "--artifact-dir", str(out.parent / "artifacts"), "--json", *extra])
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
+def _stored_meta(path) -> dict:
+    return json.loads(torch.load(path, weights_only=True)["meta"])
+
+
+@pytest.fixture(scope="module")
+def stale(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stale")
+    _small_study(tmp / "s.db")
+    return tmp / "s.db"
+
+
+def test_finetune_resumes_only_its_own_recipe(stale, tmp_path, caplog, capsys):
+    import logging
+
+    out = tmp_path / "ft"
+    with caplog.at_level(logging.INFO):
+        assert _finetune(stale, out, "--lr", "0.01") == 0
+    (first,) = out.glob("trial-*-stage1-*.pt")
+    assert _stored_meta(first)["recipe"]["lr"] == 0.01
+    # positive control: the same recipe again resumes the finished checkpoint
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert _finetune(stale, out, "--lr", "0.01") == 0
+    assert f"resuming training from {first} at epoch 1/1" in _messages(caplog)
+    for flag, value in (("--lr", "0.02"), ("--seed", "1"), ("--batch-size", "32")):
+        caplog.clear()
+        before = set(out.glob("trial-*-stage1-*.pt"))
+        with caplog.at_level(logging.INFO):
+            assert _finetune(stale, out, flag, value) == 0
+        (new,) = set(out.glob("trial-*-stage1-*.pt")) - before  # its own checkpoint...
+        assert not any(m.startswith("resuming training") for m in _messages(caplog))
+        assert any("not resuming" in m and first.name in m and "starting fresh in "
+                   f"{new.name}" in m for m in _messages(caplog)), _messages(caplog)
+        recipe = _stored_meta(new)["recipe"]  # ...trained for the new recipe, 1 epoch
+        assert str(recipe[flag[2:].replace("-", "_")]) == value
+        assert len(torch.load(new, weights_only=True)["records"]) == 1
+    capsys.readouterr()
+
+
+def test_a_recreated_study_does_not_resume_the_old_ones_checkpoints(tmp_path, caplog, capsys):
+    """Deleted and created again under the same name: with the same config (same widths) the
+    old checkpoint is not resumed; with another band (other widths) the old checkpoint, which
+    no longer fits, is not even opened (it used to be a RuntimeError traceback)."""
+    import logging
+
+    from searchprune.engine import engine_for
+    from searchprune.search.finishing import load_study_config
+
+    db, out = tmp_path / "s.db", tmp_path / "ft"
+    old = _small_study(db)
+    assert _finetune(db, out) == 0
+    (old_ckpt,) = out.glob("trial-*-stage1-*.pt")
+    old_widths = old.trials[int(old_ckpt.name.split("-")[1])].user_attrs["widths"]
+    for gamma in (0.6, 0.35):
+        optuna.delete_study(study_name="stale", storage=f"sqlite:///{db}")
+        new = _small_study(db, gamma=gamma)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert _finetune(db, out) == 0, capsys.readouterr().err
+        assert not any(m.startswith("resuming training") for m in _messages(caplog))
+        assert any("not resuming" in m and old_ckpt.name in m for m in _messages(caplog))
+    best = max(new.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
+               key=lambda t: t.value)
+    # the old checkpoint really does not fit the new study's best network
+    assert best.user_attrs["widths"] != old_widths
+    model = engine_for(load_study_config(new)).build(best.user_attrs["widths"])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model.load_state_dict(torch.load(old_ckpt, weights_only=True)["model"])
+    capsys.readouterr()
+
+
+def test_a_second_finetune_of_the_same_run_is_refused_while_one_holds_it(stale, tmp_path,
+                                                                         capsys):
+    """Real: another process holds the run's lock (flock); no timing is involved, the holder
+    says when it holds the lock and keeps it until told to let go."""
+    from pathlib import Path
+
+    out = tmp_path / "ft"
+    assert _finetune(stale, out) == 0
+    (lock,) = out.glob("trial-*-stage1-*.lock")
+    (ckpt,) = out.glob("trial-*-stage1-*.pt")
+    saved = ckpt.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys\n"
+         f"f = open({str(lock)!r}, 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        assert _finetune(stale, out) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: trial ") and (
+            f"of study 'stale' is being fine-tuned with this recipe by another process (it "
+            f"holds {lock}); wait for it to finish, then rerun" in err[0]), err
+        assert ckpt.read_bytes() == saved  # nothing trained or written
+        # another recipe is another run: not held up
+        assert _finetune(stale, out, "--lr", "0.02") == 0
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    # the lock is free again: the same run now goes ahead and reuses the finished checkpoint
+    capsys.readouterr()
+    assert _finetune(stale, out) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert Path(record["checkpoint"]).is_file() and ckpt.read_bytes() == saved
+
+
+# -- export killed between its two renames (issue 25) ---------------------------------------
+def test_export_puts_back_what_a_killed_export_moved_aside_and_cleans_up(study, tmp_path,
+                                                                         caplog, capsys):
+    """Simulated: the crash state on disk, made as an export killed at each point leaves it
+    (the folders are created by the test). Real: the dead process id (a process that ran and
+    was reaped), the live one (this test's parent) and the export command that recovers."""
+    import logging
+    import os
+
+    from searchprune.cli.main import main
+    from searchprune.export import _host
+
+    st, tmp = study
+    out = tmp_path / "exp"
+    ex = ["export", "--storage", str(tmp / "s.db"), "--study-name", "finish", "--no-latency",
+          "--json", "--out", str(out)]
+    assert main(ex) == 0
+    card = (out / "card.json").read_text()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    host, live = _host(), os.getppid()
+    # killed between the renames: --out moved aside, the new files complete in their tmp
+    old = tmp_path / f".exp.{host}.{dead}.old"
+    out.rename(old)
+    half = tmp_path / f".exp.{host}.{dead}.k2j4x_0a.tmp"
+    half.mkdir()
+    (half / "model.pt2").write_text("partial")
+    keep = [tmp_path / f".exp.{host}.{live}.b7c8d9e0.tmp",  # an export still running
+            tmp_path / f".exp.otherhost.{dead}.old"]  # another machine's: cannot be asked
+    for p in keep:
+        p.mkdir()
+    with caplog.at_level(logging.INFO):
+        assert main(ex) == 2  # the old export is back, and replacing it still needs --force
+    assert f"--out {out} is not empty; pass --force" in capsys.readouterr().err
+    assert (out / "card.json").read_text() == card
+    assert f"restored {out} from {old.name}, left by an export that was killed" in [
+        r.getMessage() for r in caplog.records]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", *(p.name for p in keep)])
+    # killed after the second rename, while deleting the old copy: --out is the new export
+    (tmp_path / f".exp.{host}.{dead}.del").mkdir()
+    (tmp_path / f".exp.{host}.{dead}.old").mkdir()
+    assert main([*ex, "--force"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "model.pt2", "state_dict.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["exp", *(p.name for p in keep)])

@@ -150,17 +150,195 @@ def test_foreign_owned_cache_file_is_ignored(tmp_path, caplog):
         f"ignoring cache file {foreign}: owned by uid 65534, not by this user; recomputing it"]
 
 
-def test_unreadable_cache_file_is_ignored(tmp_path, caplog, monkeypatch):
+def test_unreadable_cache_file_is_ignored(tmp_path, caplog):
     from searchprune.data import _cache
 
     path = tmp_path / "scores.pt"
     torch.save({"w": torch.zeros(1)}, path)
-    # Root reads any file, so unreadability is simulated where the check asks the system.
-    monkeypatch.setattr(_cache.os, "access", lambda p, mode: False)
+    # Real: the file's mode gives its owner no read permission. Root could still open it, so
+    # the check reads the mode of the open file (fstat) rather than asking open() to fail.
+    path.chmod(0o200)
     with caplog.at_level(logging.WARNING):
         assert not _cache.usable_cache_file(path)
     assert [r.getMessage() for r in caplog.records] == [
         f"ignoring cache file {path}: not readable; recomputing it"]
+
+
+# -- a shared cache folder: symbolic-link swaps, shared folders, other users' files -----------
+OTHER_UID = 12345  # a second user: root gives files and folders to it with a real chown
+
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+
+
+def _digits_bundle():
+    from searchprune.data import load_data
+
+    return load_data(DataConfig(calib_size=64, val_size=64))
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    """A digits_resnet8 state_dict no training produces (seeded random init)."""
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(), num_classes=10, in_channels=1).state_dict()
+
+
+def _holds(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def _plant_ours(cache: Path, name: str, state: dict[str, torch.Tensor]) -> Path:
+    """A cache file written the way searchprune writes one (this user's, mode 0600)."""
+    from searchprune.data._cache import cache_folder
+
+    with cache_folder(cache, "baselines") as folder:
+        folder.save(state, name)
+    return cache / "baselines" / name
+
+
+def _attacker_file(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
+    """The other user's weights in the other user's folder, both really owned by OTHER_UID."""
+    folder = tmp_path / "attacker"
+    folder.mkdir(mode=0o755)
+    evil = folder / "evil.pt"
+    torch.save(state, evil)
+    os.chown(evil, OTHER_UID, OTHER_UID)
+    os.chown(folder, OTHER_UID, OTHER_UID)
+    return evil
+
+
+def _swap_for_link(path: Path, target: Path) -> None:
+    """What the attacker does in a folder they can write to: the name now points at their file."""
+    side = path.with_name(path.name + ".swap")
+    side.symlink_to(target)
+    os.replace(side, path)
+
+
+@needs_root
+def test_a_symlink_swapped_in_before_the_open_is_refused(tmp_path, cache, caplog):
+    """Real: the symbolic link, the other user's ownership of the weights (chown to uid 12345)
+    and the swap on disk. The attacker's write access to the cache folder is not needed to
+    make the swap here (root makes it); the folder tests below cover who may write there."""
+    from searchprune.models.baseline import _cache_file, digits_baseline
+
+    bundle = _digits_bundle()
+    path = _cache_file(ModelConfig(), bundle, cache)
+    _plant_ours(cache, path.name, _weights(1))
+    evil_state = _weights(666)
+    evil = _attacker_file(tmp_path, evil_state)
+    _swap_for_link(path, evil)
+    # positive control: a read by name now gets the attacker's weights
+    assert all(torch.equal(torch.load(path, weights_only=True)[k], v)
+               for k, v in evil_state.items())
+    with caplog.at_level(logging.WARNING):
+        model = digits_baseline(ModelConfig(), bundle)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring cache file {path}: a symbolic link; recomputing it"]
+    assert not _holds(model, evil_state)  # retrained, not poisoned
+    assert not path.is_symlink() and path.stat().st_uid == os.getuid()  # replaced by ours
+    assert _holds(model, torch.load(path, weights_only=True))
+    assert evil.stat().st_uid == OTHER_UID and torch.load(evil, weights_only=True)
+
+
+@needs_root
+def test_a_swap_after_the_open_changes_nothing_that_is_read(tmp_path, cache, monkeypatch):
+    """The race of the old code (check by name, then open by name) cannot happen: the checks
+    are made on the open descriptor and the weights read from it. Simulated: the moment of the
+    swap, made deterministic by a hook at the check right after the open. Real: the swap to a
+    symbolic link to another user's weights."""
+    from searchprune.data import _cache
+    from searchprune.models.baseline import _cache_file, digits_baseline
+
+    bundle = _digits_bundle()
+    path = _cache_file(ModelConfig(), bundle, cache)
+    ours, evil_state = _weights(1), _weights(666)
+    _plant_ours(cache, path.name, ours)
+    evil = _attacker_file(tmp_path, evil_state)
+    real_check, swapped = _cache.file_problem, []
+
+    def swap_then_check(st):
+        _swap_for_link(path, evil)
+        swapped.append(path.is_symlink())
+        return real_check(st)
+
+    monkeypatch.setattr(_cache, "file_problem", swap_then_check)
+    model = digits_baseline(ModelConfig(), bundle)
+    assert swapped == [True]  # the name pointed at the attacker's file while it was read
+    assert _holds(model, ours) and not _holds(model, evil_state)
+    assert path.is_symlink()  # nothing was retrained or rewritten: the open file was ours
+
+
+@needs_root
+@pytest.mark.parametrize("where", ["root", "subfolder"])
+def test_a_cache_folder_others_can_write_is_refused_unless_sticky_and_ours(
+        tmp_path, cache, caplog, where):
+    """Real: mode 0777 folders (existing ones, not created by searchprune), then the same with
+    the sticky bit, owned by this user."""
+    from searchprune.models.baseline import _cache_file, digits_baseline
+
+    bundle = _digits_bundle()
+    path = _cache_file(ModelConfig(), bundle, cache)
+    planted = _weights(7)
+    _plant_ours(cache, path.name, planted)
+    folder = cache if where == "root" else path.parent
+    folder.chmod(0o777)
+    before = path.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        model = digits_baseline(ModelConfig(), bundle)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"not using cache folder {folder} (computing without the cache): "
+                           "other users can write to it (mode 0777)"), line
+    assert "chmod 700" in line
+    assert not _holds(model, planted)  # the file in it was not trusted...
+    assert path.read_bytes() == before  # ...and nothing was written there
+    # positive control: sticky and this user's, others may add files but not replace ours
+    folder.chmod(0o1777)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _holds(digits_baseline(ModelConfig(), bundle), planted)
+    assert not caplog.records
+
+
+@needs_root
+def test_a_cache_folder_of_another_user_is_refused(tmp_path, cache, caplog):
+    """Real: the existing scores folder belongs to uid 12345 (chown), mode 0755."""
+    from searchprune.data._cache import cache_folder
+
+    with cache_folder(cache, "scores") as folder:
+        folder.save({"w": torch.ones(1)}, "x.pt")
+    os.chown(cache / "scores", OTHER_UID, OTHER_UID)
+    (cache / "scores").chmod(0o755)
+    with caplog.at_level(logging.WARNING), cache_folder(cache, "scores") as folder:
+        assert folder is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not using cache folder {cache / 'scores'} (computing without the cache): owned by "
+        f"uid {OTHER_UID}, not by this user; point SEARCHPRUNE_CACHE at a folder of your own"]
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["owner", "mode"])
+def test_a_cache_file_of_another_user_or_writable_by_others_is_refused(
+        tmp_path, cache, caplog, how):
+    """Real: the baseline cache file is given to uid 12345 (chown), or made writable by every
+    user (chmod 0666); either way its weights are not used and it is retrained."""
+    from searchprune.models.baseline import _cache_file, digits_baseline
+
+    bundle = _digits_bundle()
+    path = _cache_file(ModelConfig(), bundle, cache)
+    planted = _weights(7)
+    _plant_ours(cache, path.name, planted)
+    if how == "owner":
+        os.chown(path, OTHER_UID, OTHER_UID)
+        why = f"owned by uid {OTHER_UID}, not by this user"
+    else:
+        path.chmod(0o666)
+        why = "writable by other users (mode 0666)"
+    with caplog.at_level(logging.WARNING):
+        model = digits_baseline(ModelConfig(), bundle)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring cache file {path}: {why}; recomputing it"]
+    assert not _holds(model, planted)
+    assert path.stat().st_uid == os.getuid() and _holds(model, torch.load(path, weights_only=True))
 
 
 # -- secrets ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from searchprune._factory import import_factory
-from searchprune.data._cache import atomic_save, usable_cache_file
+from searchprune.data._cache import cache_folder
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.space import SearchSpace
 
@@ -194,20 +194,34 @@ def cached_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
 
 
 def _load_or_compute(crit, key, model, space, data, device, cache_dir):
-    name = crit.name
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
-    path = folder / "scores" / f"{name}-{key}.pt"
-    if usable_cache_file(path):
+    name = f"{crit.name}-{key}.pt"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    with cache_folder(root, "scores") as folder:
+        stored = _load_stored(folder, name, crit.name)
+        if stored is not None:
+            return stored
+        start = time.perf_counter()
+        scores = _run(crit, model, space, data, device or torch.device("cpu"))
+        seconds = time.perf_counter() - start
+        if folder is not None:  # a refused folder is never written to either
+            folder.save({**scores, _SECONDS: torch.tensor(seconds)}, name)
+    return scores, seconds
+
+
+def _load_stored(folder, name: str, crit_name: str):
+    """(scores, seconds) from the checked cache file, read from its own descriptor; None to
+    recompute."""
+    f = folder.open(name) if folder is not None else None
+    if f is None:
+        return None
+    with f:
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            _log.info("criterion %s: scores loaded from %s", name, path)
+            stored = torch.load(f, map_location="cpu", weights_only=True)
             seconds = float(stored.pop(_SECONDS, torch.tensor(float("nan"))))
-            return stored, seconds
         except Exception as exc:  # a damaged file is recomputed and replaced
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            _log.warning("ignoring unreadable score cache %s (%s); recomputing it", path, reason)
-    start = time.perf_counter()
-    scores = _run(crit, model, space, data, device or torch.device("cpu"))
-    seconds = time.perf_counter() - start
-    atomic_save({**scores, _SECONDS: torch.tensor(seconds)}, path, private=True)
-    return scores, seconds
+            _log.warning("ignoring unreadable score cache %s (%s); recomputing it", f.name,
+                         reason)
+            return None
+    _log.info("criterion %s: scores loaded from %s", crit_name, f.name)
+    return stored, seconds

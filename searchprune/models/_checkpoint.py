@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -23,20 +23,29 @@ __all__ = ["load_checkpoint", "load_weights", "read_state_dict"]
 
 _SHOWN = 3  # how many offending keys an error message names per kind
 
+# A file name, or a file already open for reading (a cache file checked on its descriptor).
+Source = str | Path | IO[bytes]
 
-def load_weights(path: str | Path, *, trust: bool = False) -> Any:
-    """``torch.load`` of ``path`` on the CPU, weights-only unless ``trust``.
+
+def _where(source: Source) -> Path:
+    return Path(source if isinstance(source, (str, Path)) else source.name)
+
+
+def load_weights(path: Source, *, trust: bool = False) -> Any:
+    """``torch.load`` of ``path`` (a file name or an open binary file) on the CPU,
+    weights-only unless ``trust``.
 
     Raises:
         CheckpointError: the file is truncated or not a PyTorch file (the message names it), or
             it holds objects that only full unpickling can restore and ``trust`` is False.
     """
-    path = Path(path)
+    source, path = path, _where(path)
     unreadable = CheckpointError(
         f"cannot read checkpoint {path}: truncated or not a PyTorch file"
     )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        return torch.load(path if isinstance(source, (str, Path)) else source,
+                          map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if trust or "weights_only" not in str(exc):
             raise unreadable from None
@@ -51,16 +60,18 @@ def load_weights(path: str | Path, *, trust: bool = False) -> Any:
     ) from None
 
 
-def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Source, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file on the CPU (weights-only unless ``trust``).
 
     Accepts a plain state_dict or a dict holding one under ``state_dict`` or ``model``; a
     ``module.`` prefix (``nn.DataParallel``) is stripped.
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    obj = load_weights(p, trust=trust)
+    p = _where(path).expanduser()
+    if isinstance(path, (str, Path)):
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint not found: {p}")
+        path = p
+    obj = load_weights(path, trust=trust)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
@@ -88,7 +99,7 @@ def _names(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + more
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, name: str | None = None,
+def load_checkpoint(model: nn.Module, path: Source, *, name: str | None = None,
                     trust: bool = False) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (in place) and return it.
 
@@ -115,7 +126,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, name: str | None = No
             parts.append(f"wrong shapes {_names(wrong)}")
         label = name or type(model).__name__
         raise CheckpointError(
-            f"checkpoint {Path(path).expanduser()} does not fit model {label}: " + "; ".join(parts)
+            f"checkpoint {_where(path).expanduser()} does not fit model {label}: " + "; ".join(parts)
         )
     model.load_state_dict(state, strict=False)
     return model

@@ -69,7 +69,8 @@ def digits_baseline(
     seconds on a CPU) and cache the weights under ``cache_dir`` (default ``$SEARCHPRUNE_CACHE``
     or ``~/.cache/searchprune``), keyed by the model config, the recipe and a hash of the
     training and validation data; later calls load the cache (weights-only, and only a file
-    this user owns). Any other model is built by :func:`build_model` as is.
+    this user owns in a folder no one else can swap it in: see :mod:`searchprune.data._cache`).
+    Any other model is built by :func:`build_model` as is.
     """
     num_classes, in_channels = bundle.num_classes, bundle.input_shape[0]
     if model_cfg.name != "digits_resnet8" or model_cfg.checkpoint:
@@ -80,24 +81,47 @@ def digits_baseline(
             "set data.name: digits or give model.checkpoint"
         )
     from searchprune.data import default_cache_dir
-    from searchprune.data._cache import atomic_save, usable_cache_file
-    from searchprune.train import fit
+    from searchprune.data._cache import cache_folder
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = _cache_file(model_cfg, bundle, root)
-    if usable_cache_file(path):
-        model = build_model(model_cfg, num_classes=num_classes, in_channels=in_channels)
+    with cache_folder(root, path.parent.name) as folder:
+        cached = _load_cached(folder, path.name, model_cfg, bundle)
+        if cached is not None:
+            return cached
+        model = _train(model_cfg, bundle, progress)
+        if folder is not None:  # a refused folder is never written to either
+            folder.save(model.state_dict(), path.name)
+            _log.info("digits baseline cached at %s", path)
+    return model.cpu().eval()
+
+
+def _load_cached(folder, name: str, model_cfg: ModelConfig, bundle: DataBundle
+                 ) -> nn.Module | None:
+    """The cached baseline, read from the checked file's own descriptor; None to retrain."""
+    f = folder.open(name) if folder is not None else None
+    if f is None:
+        return None
+    model = build_model(model_cfg, num_classes=bundle.num_classes,
+                        in_channels=bundle.input_shape[0])
+    with f:
         try:
-            return load_checkpoint(model, path, name=model_cfg.name).eval()
+            return load_checkpoint(model, f, name=model_cfg.name).eval()
         except CheckpointError:
             _log.warning("ignoring baseline cache %s: not a weights-only file that fits the "
-                         "model; retraining", path)
+                         "model; retraining", f.name)
+    return None
+
+
+def _train(model_cfg: ModelConfig, bundle: DataBundle, progress: bool) -> nn.Module:
+    from searchprune.train import fit
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(bundle.seed)
-        model = build_model(model_cfg, num_classes=num_classes, in_channels=in_channels)
+        model = build_model(model_cfg, num_classes=bundle.num_classes,
+                            in_channels=bundle.input_shape[0])
     recipe = {k: v for k, v in DIGITS_RECIPE.items() if k != "version"}
     records = fit(model, bundle.train_set(), seed=bundle.seed, val=bundle.val,
                   progress=progress, **recipe)  # type: ignore[arg-type]  # fmt: skip
-    _log.info("digits baseline: val top-1 %.2f%%, cached at %s", records[-1]["val_top1"], path)
-    atomic_save(model.state_dict(), path, private=True)
-    return model.cpu().eval()
+    _log.info("digits baseline: val top-1 %.2f%%", records[-1]["val_top1"])
+    return model

@@ -34,7 +34,7 @@ from searchprune.train import distributed_world, is_main_process
 
 __all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
            "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
-           "study_latency_table", "top_trials"]
+           "study_identity", "study_latency_table", "top_trials"]
 
 FINETUNE_ATTR = "finetune"
 FINETUNE_EACH_ATTR = "finetune_each"
@@ -51,6 +51,30 @@ def load_study_config(study: optuna.Study) -> Config:
         raise SearchpruneError(f"study '{study.study_name}' has no stored config; it was not "
                                "created by 'searchprune study run'")
     return config_from_dict(upgrade_stored(stored))
+
+
+# The stored config sections that decide the networks fine-tuning starts from and its images.
+_DEFINING = ("model", "data", "pruning", "supernet", "setting")
+
+
+def study_identity(study: optuna.Study) -> dict[str, Any]:
+    """What tells this study apart from any other, whatever its storage: its name, the start
+    of its first trial (a study deleted and created again under the same name has other
+    trials) and a digest of the stored settings that decide its networks and training data."""
+    import hashlib
+    import json
+
+    first = next((t.datetime_start for t in sorted(study.get_trials(deepcopy=False),
+                                                   key=lambda t: t.number)
+                  if t.datetime_start is not None), None)
+    stored = study.user_attrs.get("config") or {}
+    defining = {k: stored.get(k) for k in _DEFINING}
+    if isinstance(defining["model"], dict):  # how a file was allowed to load is no part of it
+        defining["model"] = {k: v for k, v in defining["model"].items()
+                             if k != "trust_checkpoint"}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode())
+    return {"name": study.study_name, "created": first.isoformat() if first else None,
+            "config": digest.hexdigest()[:16]}
 
 
 def top_trials(study: optuna.Study, k: int, *, flops_min: float | None = None,
@@ -98,7 +122,8 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
     trials = top_trials(study, top, flops_min=flops_min, flops_max=flops_max)
     engine = engine_for(cfg)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in trials]
-    result = finetune_candidates(engine, candidates, settings, out_dir, progress=progress)
+    result = finetune_candidates(engine, candidates, settings, out_dir, progress=progress,
+                                 study=study_identity(study))
     record: dict[str, Any] = {
         "trials": {str(k): v for k, v in result.candidates.items()},
         "best_trial": result.best, "epochs": settings.epochs,
@@ -153,7 +178,7 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     rows = finetune_each(engine, candidates, settings, out_dir, latency_batch=latency_batch,
                          latency_threads=spec.threads if spec is not None else None,
                          predict_latency=table.ratio if table is not None else None,
-                         progress=progress)
+                         progress=progress, study=study_identity(study))
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
               "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
     if is_main_process():  # under torchrun rank 0 records the one result
