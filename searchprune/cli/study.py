@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from typing import Any
 
+from searchprune.cli._errors import EXIT_FAILURE
 from searchprune.cli._output import add_trust_flag, console, emit_json, error, table
 from searchprune.errors import ConfigError, SearchpruneError
 from searchprune.redact import redact_config, redact_url
@@ -115,7 +116,7 @@ def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
             raise StudyInterrupted(result.signum or signal.SIGINT, result.abandoned)
         if result.killed:
             error(_killed_line(result.killed, args.workers, storage, cfg))
-            return 1
+            return EXIT_FAILURE
         if result.code != 0:
             return result.code
     _report(args, load_study(cfg.storage, _study_name(cfg)), cfg)
@@ -128,8 +129,7 @@ def _killed_line(killed: list[Any], workers: int, storage: Any, cfg: Any) -> str
 
     from searchprune.search import n_evaluated
 
-    who = (f"worker {killed[0].describe()}" if len(killed) == 1 else
-           "workers " + ", ".join(k.describe() for k in killed))
+    who = ", ".join(f"worker {k.describe()}" for k in killed)
     target = cfg.search.n_trials
     try:
         done = n_evaluated(optuna.load_study(study_name=_study_name(cfg), storage=storage))
