@@ -9,7 +9,8 @@ import sys
 from collections import Counter
 from typing import Any
 
-from searchprune.cli._output import add_trust_flag, console, emit_json, table
+from searchprune.cli._errors import EXIT_FAILURE
+from searchprune.cli._output import add_trust_flag, console, emit_json, error, table
 from searchprune.errors import ConfigError, SearchpruneError
 from searchprune.redact import redact_config, redact_url
 
@@ -107,16 +108,38 @@ def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
     storage, existing = preflight(cfg, force_config=args.force_config)
     if existing is None or n_evaluated(existing) < cfg.search.n_trials:
         threads = args.threads or threads_per_worker(args.workers)
-        code, lines, abandoned, signum = run_workers(
+        result = run_workers(
             cfg, storage, _worker_args(args, threads), args.workers, progress=not args.json)
-        for line in lines:
+        for line in result.lines:
             sys.stderr.write(line + "\n")
-        if signum is not None or abandoned:
-            raise StudyInterrupted(signum or signal.SIGINT, abandoned)
-        if code != 0:
-            return code
+        if result.signum is not None or result.abandoned:
+            raise StudyInterrupted(result.signum or signal.SIGINT, result.abandoned)
+        if result.killed:
+            error(_killed_line(result.killed, args.workers, storage, cfg))
+            return EXIT_FAILURE
+        if result.code != 0:
+            return result.code
     _report(args, load_study(cfg.storage, _study_name(cfg)), cfg)
     return 0
+
+
+def _killed_line(killed: list[Any], workers: int, storage: Any, cfg: Any) -> str:
+    """``worker 2 (pid N) was killed by SIGKILL; the other worker finished the study: ...``."""
+    import optuna
+
+    from searchprune.search import n_evaluated
+
+    who = ", ".join(f"worker {k.describe()}" for k in killed)
+    target = cfg.search.n_trials
+    try:
+        done = n_evaluated(optuna.load_study(study_name=_study_name(cfg), storage=storage))
+    except KeyError:  # killed before the study was created
+        done = 0
+    if done < target:
+        return (f"{who}; the study holds {done} of {target} evaluated trials: re-run the same "
+                "command to resume")
+    others = "the other worker" if workers - len(killed) == 1 else "the other workers"
+    return f"{who}; {others} finished the study: {done} of {target} evaluated trials"
 
 
 def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
