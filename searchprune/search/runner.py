@@ -131,12 +131,14 @@ def preflight(cfg: Config, *, force_config: bool = False,
 
 
 def check_names_exist(cfg: Config) -> None:
-    """Fail in milliseconds on an unknown criterion or pruner (the sampler and other choices are
-    checked when the config is loaded)."""
+    """Fail in milliseconds on an unknown criterion or pruner, or a device this machine lacks
+    (the sampler and other choices are checked when the config is loaded)."""
     from searchprune.criteria import get_criterion
+    from searchprune.engine import resolve_device
 
     make_pruner(cfg.search.pruner)
     get_criterion(cfg.pruning.criterion)
+    resolve_device(cfg.device)
 
 
 def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | None,
