@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from searchprune.cli._output import add_trust_flag, console, emit_json, table
 from searchprune.cli.study import load_study
 from searchprune.errors import ConfigError, unknown_choice
+
+if TYPE_CHECKING:
+    from searchprune.trust import LocalTrust
 
 __all__ = ["add_parser"]
 
@@ -78,7 +81,7 @@ def _trust_flags(parser: argparse.ArgumentParser) -> None:
                              "it (model, search.sampler, pruning.criterion); repeatable")
 
 
-def _trust(args: argparse.Namespace) -> Any:
+def _trust(args: argparse.Namespace) -> LocalTrust:
     from searchprune.trust import LocalTrust
 
     return LocalTrust(factories=frozenset(args.allow_factory),
