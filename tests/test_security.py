@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -732,3 +734,146 @@ def test_worker_command_lines_carry_no_storage_url(monkeypatch):
     for command, env in started:
         assert not any("Secret" in part for part in command)
         assert env[_workers.STORAGE_ENV] == url
+
+
+# -- a shared study is not a trusted input (issue 25) ------------------------------------------
+ZEN = "Beautiful is better than ugly."  # what importing the module ``this`` prints
+
+
+def _stored(study: optuna.Study, section: str, **values) -> None:
+    """Edit the study's stored config through Optuna's API, as anyone with write access to
+    the storage can."""
+    config = json.loads(json.dumps(study.user_attrs["config"]))
+    config[section].update(values)
+    study.set_user_attr("config", config)
+
+
+def _storage_url(kind: str, request) -> str:
+    if kind == "sqlite":
+        return ""
+    from urllib.parse import quote
+
+    role, password, db = request.getfixturevalue("pg_role")  # skips without a server
+    return f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/{db}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_stored_config_cannot_import_or_unpickle(tmp_path, kind, request, monkeypatch):
+    """Whoever can write to a shared study edits its config; another user's ``export`` and
+    ``finetune`` (real subprocesses) then neither unpickle the file it names nor import the
+    module:factory it names, and say in one line what the study needs."""
+    from _helpers import cli
+
+    from searchprune.data import load_data
+    from searchprune.search.storage import get_storage
+
+    url = _storage_url(kind, request) or str(tmp_path / "s.db")
+    monkeypatch.setenv("SEARCHPRUNE_CACHE", str(tmp_path / "cache"))
+    in_channels = load_data(DataConfig(calib_size=64, val_size=64)).input_shape[0]
+    net = build_model(ModelConfig(name="cifar_resnet8"), num_classes=10, in_channels=in_channels)
+    ckpt = tmp_path / "net.pt"  # the study owner's own file: weights and a non-tensor object
+    torch.save({"state_dict": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, ckpt)
+    benign = ckpt.read_bytes()
+    (tmp_path / "q.yaml").write_text(f"model: {{name: cifar_resnet8, checkpoint: {ckpt}}}\n"
+                                     + SMALL + "pruning: {proxy: none}\nsearch: {n_trials: 2}\n")
+    run = cli("study", "run", "q.yaml", "--storage", url, "--trust-checkpoint", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # the suggested next commands can be copied: a plain path as is, a password never, not
+    # even masked (the URL then comes from $SEARCHPRUNE_STORAGE)
+    assert "***" not in run.stderr
+    flag = '--storage "$SEARCHPRUNE_STORAGE"' if kind == "postgresql" else f"--storage {url}"
+    assert f"searchprune finetune --study-name q {flag} --top 3" in run.stderr
+    study = optuna.load_study(study_name="q", storage=get_storage(url, heartbeat_interval=None))
+    assert "trust_checkpoint" not in study.user_attrs["config"]["model"]  # never stored
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(*args, "--study-name", "q", "--storage", url, cwd=tmp_path)
+
+    export = ("export", "--out", "exported", "--no-latency", "--json")
+    finetune = ("finetune", "--top", "1", "--epochs", "0", "--final-epochs", "0", "--json")
+    # the owner's --trust-checkpoint on 'study run' was not kept: export has to pass its own
+    line = one_error_line(command(*export).stderr)
+    assert f"checkpoint {ckpt} holds objects other than tensors" in line
+
+    # an attacker swaps the file and marks it trusted in the stored config
+    marker = tmp_path / "MARKER"
+    plant(ckpt, marker)
+    positive_control(ckpt, marker)
+    _stored(study, "model", trust_checkpoint=True)
+    for args in (export, finetune):
+        proc = command(*args)
+        assert proc.returncode == 1 and "holds objects other than tensors" in one_error_line(
+            proc.stderr)
+        assert not marker.exists(), args
+    assert not (tmp_path / "exported").exists()
+
+    # module:factory strings in the stored config: refused, nothing imported
+    control = subprocess.run([sys.executable, "-c", "import this"], capture_output=True,
+                             text=True, timeout=60)
+    assert ZEN in control.stdout  # importing the module is what would show
+    ckpt.write_bytes(benign)
+    for section, key, args in (("search", "sampler", export), ("pruning", "criterion", finetune),
+                               ("model", "name", export)):
+        before = study.user_attrs["config"][section][key]
+        _stored(study, section, **{key: "this:s"})
+        proc = command(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert ZEN not in proc.stdout + proc.stderr
+        assert one_error_line(proc.stderr) == (
+            f"error: study 'q' uses {section}.{key} 'this:s', a package.module:factory that "
+            "imports code; a stored study is not trusted to name code, so pass "
+            "--allow-factory this:s to import it")
+        _stored(study, section, **{key: before})
+
+    # what the user running export allows on their own command line is used
+    _stored(study, "search", sampler="my_plugins:sampler")
+    proc = command(*export, "--trust-checkpoint", "--allow-factory", "my_plugins:sampler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    assert card["config"]["model"]["checkpoint"] == str(ckpt)
+    assert card["config"]["search"]["sampler"] == "my_plugins:sampler"
+
+
+def test_stored_config_is_rebuilt_under_the_users_own_permissions():
+    from searchprune.config import Config, config_to_dict
+    from searchprune.errors import ConfigError
+    from searchprune.redact import public_config
+    from searchprune.trust import LocalTrust, config_from_stored
+
+    trusted = Config(model=ModelConfig(checkpoint="/x.pt", trust_checkpoint=True))
+    assert "trust_checkpoint" not in public_config(trusted)["model"]  # what a study stores
+    stored = config_to_dict(trusted)  # as an attacker (or an old version) would store it
+    assert config_from_stored(stored, "q").model.trust_checkpoint is False
+    assert config_from_stored(stored, "q", LocalTrust(trust_checkpoint=True)
+                              ).model.trust_checkpoint is True
+    stored["search"]["sampler"] = "pkg.mod:make"
+    with pytest.raises(ConfigError, match=r"^study 'q' uses search.sampler 'pkg.mod:make', a "
+                                          r"package.module:factory .* --allow-factory "
+                                          r"pkg.mod:make to import it$"):
+        config_from_stored(stored, "q", LocalTrust(factories=frozenset({"pkg.mod:other"})))
+    allowed = config_from_stored(stored, "q", LocalTrust(factories=frozenset({"pkg.mod:make"})))
+    assert allowed.search.sampler == "pkg.mod:make"
+    stored["search"]["sampler"] = "tpe"  # registered names are not code named by the study
+    assert config_from_stored(stored, "q").search.sampler == "tpe"
+
+
+def test_validating_a_config_imports_no_module(tmp_path, monkeypatch):
+    """A config naming a module:factory is validated by the form of the name; the module is
+    imported only where it is used (the user's own search), never by validation."""
+    import importlib
+
+    from searchprune.config import config_from_dict
+
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "planted_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef make(*a, **k):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in ("sampler", "criterion"):
+        section = "search" if key == "sampler" else "pruning"
+        cfg = config_from_dict({section: {key: "planted_mod:make"}})
+        assert getattr(getattr(cfg, section), key) == "planted_mod:make"
+    config_from_dict({"model": {"name": "planted_mod:make"}})
+    assert not marker.exists()
+    importlib.import_module("planted_mod")  # positive control: importing it leaves the marker
+    assert marker.exists()
+    sys.modules.pop("planted_mod", None)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from searchprune.config import Config, config_from_dict, upgrade_stored
+from searchprune.config import Config
 from searchprune.constraints import LatencySpec
 from searchprune.engine import engine_for
 from searchprune.errors import SearchpruneError
@@ -31,6 +31,7 @@ from searchprune.finetune import (
 from searchprune.redact import redact_config
 from searchprune.search.trials import best_trials, top1
 from searchprune.train import distributed_world, is_main_process
+from searchprune.trust import LocalTrust, config_from_stored
 
 __all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
            "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
@@ -45,12 +46,15 @@ if TYPE_CHECKING:
     from searchprune.latency import LatencyTable
 
 
-def load_study_config(study: optuna.Study) -> Config:
+def load_study_config(study: optuna.Study, trust: LocalTrust | None = None) -> Config:
+    """The study's stored config, rebuilt under ``trust`` (what this command's user allowed:
+    see :mod:`searchprune.trust`); the storage is not trusted to import code or
+    to unpickle files."""
     stored = study.user_attrs.get("config")
-    if stored is None:
+    if not isinstance(stored, dict):
         raise SearchpruneError(f"study '{study.study_name}' has no stored config; it was not "
                                "created by 'searchprune study run'")
-    return config_from_dict(upgrade_stored(stored))
+    return config_from_stored(stored, study.study_name, trust or LocalTrust())
 
 
 # The stored config sections that decide the networks fine-tuning starts from and its images.
@@ -112,12 +116,14 @@ def default_artifact_dir(storage: str | None) -> Path:
 def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
                    out_dir: str | Path, artifact_dir: str | Path | None = None,
                    progress: bool = False, flops_min: float | None = None,
-                   flops_max: float | None = None) -> FinetuneResult:
+                   flops_max: float | None = None,
+                   trust: LocalTrust | None = None) -> FinetuneResult:
     """Fine-tune the ``top`` best trials (of a Pareto study: front members, most accurate first)
     within the FLOPs-ratio bounds, then the best of them longer; store the results.
 
-    Paths are recorded absolute, so ``export`` finds the weights from any folder."""
-    cfg = load_study_config(study)
+    Paths are recorded absolute, so ``export`` finds the weights from any folder. ``trust``:
+    what the stored config may import or unpickle (:func:`load_study_config`)."""
+    cfg = load_study_config(study, trust)
     out_dir = Path(out_dir).expanduser().resolve()
     trials = top_trials(study, top, flops_min=flops_min, flops_max=flops_max)
     engine = engine_for(cfg)
@@ -147,14 +153,15 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
                         baselines: list[str] = (), settings: FinetuneSettings,
                         out_dir: str | Path, latency_batch: int | None = 64,
                         progress: bool = False, flops_min: float | None = None,
-                        flops_max: float | None = None) -> list[dict[str, Any]]:
+                        flops_max: float | None = None,
+                        trust: LocalTrust | None = None) -> list[dict[str, Any]]:
     """Fine-tune the listed trials (default: the ``top`` best, of a Pareto study front members,
     within the FLOPs-ratio bounds) and the named baselines
     (:mod:`searchprune.baselines`, solved for the study's band) with one recipe; store and
-    return one row per candidate."""
+    return one row per candidate. ``trust``: as for :func:`finetune_study`."""
     from searchprune.baselines import solve_baseline
 
-    cfg = load_study_config(study)
+    cfg = load_study_config(study, trust)
     if trials:
         by_number = {t.number: t for t in study.get_trials(deepcopy=False,
                                                            states=(TrialState.COMPLETE,))}
@@ -241,11 +248,12 @@ def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
 def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
                  finetuned: bool = True, latency: bool = True, flops_min: float | None = None,
                  flops_max: float | None = None, force: bool = False,
-                 format: str = "torch") -> dict[str, Any]:
+                 format: str = "torch", trust: LocalTrust | None = None) -> dict[str, Any]:
     """Export trial ``trial`` (default: the fine-tuned best, else the best trial; of a Pareto
     study the most accurate front member; with FLOPs bounds, the best within them) into
     ``out_dir`` (a non-empty folder only with ``force``) in ``format`` (``torch``, ``onnx`` or
-    ``all``; see :func:`searchprune.export.export_model`)."""
+    ``all``; see :func:`searchprune.export.export_model`). ``trust``: as for
+    :func:`finetune_study`."""
     import torch
 
     from searchprune.export import check_out_dir, export_model, file_sha256, measure_latency
@@ -253,7 +261,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
 
     check_out_dir(out_dir, force)  # before any work
 
-    cfg = load_study_config(study)
+    cfg = load_study_config(study, trust)
     ft = study.user_attrs.get(FINETUNE_ATTR) or {}
     bounded = flops_min is not None or flops_max is not None
     if trial is not None:

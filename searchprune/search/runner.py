@@ -33,7 +33,7 @@ from searchprune.provenance import provenance
 from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
-from searchprune.search.band import Gate
+from searchprune.search.band import Band, Gate
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.objective import (
     Counters,
@@ -44,7 +44,7 @@ from searchprune.search.objective import (
     make_objective,
     make_pruner,
 )
-from searchprune.search.samplers import SamplerContext, make_sampler
+from searchprune.search.samplers import SamplerContext, make_sampler, sampler_spec
 from searchprune.search.storage import get_storage
 from searchprune.search.trials import n_evaluated
 
@@ -115,6 +115,7 @@ def preflight(cfg: Config, *, force_config: bool = False,
     existing study (or None)."""
     if check_names:
         check_names_exist(cfg)
+    sampler_spec(cfg.search.sampler)  # a user's package.module:factory imports, or fails, here
     storage = storage if storage is not None else open_storage(cfg)
     existing = _load_study(derive_study_name(cfg), storage)
     if existing is not None:
@@ -130,12 +131,14 @@ def preflight(cfg: Config, *, force_config: bool = False,
 
 
 def check_names_exist(cfg: Config) -> None:
-    """Fail in milliseconds on an unknown criterion or pruner (the sampler and other choices are
-    checked when the config is loaded)."""
+    """Fail in milliseconds on an unknown criterion or pruner, or a device this machine lacks
+    (the sampler and other choices are checked when the config is loaded)."""
     from searchprune.criteria import get_criterion
+    from searchprune.engine import resolve_device
 
     make_pruner(cfg.search.pruner)
     get_criterion(cfg.pruning.criterion)
+    resolve_device(cfg.device)
 
 
 def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | None,
@@ -277,6 +280,7 @@ def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = No
                             f"the reachable FLOPs ratios [{low:.4f}, {high:.4f}] with "
                             f"pruning.groups and eta={eta}; move {knob} into that range or "
                             "loosen the group bounds")
+        _check_room(spec, band, low, high)
         return
     if band.gamma + band.tolerance < low:
         raise BandError(f"{spec.target} is below the FLOPs ratio {low:.4f} of the all-eta "
@@ -284,6 +288,21 @@ def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = No
     if band.gamma - band.tolerance > high:
         raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) is above 1, the "
                         f"FLOPs ratio of the unpruned network; lower {knob}")
+    _check_room(spec, band, low, high)
+
+
+def _check_room(spec: ObjectiveSpec, band: Band, low: float, high: float) -> None:
+    """A band that meets the reachable FLOPs ratios ``[low, high]`` in one point only (e.g.
+    ``gamma: 1.0, tolerance: 0``) has no width for a random draw to land in: every proposal
+    would be rejected, so it is refused like a band outside the range."""
+    if high <= low:  # every group fixed: one configuration, in the band or not (checked above)
+        return
+    room = min(band.gamma + band.tolerance, high) - max(band.gamma - band.tolerance, low)
+    if room <= 0.0:
+        widen = "search.gamma_range" if spec.multi else "pruning.tolerance"
+        raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) leaves no room "
+                        f"inside the reachable FLOPs ratios [{low:.4f}, {high:.4f}]: no draw "
+                        f"can land in it; widen {widen} or move the band inside that range")
 
 
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
