@@ -64,11 +64,12 @@ def _problem(engine, problem: Problem | None) -> Problem:
     return problem if problem is not None else resolve_problem(engine.cfg, engine)
 
 
-def uniform(problem: Problem) -> BaselineConfig:
+def uniform(engine, *, problem: Problem | None = None) -> BaselineConfig:
     """One keep-ratio ``r`` for every prunable group (clipped to its ``pruning.groups`` range;
     fixed groups keep their ratio), ``r`` bisected so the FLOPs ratio is as close to ``gamma``
-    as the integer widths allow."""
-    engine, gamma = problem.engine, _band(problem).gamma
+    as the integer widths allow (``problem``: default resolved from ``engine.cfg``)."""
+    problem = _problem(engine, problem)
+    gamma = _band(problem).gamma
     bounds = _bounds(problem)
 
     def at(r: float) -> tuple[dict[str, int], float]:
@@ -88,9 +89,11 @@ def uniform(problem: Problem) -> BaselineConfig:
 
 
 def _ignored_layers(engine, model: nn.Module,
-                    bounds: dict[str, tuple[float, float]]) -> list[nn.Module]:
+                    bounds: dict[str, tuple[float, float]] | None = None) -> list[nn.Module]:
     """The classifier and the producers of every group the search space does not prune (or
-    ``pruning.groups`` fixes at 1.0)."""
+    ``pruning.groups`` fixes at 1.0; ``bounds``: default those of ``engine.cfg``)."""
+    if bounds is None:
+        bounds = _bounds(_problem(engine, None))
     prunable = {g.name for g in engine.groups if bounds[g.name][0] < 1.0}
     ignored = []
     for g in engine.space.groups:
@@ -155,10 +158,11 @@ def _widths(engine, keep: dict[str, torch.Tensor]) -> dict[str, int]:
             for g in engine.groups}
 
 
-def tp_global(problem: Problem, *, max_steps: int = 30) -> BaselineConfig:
+def tp_global(engine, *, max_steps: int = 30, problem: Problem | None = None) -> BaselineConfig:
     """Torch-Pruning's global group-magnitude pruning, its ratio bisected onto the FLOPs band
     (the closest configuration when no ratio lands inside)."""
-    band, eta, engine = _band(problem), problem.eta, problem.engine
+    problem = _problem(engine, problem)
+    band, eta = _band(problem), problem.eta
     gamma, tol = band.gamma, band.tolerance
     bounds = _bounds(problem)
     # a group fixed at 1.0 is left out of Torch-Pruning; any other range narrower than [eta, 1]
@@ -187,15 +191,16 @@ def tp_global(problem: Problem, *, max_steps: int = 30) -> BaselineConfig:
                           {"tp_pruning_ratio": ratio, "flops_ratio": flops, "tp_calls": steps})
 
 
-def sensitivity(problem: Problem) -> BaselineConfig:
+def sensitivity(engine, *, problem: Problem | None = None) -> BaselineConfig:
     """Every group at the smallest keep-ratio whose drop in the sensitivity scan is within one
     threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The scan
     is read from the study storage; points still missing are measured first (and counted in
     ``scan_new_evaluations``)."""
     from searchprune.search.sensitivity import sensitivity_allocation
 
+    problem = _problem(engine, problem)
     scan, alloc = sensitivity_allocation(problem)
-    widths = problem.engine.widths({**problem.ranges.fixed, **alloc.ratios})
+    widths = engine.widths({**problem.ranges.fixed, **alloc.ratios})
     return BaselineConfig("sensitivity", widths, info={
         "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
         "projected": alloc.projected, "scan_study": scan.name,
@@ -214,7 +219,7 @@ def solve_baseline(name: str, engine, *, problem: Problem | None = None) -> Base
     if name == "tp-global" and engine.cfg.setting != "pretrained":
         raise ConfigError("the tp-global baseline prunes a pretrained network; it does not "
                           "apply to setting: scratch")
-    return BASELINES[name](_problem(engine, problem))
+    return BASELINES[name](engine, problem=_problem(engine, problem))
 
 
 def evaluate_baselines(engine, names: list[str], split: str = "val", *,
