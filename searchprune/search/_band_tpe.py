@@ -63,10 +63,10 @@ def check_tpe_internals(sampler: TPESampler) -> None:
     if missing:
         import optuna
 
+        tested = " or ".join(f"{v}.x" for v in TESTED_OPTUNA)
         raise RuntimeError(f"the tpe sampler needs Optuna's TPE internals ({', '.join(missing)} "
-                           f"not found in optuna {optuna.__version__}); install optuna "
-                           f"{' or '.join(v + '.x' for v in TESTED_OPTUNA)}, the versions it is tested "
-                           "with")
+                           f"not found in optuna {optuna.__version__}); install optuna {tested}, "
+                           "the versions it is tested with")
 
 
 class _Tally:

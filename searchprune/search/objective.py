@@ -5,9 +5,9 @@ keep-ratio ranges, the gate, and what is optimised, an :class:`ObjectiveSpec`
 (:func:`describe_objective`): its directions and metric names, the band that gates candidates,
 whether proposals are projected onto it, and how a trial's value is computed from the evaluation
 (``single``: validation top-1; ``pareto``: validation top-1 and the ``search.pareto_cost`` ratio
-(FLOPs, params or predicted latency) over ``search.gamma_range``). Everything else is shared. With ``pruning.gamma: null`` there is no
-band: the gate holds the limits only and proposals are projected onto the primary one
-(``pruning.latency``, else ``pruning.params``).
+(FLOPs, params or predicted latency) over ``search.gamma_range``). Everything else is shared.
+With ``pruning.gamma: null`` there is no band: the gate holds the limits only and proposals are
+projected onto the primary one (``pruning.latency``, else ``pruning.params``).
 
 Every trial stores, as user attributes (the dashboard shows them; it cannot show constraints):
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
