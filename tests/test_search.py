@@ -403,7 +403,7 @@ def test_best_trials_single_and_pareto_within_flops_bounds(tmp_path):
 
 
 def test_dashboard_note_describes_the_objective(tmp_path):
-    from searchprune.search import describe_objective
+    from searchprune.search import resolve_problem
     from searchprune.search.runner import note_lines
 
     for overrides, goal, band in [
@@ -412,6 +412,6 @@ def test_dashboard_note_describes_the_objective(tmp_path):
          "(search.gamma_range [0.3, 0.7])"),
     ]:
         cfg = make_cfg(tmp_path, **overrides)
-        text = "\n".join(note_lines("s", cfg, describe_objective(cfg), FakeEngine()))
+        text = "\n".join(note_lines("s", resolve_problem(cfg, FakeEngine())))
         assert goal in text and band in text
         assert text.startswith("# s (Pareto front)" if overrides else "# s\n")

@@ -111,12 +111,13 @@ def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
 
 def _describe(space: Any, name: str, eta: float,
               rules: dict[str, Any] | None = None) -> dict[str, Any]:
-    from searchprune.constraints import resolve_bounds
+    from searchprune.constraints import KeepRanges
 
     base = space.base_cost
-    bounds = resolve_bounds(rules, [g.name for g in space.prunable], eta)
-    low = space.flops_ratio(space.widths({n: lo for n, (lo, _) in bounds.items()}))
-    high = space.flops_ratio(space.widths({n: hi for n, (_, hi) in bounds.items()}))
+    ranges = KeepRanges.resolve(rules, [g.name for g in space.prunable], eta)
+    bounds = ranges.bounds
+    low = space.flops_ratio(space.widths(ranges.lowest()))
+    high = space.flops_ratio(space.widths(ranges.highest()))
     return {
         "model": name, "flops": int(base.flops), "macs": int(base.macs),
         "params": int(base.params), "eta": eta, "ratio_range": [float(low), float(high)],

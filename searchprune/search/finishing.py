@@ -29,6 +29,7 @@ from searchprune.finetune import (
     finetune_each,
 )
 from searchprune.redact import redact_config
+from searchprune.search.problem import Goal, describe_goal
 from searchprune.search.trials import best_trials, top1
 from searchprune.train import distributed_world, is_main_process
 from searchprune.trust import LocalTrust, config_from_stored
@@ -160,6 +161,7 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     (:mod:`searchprune.baselines`, solved for the study's band) with one recipe; store and
     return one row per candidate. ``trust``: as for :func:`finetune_study`."""
     from searchprune.baselines import solve_baseline
+    from searchprune.search.problem import resolve_problem
 
     cfg = load_study_config(study, trust)
     if trials:
@@ -175,11 +177,12 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
         chosen = top_trials(study, top, flops_min=flops_min, flops_max=flops_max) if top > 0 \
             else []
     engine = engine_for(cfg)
+    problem = resolve_problem(cfg, engine)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in chosen]
     for name in baselines:
-        b = solve_baseline(name, engine)
+        b = solve_baseline(name, engine, problem=problem)
         candidates.append(Candidate(name, b.widths, b.keep))
-    spec, table = study_latency_table(study, cfg, engine)
+    spec, table = study_latency_table(study, problem.goal, engine)
     if spec is not None and latency_batch is not None:  # measured as the study measures
         latency_batch = spec.batch_size
     rows = finetune_each(engine, candidates, settings, out_dir, latency_batch=latency_batch,
@@ -193,14 +196,13 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     return rows
 
 
-def study_latency_table(study: optuna.Study, cfg: Config, engine: Any
+def study_latency_table(study: optuna.Study, goal: Goal, engine: Any
                         ) -> tuple[LatencySpec | None, LatencyTable | None]:
-    """The study's latency settings (``pruning.latency``, or the defaults of a latency Pareto
-    study) and its latency table on this machine, each None when absent."""
+    """The study's latency settings (the goal's: ``pruning.latency``, or the defaults of a
+    latency Pareto study) and its latency table on this machine, each None when absent."""
     from searchprune.latency import stored_table
-    from searchprune.search.objective import latency_needed
 
-    spec = latency_needed(cfg)
+    spec = goal.latency
     return spec, stored_table(study, engine, spec) if spec is not None else None
 
 
@@ -305,7 +307,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["accuracy"].update({k: ft[k] for k in ("val_top1", "test_top1", "test_top5",
                                                     "test_top1_before") if k in ft})
         card["accuracy"]["epochs"] = ft.get("epochs", 0) + ft.get("final_epochs", 0)
-    spec, table = study_latency_table(study, cfg, engine)
+    spec, table = study_latency_table(study, describe_goal(cfg), engine)
     ratios: dict[str, float] = {"flops": cost.flops / base.flops,
                                 "params": cost.params / base.params}
     if table is not None:
