@@ -236,11 +236,15 @@ def _op_problem(it: _Item, trace: Trace) -> str | None:
     top = int(it.idxs.max()) + 1 if it.idxs.size else 0
     if isinstance(node.module, tp.ops._ReshapeOp):
         return _reshape_problem(node, shapes, top)
+    if isinstance(node.module, tp.ops._ConcatOp):
+        return _concat_problem(node, trace, top)
+    if isinstance(node.module, (tp.ops._SplitOp, tp.ops._UnbindOp)):
+        return _split_problem(node, trace, top)
     if base in _PERMUTING:
         return f"{base} permutes channels"
     if base in _INDEXING:
         dims = _saved_dims(fn, base)
-        in_shape = shapes[0] if shapes else None
+        in_shape = shapes[0] if shapes else getattr(fn, "_saved_self_sym_sizes", None)
         if dims is None or in_shape is None:
             return f"{name}: unknown channel mapping"
         for d in dims:
@@ -258,6 +262,8 @@ def _reshape_problem(node, shapes, top: int) -> str | None:
     if mapped:
         return None
     if shapes is None or shapes[0] is None:
+        shapes = _reshape_shapes(node)
+    if shapes is None:
         return "a reshape with unknown shapes"
     src, out = shapes
     if len(src) >= 2 and len(out) >= 2 and src[1] == out[1] and src[1] >= top:
@@ -266,6 +272,81 @@ def _reshape_problem(node, shapes, top: int) -> str | None:
     if src and out and src[-1] == out[-1] and src[-1] >= top and channels_last:
         return None
     return f"a reshape {tuple(src)} -> {tuple(out)} moves channels (such as a channel shuffle)"
+
+
+def _ranges(sizes: list[int], used: list[bool]) -> list[tuple[int, int]]:
+    """Channel ranges of the parts that are ``used``, in a concatenation of ``sizes``."""
+    out, pos = [], 0
+    for size, u in zip(sizes, used, strict=True):
+        if u:
+            out.append((pos, pos + size))
+        pos += size
+    return out
+
+
+def _tp_ranges(node) -> list[tuple[int, int]] | None:
+    offsets = node.module.offsets
+    if offsets is None or not node.enable_index_mapping:
+        return None
+    return [(int(offsets[i]), int(offsets[i + 1])) for i in range(len(offsets) - 1)]
+
+
+def _concat_problem(node, trace: Trace, top: int) -> str | None:
+    """Torch-Pruning maps a concatenation along dim 1 by input offsets; check them (and that
+    a concatenation along another dimension does not carry the channels)."""
+    fn = node.grad_fn
+    parts = trace.parts.get(fn)
+    dim = getattr(fn, "_saved_dim", None)
+    if parts is None or dim is None:
+        return "a concatenation with unknown shapes"
+    ndim = len(parts[0][0])
+    dim %= max(1, ndim)
+    sizes = [shape[dim] for shape, _ in parts]
+    along_channels = dim == 1 and sum(sizes) >= top
+    if not along_channels:
+        last = dim == ndim - 1 and ndim >= 3 and sum(sizes) >= top
+        return "a concatenation along the channels-last dimension" if last else None
+    if len(set(map(id, node.inputs))) != len(node.inputs):
+        return "a concatenation of the same tensor twice"
+    if _tp_ranges(node) != _ranges(sizes, [grad for _, grad in parts]):
+        return "a concatenation Torch-Pruning maps at the wrong channel offsets"
+    return None
+
+
+def _split_problem(node, trace: Trace, top: int) -> str | None:
+    """Torch-Pruning maps its i-th consumer to the i-th part of a split along dim 1; check that
+    consumer i reads part i and the offsets are the parts' real sizes."""
+    fn = node.grad_fn
+    outs = trace.outs.get(fn)
+    dim = getattr(fn, "_saved_dim", None)
+    if outs is None or dim is None:
+        return "a split with unknown shapes"
+    ndim = len(outs[0])
+    dim %= max(1, ndim)
+    sizes = [shape[dim] for shape in outs]
+    if not (dim == 1 and sum(sizes) >= top):
+        last = dim == ndim - 1 and ndim >= 3 and sum(sizes) >= top
+        return "a split along the channels-last dimension" if last else None
+    real = _ranges(sizes, [True] * len(sizes))
+    mapped = _tp_ranges(node)
+    if mapped is None:
+        return "a split Torch-Pruning cannot map"
+    for i, consumer in enumerate(node.outputs):
+        nrs = [nr for f, nr in getattr(consumer.grad_fn, "next_functions", ()) if f is fn]
+        if len(nrs) != 1 or i >= len(mapped) or mapped[i] != real[nrs[0]]:
+            return "a split Torch-Pruning maps to the wrong consumers"
+    return None
+
+
+def _reshape_shapes(node):
+    """(input, output) shape of a reshape done inside an operator (the flatten of leading
+    dimensions before a matrix product in ``F.linear``), from what autograd saved."""
+    src = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    for out in node.outputs:
+        size = getattr(getattr(out, "grad_fn", None), "_saved_mat1_sym_sizes", None)
+        if src is not None and size is not None:
+            return tuple(int(s) for s in src), tuple(int(s) for s in size)
+    return None
 
 
 def _blocks(model: nn.Module, items: list[_Item], channels: int):
@@ -365,13 +446,12 @@ def _make_group(model, items, channels, feeds_classifier, prune_classifier_input
     else:
         name = producers[0] if producers else (members[0].module if members else params[0].name)
     blocks, problem = _blocks(model, items, channels)
-    reasons = [problem] if problem else []
-    for it in items:
-        if it.kind == "module":
-            reasons.append(_module_problem(model, it.key, trace))
-        elif it.kind == "op":
-            reasons.append(_op_problem(it, trace))
-    reasons = [r for r in dict.fromkeys(reasons) if r]
+    layers = [_module_problem(model, it.key, trace) for it in items if it.kind == "module"]
+    ops = [_op_problem(it, trace) for it in items if it.kind == "op"]
+    # the first problem names the module, its type and the reason; the rest adds nothing a
+    # user needs to keep the group whole
+    found = [r for r in [problem, *layers, *ops] if r]
+    reasons = found[:1]
     if channels <= 1:
         reasons.append("a single channel")
     if feeds_classifier and residual and not prune_classifier_input:

@@ -97,6 +97,8 @@ class Trace:
     shapes: dict[Any, tuple[tuple[int, ...] | None, tuple[int, ...]]]  # grad_fn -> (in, out)
     counts: Counter = field(default_factory=Counter)  # module name -> calls per forward pass
     param_names: dict[Any, str] = field(default_factory=dict)  # bare nn.Parameter -> its name
+    parts: dict[Any, list] = field(default_factory=dict)  # cat grad_fn -> [(shape, grad)]
+    outs: dict[Any, list] = field(default_factory=dict)  # split grad_fn -> [output shape]
 
 
 class _Shapes(TorchFunctionMode):
@@ -105,15 +107,24 @@ class _Shapes(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.shapes: dict[Any, tuple[tuple[int, ...] | None, tuple[int, ...]]] = {}
+        self.parts: dict[Any, list[tuple[tuple[int, ...], bool]]] = {}
+        self.outs: dict[Any, list[tuple[int, ...]]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        src = tuple(first.shape) if first is not None else None
+        first = args[0] if args else None
+        src = tuple(first.shape) if isinstance(first, torch.Tensor) else None
         outs = result if isinstance(result, (tuple, list)) else (result,)
         for out in outs:
             if isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 self.shapes.setdefault(out.grad_fn, (src, tuple(out.shape)))
+        fn = getattr(outs[0], "grad_fn", None) if outs else None
+        if fn is not None and isinstance(first, (tuple, list)) \
+                and all(isinstance(t, torch.Tensor) for t in first):
+            self.parts.setdefault(fn, [(tuple(t.shape), t.requires_grad) for t in first])
+        if fn is not None and len(outs) > 1:
+            self.outs.setdefault(fn, [tuple(o.shape) for o in outs
+                                      if isinstance(o, torch.Tensor)])
         return result
 
 
@@ -225,4 +236,4 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> Trace:
         for h in handles:
             h.remove()
     param_names = {p: n for p, n in graph._param_to_name.items()}
-    return Trace(graph, calls, call_of, mode.shapes, counts, param_names)
+    return Trace(graph, calls, call_of, mode.shapes, counts, param_names, mode.parts, mode.outs)
