@@ -18,6 +18,7 @@ says why (module, type, reason).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -391,7 +392,9 @@ def discover(model: nn.Module, example: torch.Tensor, *, prune_classifier_input:
     """
     names = {mod: name for name, mod in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
-    with discovery_budget(seconds, memory_gb, "channel-group discovery"):
+    with discovery_budget(seconds, memory_gb, "channel-group discovery"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unwrapped parameters etc.
         trace = trace_model(model, example)
         raw, heads = [], set()
         roots = (nn.modules.conv._ConvNd, nn.Linear)
