@@ -84,9 +84,10 @@ def _info(args: argparse.Namespace) -> int:
         lo, hi = info["ratio_range"]
         table(f"{name}: {info['flops']:,} FLOPs, {info['params']:,} params; FLOPs ratio range "
               f"[{lo:.3f}, {hi:.3f}] at eta={eta}" + (" with pruning.groups" if rules else ""),
-              ["group", "channels", "prunable", "keep-ratio"],
+              ["group", "channels", "prunable", "keep-ratio", "why fixed"],
               [[g["name"], g["channels"], "yes" if g["prunable"] else "no",
-                _bounds_text(info["bounds"].get(g["name"]))] for g in info["groups"]])
+                _bounds_text(info["bounds"].get(g["name"])), info["fixed"].get(g["name"], "")]
+               for g in info["groups"]])
     return 0
 
 
@@ -123,6 +124,8 @@ def _describe(space: Any, name: str, eta: float,
         "params": int(base.params), "eta": eta, "ratio_range": [float(low), float(high)],
         "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable)}
                    for g in space.groups],
+        "fixed": {g.name: g.reason for g in space.fixed},  # not searched: why (module, type)
+        "units": {g.name: int(space.unit(g)) for g in space.prunable if space.unit(g) > 1},
         "bounds": {n: [lo, hi] for n, (lo, hi) in bounds.items()},  # prunable groups only
     }
 
