@@ -152,6 +152,9 @@ class SearchConfig:
     # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
     # perturbations of it (searchprune/search/sensitivity.py)
     warm_start: str = "none"
+    # ``{top_k: k, images: n}``: re-score the top-k trials on images disjoint from validation,
+    # calibration and test, and pick by that (searchprune/confirmation.py)
+    confirm: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,9 @@ class Config:
         check_sampler_name(s.sampler)  # a registered name, or package.module:factory (not
         # imported here: a config read back from a study is validated too; see LocalTrust)
         _validate_objective(s)
+        from searchprune.confirmation import confirm_spec
+
+        confirm_spec(self)
         if s.study_name is not None:
             validate_study_name(s.study_name)
         d = self.data
