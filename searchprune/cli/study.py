@@ -557,12 +557,16 @@ def _confirm(args: argparse.Namespace) -> int:
         raise ConfigError(f"'{study.study_name}' is not a single-objective study; confirmation "
                           "re-ranks the best trials of one (not a Pareto front or a scan)")
     cfg = _confirm_config(study, args)
-    from searchprune.engine import engine_for
-    from searchprune.search import StudyInterrupted, resolve_problem
+    from searchprune.search import StudyInterrupted, best_trials, resolve_problem
     from searchprune.search._interrupt import InterruptGuard
 
+    if not best_trials(study):
+        raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials yet; run "
+                               "'searchprune study run' first")
+    from searchprune.engine import engine_for
+
     problem = resolve_problem(cfg, engine_for(cfg, progress=not args.json))
-    with InterruptGuard() as guard:
+    with InterruptGuard() as guard, guard.deferred():
         try:
             new = confirm_study(study, problem, guard=guard)
         except KeyboardInterrupt as exc:

@@ -181,7 +181,8 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
                   make_objective(problem, counters, budget=budget, guard=guard), guard)
         tidy_up(study, lock, cfg.search.n_trials)
     if problem.goal.confirm is not None and guard.pending is None:
-        _confirm(study, problem, lock, progress, guard)
+        with guard.deferred():  # a signal abandons the evaluation in flight, never a write
+            _confirm(study, problem, lock, progress, guard)
     return study
 
 
@@ -207,7 +208,7 @@ def _confirm_finished(study: optuna.Study, cfg: Config, goal: Goal, engine: Engi
 
         engine = engine_for(cfg, progress=progress)
     problem = resolve_problem(cfg, engine, goal=goal)
-    with InterruptGuard() as guard:
+    with InterruptGuard() as guard, guard.deferred():
         try:
             _confirm(study, problem, study_lock(storage, study.study_name), progress, guard)
         except KeyboardInterrupt as exc:
