@@ -188,7 +188,8 @@ def main() -> None:
             _, entry[name] = tune(engine, cand["widths"], cand["keep"], args.epochs, seed, s,
                                   train_set, device, loss)
             save()
-            print(f"fine-tuned {key} seed {seed}{tag}: test {entry[name]['test_top1']:.2f} "
+            print(f"fine-tuned {key} seed {seed}{f' ({tag[1:]})' if tag else ''}: test "
+                  f"{entry[name]['test_top1']:.2f} "
                   f"({entry[name]['seconds']:.0f} s)", flush=True)
     report(res, candidates, ft_seeds, args, out, distill)
 
