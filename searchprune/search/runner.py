@@ -35,6 +35,7 @@ from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInte
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.band import Band, Gate
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
+from searchprune.search.identity import ensure_study_uuid
 from searchprune.search.objective import (
     Counters,
     ObjectiveSpec,
@@ -161,6 +162,7 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
                                 directions=list(spec.directions), load_if_exists=True,
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
+    ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker = _join(study, lock)
     latency = _latency(study, lock, cfg, engine, progress)
     gate = make_gate(cfg, spec, engine, latency)
