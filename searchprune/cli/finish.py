@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from searchprune.cli._output import add_trust_flag, console, emit_json, table
+from searchprune.cli._output import console, emit_json, table
 from searchprune.cli.study import load_study
 from searchprune.errors import ConfigError, unknown_choice
 
@@ -74,8 +74,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def _trust_flags(parser: argparse.ArgumentParser) -> None:
     """What this command may do with the study's stored config, which anyone who can write to
     the storage may have edited: import a ``package.module:factory`` it names
-    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint``)."""
-    add_trust_flag(parser)
+    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint PATH``: the
+    user names the file, the study's say-so is not enough)."""
+    parser.add_argument("--trust-checkpoint", default=None, metavar="PATH",
+                        help="load the study's model.checkpoint with full unpickling, which "
+                             "can run code from the file; PATH must be that same file (only "
+                             "for files you trust)")
     parser.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
                         help="import this package.module:factory if the study's config names "
                              "it (model, search.sampler, pruning.criterion); repeatable")
@@ -85,7 +89,7 @@ def _trust(args: argparse.Namespace) -> LocalTrust:
     from searchprune.trust import LocalTrust
 
     return LocalTrust(factories=frozenset(args.allow_factory),
-                      trust_checkpoint=bool(args.trust_checkpoint))
+                      checkpoint=args.trust_checkpoint)
 
 
 def _check_recipe(args: argparse.Namespace) -> None:

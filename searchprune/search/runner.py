@@ -35,6 +35,7 @@ from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
+from searchprune.search.identity import ensure_study_uuid
 from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.problem import (
     Goal,
@@ -158,6 +159,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
                                 directions=list(goal.objective.directions), load_if_exists=True,
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
+    ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker = _join(study, lock)
     problem = _with_latency(study, lock, problem, progress)
     if cfg.search.warm_start == "sensitivity":
