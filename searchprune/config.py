@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -51,6 +52,9 @@ OBJECTIVES = ("single", "pareto")
 # What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
 PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
+# ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -253,9 +257,10 @@ class Config:
         if not (0.0 <= r.holdout_fraction < 1.0):
             raise ConfigError("pruning.reconstruction.holdout_fraction must be in [0, 1)")
         s = self.search
-        from searchprune.search.samplers import sampler_spec
+        from searchprune.search.samplers import check_sampler_name
 
-        sampler_spec(s.sampler)  # the registry's names, or package.module:factory
+        check_sampler_name(s.sampler)  # a registered name, or package.module:factory (not
+        # imported here: a config read back from a study is validated too; see LocalTrust)
         _validate_objective(s)
         if s.study_name is not None:
             validate_study_name(s.study_name)
@@ -265,6 +270,8 @@ class Config:
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
                                              ("pad", "projection")))
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(unknown_choice("device", self.device, DEVICES))
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
@@ -375,6 +382,14 @@ _POSITIVE = frozenset({
 _NON_NEGATIVE = frozenset({
     "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",
 })  # the other supernet ranges: validate_supernet
+# Upper bounds of integer values: seeds fit 32 bits (samplers and torch generators derive
+# other seeds from them), an image side stays far below what fits in memory, and every other
+# count fits a C int (larger values overflow inside torch or numpy).
+_INT_MAX = 2**31 - 1
+_SEED_MAX = 2**32 - 1
+MAX_IMAGE_SIZE = 2048
+_UPPER = {"data.seed": _SEED_MAX, "search.seed": _SEED_MAX, "supernet.seed": _SEED_MAX,
+          "data.image_size": MAX_IMAGE_SIZE}
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str,
@@ -404,6 +419,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str,
                 problem = f"'{path}' must be >= 1, got {value!r}"
             elif path in _NON_NEGATIVE and value < 0:
                 problem = f"'{path}' must be >= 0, got {value!r}"
+            elif isinstance(value, int) and value > _UPPER.get(path, _INT_MAX):
+                problem = f"'{path}' must be <= {_UPPER.get(path, _INT_MAX)}, got {value!r}"
         if problem is not None:
             problems.append(problem)
         kwargs[key] = value
@@ -441,8 +458,13 @@ def _as(value: Any, kind: Any) -> Any:
     if kind is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if kind is float:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return float(value) if number and math.isfinite(value) else _NO
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return _NO
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            return _NO
+        return number if math.isfinite(number) else _NO
     if kind is str:
         return value if isinstance(value, str) else _NO
     if typing.get_origin(kind) is list:
@@ -513,11 +535,46 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     return apply_overrides(cfg, overrides or {})
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (plain YAML keeps
+    the last one and silently drops the first, a whole section for ``search:`` twice)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
+                    deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _unique_mapping)
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
+    except _DuplicateKey as dup:
+        raise ConfigError(f"duplicate key '{dup.key}' at line {dup.line} of {p} (first at line "
+                          f"{dup.first}); write each key once per section") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -536,6 +593,9 @@ def _read_with_includes(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     includes = raw.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(f"'include' in {p} must be a file name or a list of file names, got "
+                          f"{includes!r}")
     merged: dict[str, Any] = {}
     for inc in includes:
         path = Path(inc) if Path(inc).is_absolute() else p.parent / inc

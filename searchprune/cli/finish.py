@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from searchprune.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
     from searchprune.config import DistillConfig
+    from searchprune.trust import LocalTrust
 
 __all__ = ["add_parser"]
 
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                          "finetune.distill.temperature, 4)")
     ft.add_argument("--no-latency", action="store_true",
                     help="with --each: skip the latency measurement")
+    _trust_flags(ft)
     ft.set_defaults(func=_finetune)
 
     ex = sub.add_parser("export", parents=[common],
@@ -72,7 +75,48 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     ex.add_argument("--not-finetuned", action="store_true",
                     help="export the searched weights even when a fine-tuned checkpoint exists")
+    _trust_flags(ex)
     ex.set_defaults(func=_export)
+
+
+def _trust_flags(parser: argparse.ArgumentParser) -> None:
+    """What this command may do with the study's stored config, which anyone who can write to
+    the storage may have edited: import a ``package.module:factory`` it names
+    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint PATH``: the
+    user names the file, the study's say-so is not enough)."""
+    parser.add_argument("--trust-checkpoint", default=None, metavar="PATH",
+                        help="load the study's model.checkpoint with full unpickling, which "
+                             "can run code from the file; PATH must be that same file (only "
+                             "for files you trust)")
+    parser.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
+                        help="import this package.module:factory if the study's config names "
+                             "it (model, search.sampler, pruning.criterion); repeatable")
+
+
+def _trust(args: argparse.Namespace) -> LocalTrust:
+    from searchprune.trust import LocalTrust
+
+    return LocalTrust(factories=frozenset(args.allow_factory),
+                      checkpoint=args.trust_checkpoint)
+
+
+def _check_recipe(args: argparse.Namespace) -> None:
+    """The fine-tuning flags' ranges (one-line :class:`ConfigError`)."""
+    low_top = 0 if args.each else 1  # --each may fine-tune only --baselines
+    bad = [f"{flag} must be >= {low}, got {value}" for flag, value, low in (
+        ("--top", args.top, low_top), ("--epochs", args.epochs, 0),
+        ("--final-epochs", args.final_epochs, 0), ("--batch-size", args.batch_size, 1),
+        ("--seed", args.seed, 0)) if value < low]
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        bad.append(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        bad.append(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
+    if args.seed > 2**32 - 1:
+        bad.append(f"--seed must be <= {2**32 - 1}, got {args.seed}")
+    if max(args.top, args.epochs, args.final_epochs, args.batch_size) > 2**31 - 1:
+        bad.append("--top, --epochs, --final-epochs and --batch-size must be <= 2147483647")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def _flops_bounds(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +147,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from searchprune.train import init_distributed
 
     validate_study_name(args.study_name)
+    _check_recipe(args)
     trials = _ints(args.trials, "--trials") if args.trials else None
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()] if args.baselines \
         else []
@@ -117,7 +162,7 @@ def _finetune(args: argparse.Namespace) -> int:
     bounds = _bounds(args)
     _check_distill_flags(args)
     study = load_study(args.storage, args.study_name)
-    cfg = load_study_config(study)
+    cfg = load_study_config(study, _trust(args))
     # under torchrun: one process per rank, data parallel; rank 0 writes and reports
     rank, _ = init_distributed(cfg.device)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
@@ -128,7 +173,7 @@ def _finetune(args: argparse.Namespace) -> int:
         return _finetune_each(args, study, trials, baselines, settings, out, bounds)
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
                    artifact_dir=args.artifact_dir or default_artifact_dir(args.storage),
-                   progress=not args.json, **bounds)
+                   progress=not args.json, trust=_trust(args), **bounds)
     if rank != 0:
         return 0
     record = study.user_attrs["finetune"]
@@ -188,7 +233,7 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
     rows = finetune_study_each(study, trials=trials, top=args.top, baselines=baselines,
                                settings=settings, out_dir=out,
                                latency_batch=None if args.no_latency else 64,
-                               progress=not args.json, **bounds)
+                               progress=not args.json, trust=_trust(args), **bounds)
     if not is_main_process():  # under torchrun rank 0 reports
         return 0
     if args.json:
@@ -218,7 +263,7 @@ def _export(args: argparse.Namespace) -> int:
     study = load_study(args.storage, args.study_name)
     card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency,
                         finetuned=not args.not_finetuned, force=args.force,
-                        format=args.format, **bounds)
+                        format=args.format, trust=_trust(args), **bounds)
     if args.json:
         emit_json(card)
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 from collections import Counter
@@ -172,11 +173,27 @@ def _report(args: argparse.Namespace, study: Any, cfg: Any) -> None:
         _print_next(study.study_name, cfg)
 
 
+def _storage_flag(storage: str | None) -> tuple[str, list[str]]:
+    """`` --storage URL`` for the next commands, and the lines to print before them: a URL
+    with a password is never printed (nor masked, which would not work when copied); the
+    commands read it from ``$SEARCHPRUNE_STORAGE`` instead."""
+    from searchprune.search.storage import ENV_VAR
+
+    if not storage:
+        return "", []
+    if redact_url(storage) == storage:
+        return f" --storage {shlex.quote(storage)}", []
+    return f' --storage "${ENV_VAR}"', [
+        f"(the storage URL holds a password, so it is not shown: export {ENV_VAR}=<that URL> "
+        "before running these)"]
+
+
 def _print_next(name: str, cfg: Any) -> None:
     """The commands a user runs next, with this study's name and storage filled in."""
-    storage = f" --storage {redact_url(cfg.storage)}" if cfg.storage else ""
+    storage, note = _storage_flag(cfg.storage)
     source = _relative(cfg.source) if cfg.source else "CONFIG.yaml"
     console.print("\n".join([
+        *note,
         "next: the best trials and a picture of their pruned architecture,",
         f"  searchprune study show --study-name {name}{storage} --plot {name}.png",
         "every trial in optuna-dashboard (http://127.0.0.1:8080/dashboard/),",
