@@ -25,6 +25,8 @@ from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 __all__ = [
     "Config",
     "DataConfig",
+    "DistillConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "PruningConfig",
     "ReconstructionConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "upgrade_stored",
+    "validate_distill",
     "validate_study_name",
 ]
 
@@ -193,6 +196,23 @@ class SupernetConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation while fine-tuning, from the unpruned network (logits): the loss is
+    ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))``. ``alpha: 0`` (the default) fine-tunes on labels alone."""
+
+    alpha: float = 0.0
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Defaults of ``searchprune finetune`` for this study (its flags override them)."""
+
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole study: model, data, pruning, search, storage."""
 
@@ -202,6 +222,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     setting: str = "pretrained"
     storage: str | None = None
     device: str = "auto"
@@ -255,6 +276,7 @@ class Config:
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
+        validate_distill(self.finetune.distill.alpha, self.finetune.distill.temperature)
         return self
 
 
@@ -267,6 +289,18 @@ def validate_study_name(name: str) -> str:
         raise ConfigError(f"study name {name!r} cannot be used as a folder name; use letters, "
                           "digits, '-', '_' or '.' without '/' (not '.', '..' or empty)")
     return name
+
+
+def validate_distill(alpha: float, temperature: float,
+                     names: tuple[str, str] = ("finetune.distill.alpha",
+                                               "finetune.distill.temperature")) -> None:
+    """``alpha`` in [0, 1] and ``temperature`` > 0 (one-line :class:`ConfigError` naming
+    ``names``, the key or flag of each)."""
+    if not (0.0 <= alpha <= 1.0):
+        raise ConfigError(f"{names[0]} must be in [0, 1] (the weight of the distillation "
+                          f"loss; 0: labels only), got {alpha}")
+    if not (temperature > 0.0) or math.isinf(temperature):
+        raise ConfigError(f"{names[1]} must be a finite number > 0, got {temperature}")
 
 
 def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,

@@ -25,6 +25,7 @@ from searchprune.finetune import (
     Candidate,
     FinetuneResult,
     FinetuneSettings,
+    distill_record,
     finetune_candidates,
     finetune_each,
 )
@@ -147,6 +148,7 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         "trials": {str(k): v for k, v in result.candidates.items()},
         "best_trial": result.best, "epochs": settings.epochs,
         "final_epochs": settings.final_epochs, "lr": settings.lr, "seed": settings.seed,
+        "distill": distill_record(settings),
         "world_size": distributed_world()[1], "batch_size_per_rank": settings.batch_size,
         "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
         "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
@@ -202,6 +204,7 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
                          predict_latency=table.ratio if table is not None else None,
                          progress=progress, study=study_identity(study))
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
+              "distill": distill_record(settings),
               "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
     if is_main_process():  # under torchrun rank 0 records the one result
         study.set_user_attr(FINETUNE_EACH_ATTR, record)
@@ -336,6 +339,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["accuracy"].update({k: ft[k] for k in ("val_top1", "test_top1", "test_top5",
                                                     "test_top1_before") if k in ft})
         card["accuracy"]["epochs"] = ft.get("epochs", 0) + ft.get("final_epochs", 0)
+        card["accuracy"]["distill"] = ft.get("distill")  # None: fine-tuned on labels only
     spec, table = study_latency_table(study, describe_goal(cfg), engine)
     ratios: dict[str, float] = {"flops": cost.flops / base.flops,
                                 "params": cost.params / base.params}

@@ -62,6 +62,7 @@ RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
     "search.heartbeat_interval", "search.grace_period", "search.max_retry",
     "model.trust_checkpoint",
+    "finetune.distill.alpha", "finetune.distill.temperature",  # fine-tuning, not the search
 })
 _log = logging.getLogger(__name__)
 
