@@ -9,8 +9,10 @@ again finishes or extends the missing ones, and several processes may run it at 
 storage (each study stops at its budget of COMPLETE trials across all workers).
 
 A sampler named ``<sampler>+warm`` (e.g. ``tpe+warm``) is that sampler with
-``search.warm_start: sensitivity``; its study runs ``n_trials`` minus the sensitivity scan's
-evaluations, so every sampler gets the same total number of network evaluations.
+``search.warm_start: sensitivity`` (the config's ``sensitivity.method``), ``<sampler>+taylor``
+the same warm-started from the cheap first-order prior (``sensitivity.method: taylor``); such a
+study runs ``n_trials`` minus the evaluations its prior is charged (a full scan's evaluations, a
+cheaper prior's images in evaluation equivalents), so every sampler gets the same total cost.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
 
-__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy", "load_runs",
-           "plan_comparison", "run_comparison"]
+__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "TAYLOR_SUFFIX", "WARM_SUFFIX", "PlannedStudy",
+           "load_runs", "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
 DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
 WARM_SUFFIX = "+warm"
+TAYLOR_SUFFIX = "+taylor"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ def _sampler_keys(label: str) -> dict[str, str]:
     if label.endswith(WARM_SUFFIX):
         return {"search.sampler": label.removesuffix(WARM_SUFFIX),
                 "search.warm_start": "sensitivity"}
+    if label.endswith(TAYLOR_SUFFIX):
+        return {"search.sampler": label.removesuffix(TAYLOR_SUFFIX),
+                "search.warm_start": "sensitivity", "sensitivity.method": "taylor"}
     return {"search.sampler": label}
 
 
@@ -69,9 +75,9 @@ def _equal_total(cfg: Config, engine: Engine) -> Config:
     if cfg.search.warm_start != "sensitivity":
         return cfg
     from searchprune.search.problem import resolve_problem
-    from searchprune.search.sensitivity import scan_size
+    from searchprune.search.sensitivity import prior_charge
 
-    return _without_scan(cfg, scan_size(resolve_problem(cfg, engine)))
+    return _without_scan(cfg, prior_charge(resolve_problem(cfg, engine)))
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,
@@ -123,7 +129,9 @@ def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage
         study = optuna.load_study(study_name=planned.name, storage=storage)
     except KeyError:
         return False, 0
-    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    from searchprune.search.sensitivity import charged_evaluations
+
+    offset = charged_evaluations(study.user_attrs.get("warm_start"))
     return n_evaluated(study) >= max(1, planned.cfg.search.n_trials - offset), offset
 
 
