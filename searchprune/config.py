@@ -50,9 +50,11 @@ OBJECTIVES = ("single", "pareto")
 PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
 # How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
-# every group pruned alone at each grid ratio; ``taylor`` estimates the same curves from one
-# forward and backward pass of ``sensitivity.images`` calibration images.
-SENSITIVITY_METHODS = ("scan", "taylor")
+# every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
+# curves from one forward and backward pass of ``sensitivity.images`` calibration images
+# (searchprune/first_order.py).
+SENSITIVITY_METHODS = ("scan", "taylor", "taylor-sq")
+FIRST_ORDER_METHODS = ("taylor", "taylor-sq")
 # ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -162,9 +164,9 @@ class SearchConfig:
 class SensitivityConfig:
     """The per-group sensitivity scan: each group pruned alone to each keep-ratio of a grid.
 
-    ``method``: ``scan`` (each point evaluated) or ``taylor`` (first-order estimates from
-    gradients on the first ``images`` calibration images, default all; pretrained networks
-    only); ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up
+    ``method``: ``scan`` (each point evaluated) or ``taylor``/``taylor-sq`` (first-order
+    estimates from gradients on the first ``images`` calibration images, default all;
+    pretrained networks only); ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up
     to, not including, 1); ``val_images``: validation images each scan point is scored on
     (default all; rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
     ``perturb_scale``: the warm start's extra trials (log-normal noise on each keep-ratio).
@@ -263,9 +265,10 @@ class Config:
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
-        if self.sensitivity.method == "taylor" and self.setting != "pretrained":
-            raise ConfigError("sensitivity.method: taylor needs setting: pretrained (a trained "
-                              "network to take gradients of); use method: scan")
+        if self.sensitivity.method in FIRST_ORDER_METHODS and self.setting != "pretrained":
+            raise ConfigError(f"sensitivity.method: {self.sensitivity.method} needs setting: "
+                              "pretrained (a trained network to take gradients of); use "
+                              "method: scan")
         return self
 
 
@@ -293,9 +296,9 @@ def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
         raise ConfigError(unknown_choice("sensitivity.method", v.method, SENSITIVITY_METHODS))
     if v.images is not None and v.images < 1:
         raise ConfigError(f"sensitivity.images must be >= 1, got {v.images}")
-    if v.images is not None and v.method != "taylor":
-        raise ConfigError("sensitivity.images is read by method: taylor only; for a scan on "
-                          "fewer images set sensitivity.val_images")
+    if v.images is not None and v.method not in FIRST_ORDER_METHODS:
+        raise ConfigError("sensitivity.images is read by method: taylor (or taylor-sq) only; "
+                          "for a scan on fewer images set sensitivity.val_images")
     if v.points < 1:
         raise ConfigError(f"sensitivity.points must be >= 1, got {v.points}")
     if v.ratios is not None and (

@@ -287,15 +287,17 @@ class PruningEngine(SearchSpaceView):
         abn = min(self.cfg.pruning.abn_images or n, n) if "abn" in steps else 0
         return abn + (n if "ls" in steps else 0)
 
-    def first_order_drops(self, points: Sequence[tuple[str, int]], images: int | None = None):
-        """First-order estimates of each ``(group, width)`` point's drop on the first ``images``
-        calibration images (default all), and the passes behind them
-        (:func:`searchprune.first_order.first_order_drops`)."""
+    def first_order_drops(self, points: Sequence[tuple[str, int]], images: int | None = None,
+                          form: str = "taylor"):
+        """First-order estimates (``form``: ``taylor`` or ``taylor-sq``) of each
+        ``(group, width)`` point's drop on the first ``images`` calibration images (default
+        all), and the passes behind them (:func:`searchprune.first_order.first_order_drops`)."""
         from searchprune.first_order import first_order_drops
 
         calib = self.data.calib if images is None else self.data.calib[:images]
         return first_order_drops(self.model, self.space, self.scores, calib.x, calib.y, points,
-                                 batch_size=self.cfg.data.batch_size, device=self.device)
+                                 batch_size=self.cfg.data.batch_size, device=self.device,
+                                 form=form)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
         from searchprune.evaluate import evaluate

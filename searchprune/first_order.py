@@ -11,10 +11,17 @@ eval mode, one backward pass of ``sum_n L_n`` gives every group's
 
 for all groups at once (``a``: the gated activations). Removing a set ``S`` of a group's
 channels sets their gates to 0, which changes image ``n``'s loss by about ``-sum_{c in S} g[n, c]``;
-the estimated drop of the group pruned to a width is the mean over images of
-``|sum_{c in S} g[n, c]|``, ``S`` the channels the study's criterion removes at that width
-(its lowest-scored). Units: loss (nats) per image, not top-1 points: only the order and the
-shape of the curves matter to the allocation, which reads every group on one threshold.
+``S`` is the set the study's criterion removes at a width (its lowest-scored channels). The
+estimated drop of the group pruned to that width is, by form (:data:`FORMS`):
+
+- ``taylor``: the mean over images of ``|sum_{c in S} g[n, c]|`` (the first-order change of
+  each image's loss, removals that cancel counted as such; nats per image);
+- ``taylor-sq``: ``sum_{c in S}`` of the mean over images of ``g[n, c]^2`` (each channel's
+  squared first-order change, summed as if independent: the TE criterion's importance, per
+  image; nats squared).
+
+Not top-1 points: only the order and the shape of the curves matter to the allocation, which
+reads every group on one threshold.
 
 Gradients are taken only with respect to the gates (:func:`torch.autograd.grad`), so parameters,
 their ``.grad`` and the BN statistics are never touched.
@@ -33,7 +40,8 @@ from torch import nn
 from searchprune.criteria._common import gate_points, module_width, scale_channels
 from searchprune.space import SearchSpace
 
-__all__ = ["FirstOrder", "channel_contributions", "first_order_drops", "removal_drop"]
+__all__ = ["FORMS", "FirstOrder", "channel_contributions", "first_order_drops", "removal_drop",
+           "removal_drop_squared"]
 
 
 @dataclass
@@ -88,21 +96,36 @@ def channel_contributions(model: nn.Module, space: SearchSpace, x: torch.Tensor,
     return FirstOrder(per_image, int(len(y)), time.perf_counter() - start)
 
 
-def removal_drop(per_image: torch.Tensor, keep: torch.Tensor) -> float:
-    """Mean over images of ``|sum of g[n, c] over the channels not in keep|``."""
+def _removed(per_image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     removed = torch.ones(per_image.shape[1], dtype=torch.bool)
     removed[keep] = False
-    return float(per_image[:, removed].sum(dim=1).abs().mean())
+    return per_image[:, removed]
+
+
+def removal_drop(per_image: torch.Tensor, keep: torch.Tensor) -> float:
+    """``taylor``: mean over images of ``|sum of g[n, c] over the channels not in keep|``."""
+    return float(_removed(per_image, keep).sum(dim=1).abs().mean())
+
+
+def removal_drop_squared(per_image: torch.Tensor, keep: torch.Tensor) -> float:
+    """``taylor-sq``: sum over the channels not in ``keep`` of the mean of ``g[n, c]^2``."""
+    return float(_removed(per_image, keep).square().mean(dim=0).sum())
+
+
+FORMS = {"taylor": removal_drop, "taylor-sq": removal_drop_squared}
 
 
 def first_order_drops(model: nn.Module, space: SearchSpace, scores: Mapping[str, torch.Tensor],
                       x: torch.Tensor, y: torch.Tensor, points: Sequence[tuple[str, int]], *,
-                      batch_size: int, device: torch.device) -> tuple[list[float], FirstOrder]:
-    """The estimated drop of each ``(group, width)`` point (the group alone pruned to that
-    width by ``scores``, highest kept) and the passes behind them."""
+                      batch_size: int, device: torch.device,
+                      form: str = "taylor") -> tuple[list[float], FirstOrder]:
+    """The estimated drop (``form``, a key of :data:`FORMS`) of each ``(group, width)`` point
+    (the group alone pruned to that width by ``scores``, highest kept) and the passes behind
+    them."""
+    drop = FORMS[form]
     fo = channel_contributions(model, space, x, y, batch_size=batch_size, device=device)
-    drops = []
+    out = []
     for group, width in points:
         keep = space.keep_indices({group: int(width)}, scores).get(group)
-        drops.append(0.0 if keep is None else removal_drop(fo.per_image[group], keep))
-    return drops, fo
+        out.append(0.0 if keep is None else drop(fo.per_image[group], keep))
+    return out, fo

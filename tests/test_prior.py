@@ -70,13 +70,14 @@ def _at_eta(scan) -> dict[str, float]:
     return out
 
 
-def test_taylor_ranks_groups_like_the_full_scan_where_the_answer_is_known():
+@pytest.mark.parametrize("method", ["taylor", "taylor-sq"])
+def test_taylor_ranks_groups_like_the_full_scan_where_the_answer_is_known(method):
     engine = _known_engine()
     storage = optuna.storages.InMemoryStorage()
     scan = run_scan(resolve_problem(engine.cfg, engine), storage=storage)
-    tcfg = _taylor(engine.cfg)
+    tcfg = _taylor(engine.cfg, **{"sensitivity.method": method})
     taylor = run_first_order(resolve_problem(tcfg, engine), storage=storage)
-    assert taylor.complete and taylor.method == "taylor" and taylor.evaluations == 0
+    assert taylor.complete and taylor.method == method and taylor.evaluations == 0
     assert [(p.group, p.width) for p in taylor.points] == [(p.group, p.width)
                                                           for p in scan.points]
     for prior in (scan, taylor):
@@ -118,6 +119,18 @@ def test_first_order_contribution_is_the_derivative_of_each_images_loss():
         after = F.cross_entropy(model(x), y, reduction="none")
     assert torch.allclose((after - before) / eps, -g[:, channel], rtol=1e-3, atol=1e-6)
     assert g[:, channel].abs().max() > 1e-3  # a channel that matters
+
+
+def test_the_two_forms_read_the_same_contributions():
+    from searchprune.first_order import removal_drop, removal_drop_squared
+
+    g = torch.tensor([[1.0, -1.0, 2.0], [3.0, 1.0, 0.0]], dtype=torch.float64)
+    keep = torch.tensor([2])  # channels 0 and 1 removed
+    # taylor: per image |1 - 1| = 0 and |3 + 1| = 4, mean 2 (the removals cancel in image 0)
+    assert removal_drop(g, keep) == pytest.approx(2.0)
+    # taylor-sq: channel 0 mean(1, 9) = 5, channel 1 mean(1, 1) = 1
+    assert removal_drop_squared(g, keep) == pytest.approx(6.0)
+    assert removal_drop(g, torch.tensor([0, 1, 2])) == 0.0
 
 
 def test_taylor_costs_are_counted_and_charged_in_evaluation_equivalents():
@@ -164,6 +177,7 @@ def test_the_fingerprint_differs_by_method_and_taylor_ignores_what_it_never_sees
     taylor = _taylor(cfg)
     assert scan_name(cfg) != scan_name(taylor)
     assert scan_name(taylor) != scan_name(_taylor(cfg, **{"sensitivity.images": 64}))
+    assert scan_name(taylor) != scan_name(_taylor(cfg, **{"sensitivity.method": "taylor-sq"}))
     assert scan_name(taylor) != scan_name(_taylor(cfg, **{"pruning.criterion": "l2"}))
     # the estimates see neither the proxy nor the validation images: one prior for all
     assert scan_name(taylor) == scan_name(_taylor(cfg, **{"pruning.proxy": "abn"}))

@@ -17,10 +17,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser("sensitivity", parents=[common],
                        help="prune each group alone over a grid of keep-ratios; table and plot")
     p.add_argument("config", metavar="CONFIG.yaml")
-    p.add_argument("--method", help="scan (evaluate every point) or taylor (first-order "
-                                    "estimates from gradients; default: sensitivity.method)")
+    p.add_argument("--method", help="scan (evaluate every point), taylor or taylor-sq "
+                                    "(first-order estimates from one backward pass; default: "
+                                    "sensitivity.method)")
     p.add_argument("--images", type=int, metavar="N",
-                   help="calibration images the taylor method uses (default: all)")
+                   help="calibration images taylor and taylor-sq use (default: all)")
     p.add_argument("--points", type=int, help="keep-ratios per group, from eta up to 1 "
                                               "(default: sensitivity.points, 4)")
     p.add_argument("--ratios", metavar="LIST", help="explicit comma list of keep-ratios in "

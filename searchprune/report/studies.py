@@ -10,7 +10,8 @@ storage (each study stops at its budget of COMPLETE trials across all workers).
 
 A sampler named ``<sampler>+warm`` (e.g. ``tpe+warm``) is that sampler with
 ``search.warm_start: sensitivity`` (the config's ``sensitivity.method``), ``<sampler>+taylor``
-the same warm-started from the cheap first-order prior (``sensitivity.method: taylor``); such a
+(``+taylor-sq``) the same warm-started from a cheap first-order prior (``sensitivity.method:
+taylor``, ``taylor-sq``); such a
 study runs ``n_trials`` minus the evaluations its prior is charged (a full scan's evaluations, a
 cheaper prior's images in evaluation equivalents), so every sampler gets the same total cost.
 """
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from searchprune.config import apply_overrides
+from searchprune.config import FIRST_ORDER_METHODS, apply_overrides
 from searchprune.report.compare import Run, run_from_study
 
 if TYPE_CHECKING:
@@ -30,13 +31,12 @@ if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
 
-__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "TAYLOR_SUFFIX", "WARM_SUFFIX", "PlannedStudy",
-           "load_runs", "plan_comparison", "run_comparison"]
+__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy", "load_runs",
+           "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
 DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
 WARM_SUFFIX = "+warm"
-TAYLOR_SUFFIX = "+taylor"
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,10 @@ def _sampler_keys(label: str) -> dict[str, str]:
     if label.endswith(WARM_SUFFIX):
         return {"search.sampler": label.removesuffix(WARM_SUFFIX),
                 "search.warm_start": "sensitivity"}
-    if label.endswith(TAYLOR_SUFFIX):
-        return {"search.sampler": label.removesuffix(TAYLOR_SUFFIX),
-                "search.warm_start": "sensitivity", "sensitivity.method": "taylor"}
+    for method in FIRST_ORDER_METHODS:
+        if label.endswith(f"+{method}"):
+            return {"search.sampler": label.removesuffix(f"+{method}"),
+                    "search.warm_start": "sensitivity", "sensitivity.method": method}
     return {"search.sampler": label}
 
 

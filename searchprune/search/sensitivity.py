@@ -12,9 +12,10 @@ unpruned network's accuracy is the study attr ``reference_top1``. Points are cla
 study lock, so a re-run (or a second worker) measures only the points still missing; a point
 left RUNNING by a killed process for longer than ``search.grace_period`` s is claimed again.
 
-``sensitivity.method: taylor`` is the cheap prior: the same points' drops estimated to first
-order from one forward and backward pass of the first ``sensitivity.images`` calibration images
-(:mod:`searchprune.first_order`; every group at once, no network evaluated). It is stored in a
+``sensitivity.method: taylor`` (or ``taylor-sq``, the squared per-channel form) is the cheap
+prior: the same points' drops estimated to first order from one forward and backward pass of the
+first ``sensitivity.images`` calibration images (:mod:`searchprune.first_order`; every group at
+once, no network evaluated). It is stored in a
 study of the same kind (its own fingerprint: the method and the images, not the proxy nor the
 validation images), the points and their cost as study attrs (``estimates``, ``cost``).
 
@@ -378,15 +379,15 @@ def measure_prior(problem: Problem, *, storage: optuna.storages.BaseStorage | No
 
 def run_first_order(problem: Problem, *,
                     storage: optuna.storages.BaseStorage | None = None) -> Scan:
-    """The ``taylor`` prior: every planned point's drop estimated to first order from one
-    forward and backward pass of the first ``sensitivity.images`` calibration images
-    (:mod:`searchprune.first_order`), stored once (a second process that measured it too
-    keeps the stored one)."""
+    """The ``taylor`` (or ``taylor-sq``) prior: every planned point's drop estimated to first
+    order from one forward and backward pass of the first ``sensitivity.images`` calibration
+    images (:mod:`searchprune.first_order`), stored once (a second process that measured it
+    too keeps the stored one)."""
     cfg, engine = problem.cfg, problem.engine
     estimate = getattr(engine, "first_order_drops", None)
     if estimate is None:
-        raise ConfigError("sensitivity.method: taylor needs a pretrained network's engine "
-                          "(setting: pretrained); use sensitivity.method: scan")
+        raise ConfigError(f"sensitivity.method: {cfg.sensitivity.method} needs a pretrained "
+                          "network's engine (setting: pretrained); use sensitivity.method: scan")
     storage = _open(cfg, storage)
     name = scan_name(cfg)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
@@ -395,7 +396,8 @@ def run_first_order(problem: Problem, *,
     if stored is not None and stored.complete:  # measured once per problem, then read
         return stored
     plan = _plan(problem)
-    drops, passes = estimate([(g, w) for g, _, w, _ in plan], cfg.sensitivity.images)
+    drops, passes = estimate([(g, w) for g, _, w, _ in plan], cfg.sensitivity.images,
+                             cfg.sensitivity.method)
     cost = PriorCost(passes.images, passes.images, float(passes.seconds))
     with study_lock(storage, name)():
         if PLAN_ATTR not in study.user_attrs:
