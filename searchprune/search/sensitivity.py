@@ -188,7 +188,9 @@ class Scan:
     @property
     def unit(self) -> str:
         """What a drop is measured in."""
-        return "top-1 points" if self.method == "scan" else "estimated loss increase (nats)"
+        return {"scan": "top-1 points", "taylor": "estimated loss change (nats per image)",
+                "taylor-sq": "estimated squared loss change (nats^2 per image)"
+                }.get(self.method, "estimated drop")
 
     @property
     def cost(self) -> PriorCost:
