@@ -264,26 +264,30 @@ def tp_global(engine, *, max_steps: int = 30, problem: Problem | None = None,
 
 def sensitivity(engine, *, problem: Problem | None = None,
                 target: CostTarget | None = None) -> BaselineConfig:
-    """Every group at the smallest keep-ratio whose drop in the sensitivity scan is within one
+    """Every group at the smallest keep-ratio whose drop in the sensitivity prior is within one
     threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`); with
-    ``target``, onto that cost, then fitted to it channel by channel. The scan is read from the
-    study storage; points still missing are measured first (and counted in
-    ``scan_new_evaluations``)."""
-    from searchprune.search.sensitivity import run_scan, sensitivity_allocation
+    ``target``, onto that cost, then fitted to it channel by channel. The prior
+    (``sensitivity.method``: a scan or first-order estimates) is read from the study storage;
+    points still missing are measured first (and counted in ``scan_new_evaluations``); its
+    cost is recorded (``prior_cost``, ``charged_evaluations``)."""
+    from searchprune.search.sensitivity import (
+        measure_prior,
+        prior_record,
+        sensitivity_allocation,
+    )
 
     problem = _problem(engine, problem)
     if target is None:
         scan, alloc = sensitivity_allocation(problem)
         threshold, ratios, projected = alloc.threshold, alloc.ratios, alloc.projected
     else:
-        scan = run_scan(problem)
+        scan = measure_prior(problem)
         threshold, ratios = _threshold_at(problem, scan.curves(), target)
         projected = False
     widths = engine.widths({**problem.ranges.fixed, **ratios})
     b = BaselineConfig("sensitivity", widths, info={
         "threshold": threshold, "flops_ratio": engine.flops_ratio(widths),
-        "projected": projected, "scan_study": scan.name,
-        "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations})
+        "projected": projected, **prior_record(problem, scan)})
     return b if target is None else _fitted(b, engine, problem, target)
 
 

@@ -25,6 +25,8 @@ from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 __all__ = [
     "Config",
     "DataConfig",
+    "DistillConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "PruningConfig",
     "ReconstructionConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "upgrade_stored",
+    "validate_distill",
     "validate_study_name",
 ]
 
@@ -49,6 +52,12 @@ OBJECTIVES = ("single", "pareto")
 # What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
 PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
+# How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
+# every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
+# curves from one forward and backward pass of ``sensitivity.images`` calibration images
+# (searchprune/first_order.py).
+SENSITIVITY_METHODS = ("scan", "taylor", "taylor-sq")
+FIRST_ORDER_METHODS = ("taylor", "taylor-sq")
 # ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -161,12 +170,16 @@ class SearchConfig:
 class SensitivityConfig:
     """The per-group sensitivity scan: each group pruned alone to each keep-ratio of a grid.
 
-    ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up to, not
-    including, 1); ``val_images``: validation images each point is scored on (default all;
-    rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
+    ``method``: ``scan`` (each point evaluated) or ``taylor``/``taylor-sq`` (first-order
+    estimates from gradients on the first ``images`` calibration images, default all;
+    pretrained networks only); ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up
+    to, not including, 1); ``val_images``: validation images each scan point is scored on
+    (default all; rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
     ``perturb_scale``: the warm start's extra trials (log-normal noise on each keep-ratio).
     """
 
+    method: str = "scan"
+    images: int | None = None
     points: int = 4
     ratios: list[float] | None = None
     val_images: int | None = None
@@ -196,6 +209,23 @@ class SupernetConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation while fine-tuning, from the unpruned network (logits): the loss is
+    ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))``. ``alpha: 0`` (the default) fine-tunes on labels alone."""
+
+    alpha: float = 0.0
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Defaults of ``searchprune finetune`` for this study (its flags override them)."""
+
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole study: model, data, pruning, search, storage."""
 
@@ -205,6 +235,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     setting: str = "pretrained"
     storage: str | None = None
     device: str = "auto"
@@ -261,6 +292,11 @@ class Config:
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
+        validate_distill(self.finetune.distill.alpha, self.finetune.distill.temperature)
+        if self.sensitivity.method in FIRST_ORDER_METHODS and self.setting != "pretrained":
+            raise ConfigError(f"sensitivity.method: {self.sensitivity.method} needs setting: "
+                              "pretrained (a trained network to take gradients of); use "
+                              "method: scan")
         return self
 
 
@@ -275,6 +311,18 @@ def validate_study_name(name: str) -> str:
     return name
 
 
+def validate_distill(alpha: float, temperature: float,
+                     names: tuple[str, str] = ("finetune.distill.alpha",
+                                               "finetune.distill.temperature")) -> None:
+    """``alpha`` in [0, 1] and ``temperature`` > 0 (one-line :class:`ConfigError` naming
+    ``names``, the key or flag of each)."""
+    if not (0.0 <= alpha <= 1.0):
+        raise ConfigError(f"{names[0]} must be in [0, 1] (the weight of the distillation "
+                          f"loss; 0: labels only), got {alpha}")
+    if not (temperature > 0.0) or math.isinf(temperature):
+        raise ConfigError(f"{names[1]} must be a finite number > 0, got {temperature}")
+
+
 def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
                           gamma: float | None = 0.5) -> None:
     """The ``sensitivity`` section and ``search.warm_start`` (one-line :class:`ConfigError`)."""
@@ -284,6 +332,13 @@ def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
         raise ConfigError("search.warm_start needs search.objective: single (one FLOPs band)")
     if s.warm_start != "none" and gamma is None:
         raise ConfigError("search.warm_start needs a FLOPs band; set pruning.gamma (it is null)")
+    if v.method not in SENSITIVITY_METHODS:
+        raise ConfigError(unknown_choice("sensitivity.method", v.method, SENSITIVITY_METHODS))
+    if v.images is not None and v.images < 1:
+        raise ConfigError(f"sensitivity.images must be >= 1, got {v.images}")
+    if v.images is not None and v.method not in FIRST_ORDER_METHODS:
+        raise ConfigError("sensitivity.images is read by method: taylor (or taylor-sq) only; "
+                          "for a scan on fewer images set sensitivity.val_images")
     if v.points < 1:
         raise ConfigError(f"sensitivity.points must be >= 1, got {v.points}")
     if v.ratios is not None and (

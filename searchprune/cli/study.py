@@ -84,10 +84,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     confirm.add_argument("--images", type=int, default=None, metavar="N",
                          help="confirmation images (default: the study's search.confirm, else "
                               "all the validation half's images ranking did not use)")
-    add_trust_flag(confirm)
-    confirm.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
-                         help="import this package.module:factory if the study's config names "
-                              "it; repeatable")
+    from searchprune.cli.finish import _trust_flags
+
+    _trust_flags(confirm)  # the stored config is not trusted to unpickle or import
     confirm.set_defaults(func=_confirm)
 
 
@@ -564,8 +563,11 @@ def _confirm(args: argparse.Namespace) -> int:
         raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials yet; run "
                                "'searchprune study run' first")
     from searchprune.engine import engine_for
+    from searchprune.trust import stored_checkpoint_refusal
 
-    problem = resolve_problem(cfg, engine_for(cfg, progress=not args.json))
+    with stored_checkpoint_refusal(cfg, study.study_name):
+        engine = engine_for(cfg, progress=not args.json)
+    problem = resolve_problem(cfg, engine)
     with InterruptGuard() as guard, guard.deferred():
         try:
             new = confirm_study(study, problem, guard=guard)

@@ -19,10 +19,12 @@ Baseline rows (:mod:`searchprune.baselines`) sit at the band (``baselines_at="ba
 the exact cost of each study's pick (``"winner"``): then each sampler is compared with the
 baselines placed at its own picks, pick by pick (paired differences at the same cost).
 
-A warm-started study (``search.warm_start: sensitivity``) first spent the sensitivity scan's
-network evaluations (its ``offset``): they count against the budget, so such a run keeps only
-``budget - offset`` of its own evaluations, its curve starts at ``offset + 1`` and its
-evaluations-to-reach include the scan (equal total network evaluations).
+A warm-started study (``search.warm_start: sensitivity``) first spent its sensitivity prior (its
+``offset``: the evaluations the prior is charged, a full scan's network evaluations, a cheaper
+prior's images in evaluation equivalents; :mod:`searchprune.search.sensitivity`): they count
+against the budget, so such a run keeps only ``budget - offset`` of its own evaluations, its
+curve starts at ``offset + 1`` and its evaluations-to-reach include the prior (equal total
+cost).
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ def run_from_study(study: optuna.Study, sampler: str, seed: int,
     """Reduce a stored study to a :class:`Run`, counting only the trials up to (and including)
     the ``budget``-th evaluated one, so an extended study is compared on the same budget. A
     candidate the median pruner stopped is an evaluation that improves nothing (``-inf``). A
-    warm start's scan evaluations (study attr ``warm_start``) are the run's ``offset`` and are
-    taken from the budget."""
+    warm start's prior (study attr ``warm_start``: the evaluations it is charged) is the run's
+    ``offset`` and is taken from the budget."""
+    from searchprune.search.sensitivity import charged_evaluations
     from searchprune.search.trials import is_evaluated, is_multi_objective, rejected_proposals
 
-    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    offset = charged_evaluations(study.user_attrs.get("warm_start"))
     if budget is not None:
         budget = max(0, budget - offset)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -357,7 +360,7 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
         tops = [ref["top1"] for ref in refs]
         rows.append([
             name, str(len(refs)) if c.baselines_at == "winner" else "-",
-            _ref_evaluated(refs[0]),
+            _reference_evaluations(refs[0]),
             f"{_mean(tops):.2f}" + (f" ± {_std(tops):.2f}" if len(tops) > 1 else ""),
             (", ".join(f"{v:.2f}" for v in tops) if c.baselines_at == "winner"
              else f"FLOPs {refs[0]['flops_ratio']:.3f}, params {refs[0]['params_ratio']:.3f}"),
@@ -375,10 +378,6 @@ def _reference_groups(c: Comparison) -> list[tuple[str, list[Mapping[str, Any]]]
         return [(f"{ref['name']} (no search)", [ref]) for ref in c.references]
     return [(f"{name} at {sampler}'s picks (no search)", refs)
             for (name, sampler), refs in _by_pick_sampler(c.references).items()]
-
-
-def _ref_evaluated(ref: Mapping[str, Any]) -> str:
-    return f"{ref['scan_evaluations']} scan + 1" if "scan_evaluations" in ref else "1"
 
 
 def _paired_label(c: Comparison) -> str | None:
@@ -490,6 +489,14 @@ def _evaluated_text(r: SamplerRow) -> str:
     if not any(r.offsets):
         return _span(r.evaluated)
     return f"{_span(r.offsets)} scan + {_span(r.evaluated)}"
+
+
+def _reference_evaluations(ref: Mapping[str, Any]) -> str:
+    """``1``, ``45 scan + 1``, or ``1 taylor + 1`` (a prior charged in evaluations)."""
+    if "scan_evaluations" not in ref:
+        return "1"
+    charged = ref.get("charged_evaluations", ref["scan_evaluations"])
+    return f"{charged} {ref.get('prior', 'scan')} + 1"
 
 
 def _span(xs: Sequence[int]) -> str:
