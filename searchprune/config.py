@@ -143,6 +143,9 @@ class SearchConfig:
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 2
+    # a trial whose evaluation raises FAILs and the study goes on; this many FAILed trials in a
+    # row stop the run with one line naming the last one and its error (search/callbacks.py)
+    max_consecutive_failures: int = 5
     # ``pareto``: maximise top-1 and minimise the FLOPs ratio over ``gamma_range`` in one study
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
@@ -344,6 +347,7 @@ _POSITIVE = frozenset({
     "model.num_classes", "data.calib_size", "data.val_size", "data.test_size",
     "data.train_size", "data.image_size", "data.batch_size", "pruning.round_to",
     "pruning.reconstruction.positions_per_image", "search.n_trials", "search.grace_period",
+    "search.max_consecutive_failures",
 })
 _NON_NEGATIVE = frozenset({
     "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",
