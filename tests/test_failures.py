@@ -7,7 +7,7 @@ import logging
 
 import optuna
 import pytest
-from _helpers import FakeEngine, cli, make_cfg, run, start_worker
+from _helpers import FakeEngine, make_cfg, run, start_worker
 from optuna.trial import TrialState
 
 from searchprune.config import load_config
