@@ -13,7 +13,10 @@ Every trial stores, as user attributes (the dashboard shows them; it cannot show
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
 ``band_violation``; with a latency table (``pruning.latency`` or a latency Pareto study)
 ``latency_ms`` and ``latency_ratio`` (predicted); evaluated trials add ``top1``, ``top5`` and
-``seconds_*``, and with ``pruning.latency.measure`` the built network's
+``seconds_*`` (with least squares, ``least_squares``: how many layers it ``fitted``,
+``kept`` as they were because the fit did no better on held-out images, ``skipped`` for
+too few samples, and ``not_fitted``: no fit applies, see ``model info``), and with
+``pruning.latency.measure`` the built network's
 ``latency_ms_measured``, ``latency_ratio_measured`` and ``latency_unreliable`` (true when
 other workers share this machine, so the timing is disturbed). Out-of-band
 proposals are PRUNED without evaluation (``feasible: false``). A trial FAILs with a
@@ -126,6 +129,8 @@ def make_objective(problem: Problem, counters: Counters | None = None, *,
                             else "supernet-bn")
         for key in dict.fromkeys(("build", "abn", "reconstruct", "evaluate", *result.seconds)):
             trial.set_user_attr(f"seconds_{key}", float(result.seconds.get(key, 0.0)))
+        if getattr(result, "least_squares", None) is not None:
+            trial.set_user_attr("least_squares", dict(result.least_squares))
         if not (math.isfinite(result.top1) and math.isfinite(result.top5)):
             return _fail(trial, counts, spec,
                          f"evaluation returned top1={result.top1}, top5={result.top5}")
