@@ -207,13 +207,24 @@ def _varying_axes(space: SearchSpace, mod: nn.Module, name: str, spec: Mapping[s
     return vary
 
 
-def _axis_value(axis: str | Sequence[Sequence[Any]], widths: Mapping[str, int],
-                full: Mapping[str, int]) -> float:
-    """An axis's channel count at ``widths``: a group's width (a group name) or a linear form
-    of the widths (groups not given keep all their channels)."""
+Axis = tuple[float, tuple[tuple[str, float], ...]]  # a channel count: const + sum coef * w_g
+
+
+def _axis(axis: str | Sequence[Sequence[Any]], full: Mapping[str, int]) -> Axis:
+    """A stored axis, a group name (that group's width) or a linear form ``[[None, const],
+    [group, coef], ...]``, as ``(const, ((group, coef), ...))``."""
     if isinstance(axis, str):
-        return widths.get(axis, full[axis])
-    return sum(c if g is None else c * widths.get(g, full[g]) for g, c in axis)
+        return 0.0, ((axis, 1.0),)
+    const = sum(float(c) for g, c in axis if g is None)
+    return const, tuple((str(g), float(c)) for g, c in axis if g is not None and c)
+
+
+def _axis_value(axis: Axis, widths: Mapping[str, int], full: Mapping[str, int]) -> float:
+    """An axis's channel count at ``widths`` (groups not given keep all their channels)."""
+    value, terms = axis
+    for g, c in terms:
+        value += c * widths.get(g, full[g])
+    return value
 
 
 def _unit_module(shape: dict[str, Any], cin: int, cout: int, dtype: torch.dtype) -> nn.Module:
@@ -296,7 +307,8 @@ class LatencyTable:
         self.alpha = float(data["fit"]["alpha"])
         self.beta = float(data["fit"]["beta"])
         shapes = data["shapes"]
-        self._units = [(u["axes"], shapes[u["shape"]]["points"], shapes[u["shape"]]["ms"])
+        self._units = [([_axis(a, self.full) for a in u["axes"]], shapes[u["shape"]]["points"],
+                        shapes[u["shape"]]["ms"])
                        for u in data["units"]]
         self.base_ms = self.predict_ms({})
 
@@ -319,7 +331,7 @@ class LatencyTable:
             s = self.data["shapes"][u["shape"]]["spec"]
             cin, cout = s["cin"], s["cout"]
             for axis, which in zip(u["axes"], s["vary"], strict=True):
-                value = int(round(_axis_value(axis, widths, self.full)))
+                value = int(round(_axis_value(_axis(axis, self.full), widths, self.full)))
                 cin = value if which in ("in", "both") else cin
                 cout = value if which in ("out", "both") else cout
             out[u["module"]] = (cin, cout)
