@@ -259,7 +259,10 @@ class SensitivityConfig:
     """
 
     method: str = "scan"
+    """How the prior is measured: ``scan`` (evaluate every point), ``taylor`` or ``taylor-sq``
+    (first-order estimates from one forward and backward pass; pretrained networks only)."""
     images: int | None = None
+    """Calibration images ``taylor``/``taylor-sq`` backpropagate (default all)."""
     points: int = 4
     """Keep-ratios per group in the scan, evenly spaced from ``eta`` up to (not including) 1."""
     ratios: list[float] | None = None
