@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 VAL_SOURCES = ("train", "test")
-# How a pruned candidate's weights are restored before it is scored (README, "Proxies").
+# How a pruned candidate's weights are restored before it is scored (docs/how-to/proxies.md).
 PROXIES = ("ls", "abn", "abn+ls", "none")
 DEFAULT_PROXY = "ls"
 # A study stored before ``pruning.proxy`` existed was scored with least squares.
