@@ -14,6 +14,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import types
@@ -73,13 +74,15 @@ def _anchor(words: tuple[str, ...]) -> str:
 
 
 def _value(action: argparse.Action) -> str:
+    if not action.option_strings:  # a positional: its name is in the first column
+        return "optional" if action.nargs == "?" else ""
     if action.nargs == 0:
         return ""
     if action.choices is not None:
         return " \\| ".join(f"`{c}`" for c in action.choices)
     metavar = action.metavar or (action.dest if not action.option_strings
                                  else action.dest.upper())
-    return f"`{metavar}`" + (" (optional)" if action.nargs == "?" else "")
+    return f"`{metavar}`"
 
 
 def _default(action: argparse.Action) -> str:
@@ -90,17 +93,30 @@ def _default(action: argparse.Action) -> str:
     return f"`{action.default}`"
 
 
-def _help(action: argparse.Action) -> str:
+# Said of arguments the parser gives no help text (the same meaning in every command).
+_PLAIN = {
+    "storage": "storage URL or SQLite file (default $SEARCHPRUNE_STORAGE, else "
+               "studies/searchprune.db)",
+    "study_name": "the study's name",
+    "config": "the study file (YAML)",
+}
+
+
+def _help(action: argparse.Action, overrides: dict[str, str]) -> str:
     text = action.help or ""
     if "%(" in text:
         text = text % {**vars(action), "prog": ""}
+    if action.dest in overrides:
+        text = (text + "; " if text else "") + f"sets `{overrides[action.dest]}`"
+    elif not text:
+        text = _PLAIN.get(action.dest, "")
     notes = []
     if action.required and action.option_strings:
         notes.append("required")
-    if isinstance(action, argparse._AppendAction):
+    if isinstance(action, argparse._AppendAction) and "repeatable" not in text:
         notes.append("repeatable")
     tail = f" ({', '.join(notes)})" if notes else ""
-    return _cell(text) + tail
+    return (_cell(text) + tail).strip()
 
 
 def _cell(text: str) -> str:
@@ -117,17 +133,30 @@ def _cell(text: str) -> str:
 def cli_reference() -> str:
     """Markdown for every command: its purpose, usage and a table of its arguments."""
     from searchprune.cli.main import build_parser
+    from searchprune.cli.study import _OVERRIDES
 
-    parser = build_parser()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # usage lines wrap the same on every machine
+    try:
+        parser = build_parser()
+        found = commands(parser)
+        usages = {words: sub.format_usage() for words, _, sub in found}
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
     lines: list[str] = []
-    for words, help_text, sub in commands(parser):
+    for words, help_text, sub in found:
         name = " ".join(("searchprune", *words))
         lines += [f"## `{name}` {{#{_anchor(words)}}}", ""]
         if help_text:
             lines += [help_text[0].upper() + help_text[1:] + ".", ""]
         elif sub.description:
             lines += [sub.description, ""]
-        usage = sub.format_usage().replace("usage: ", "", 1).strip()
+        usage = usages[words].replace("usage: ", "", 1).strip()
+        usage = "\n".join(line[len("usage: "):] if line.startswith(" " * 7) else line
+                          for line in usage.splitlines())
         lines += ["```text", usage, "```", ""]
         children = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
         for action in children:
@@ -136,9 +165,11 @@ def cli_reference() -> str:
         rows = [a for a in options(sub) if not isinstance(a, argparse._HelpAction)]
         if rows:
             lines += ["| argument | value | default | what it does |", "|---|---|---|---|"]
+            overrides = _OVERRIDES if words == ("study", "run") else {}
             for a in rows:
                 flags = ", ".join(f"`{s}`" for s in a.option_strings) or f"`{a.metavar or a.dest}`"
-                lines.append(f"| {flags} | {_value(a)} | {_default(a)} | {_help(a)} |")
+                lines.append(f"| {flags} | {_value(a)} | {_default(a)} | "
+                             f"{_help(a, overrides)} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -237,7 +268,8 @@ def config_reference() -> str:
         doc = inspect.cleandoc(row["section"].__doc__ or "")
         if doc:
             lines += [doc, ""]
-        lines += _table(members)
+        if members:  # a section may hold only sections (finetune: finetune.distill)
+            lines += _table(members)
     return "\n".join(lines)
 
 
