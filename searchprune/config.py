@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 VAL_SOURCES = ("train", "test")
-# How a pruned candidate's weights are restored before it is scored (README, "Proxies").
+# How a pruned candidate's weights are restored before it is scored (docs/how-to/proxies.md).
 PROXIES = ("ls", "abn", "abn+ls", "none")
 DEFAULT_PROXY = "ls"
 # A study stored before ``pruning.proxy`` existed was scored with least squares.
@@ -72,12 +72,28 @@ class ModelConfig:
     """
 
     name: str = "digits_resnet8"
+    """``cifar_resnet<6n+2>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
+    classification model, or ``package.module:factory`` (called with ``num_classes`` and
+    ``in_channels`` if it accepts them)."""
     num_classes: int | None = None
+    """Override the class count (default: from the data)."""
     checkpoint: str | None = None
+    """A state_dict file (``module.`` prefixes and ``{"state_dict": ...}`` wrappers are handled);
+    read weights-only: tensors and plain containers, no code runs."""
     shortcut: str = "projection"
+    """CIFAR ResNets: ``pad`` (option A, parameter-free; the ``../shared`` checkpoints) or
+    ``projection`` (1x1 conv + BN, the paper's numbers)."""
     pretrained: bool = False
+    """torchvision weights enum ``DEFAULT`` (downloads; needs a network)."""
     # Full unpickling of ``checkpoint`` (it can run code from the file): only for trusted files.
     trust_checkpoint: bool = False
+    """Allow full unpickling of ``model.checkpoint`` (files that also hold other objects, e.g. an
+    ``argparse.Namespace``); unpickling can run code from the file, so only for files you
+    trust. Also ``--trust-checkpoint`` on ``study run``, ``model eval/info``, ``criteria``,
+    ``compare``. Without it such a file is refused: ``error: checkpoint F holds objects other
+    than tensors, and loading it would run code from the file; ...`` (exit 1). Never stored
+    with a study: ``finetune`` and ``export`` unpickle the study's ``model.checkpoint`` only
+    with ``--trust-checkpoint F`` naming that same file (links resolved)."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +101,31 @@ class DataConfig:
     """Where images come from and how the fixed, seeded splits are drawn."""
 
     name: str = "digits"
+    """``digits``, ``cifar10``, ``cifar100`` or ``imagefolder``."""
     root: str | None = None
+    """The dataset folder. ImageFolder: ``root/train`` and ``root/test`` (or ``root/val``), at
+    least two classes, the same class folders with images in both; an image PIL cannot read
+    stops the run with ``error: cannot read image FILE: ...``."""
     download: bool = False
+    """Let torchvision download CIFAR."""
     calib_size: int = 512
+    """Calibration images (from train) for reconstruction and data-driven criteria."""
     val_size: int = 400
+    """Validation images that rank candidates."""
     val_from: str = "train"
+    """``train``: a seeded hold-out of train; ``test``: a seeded half of the official test split
+    (the other half stays test). Use ``test`` for checkpoints trained on all of train (see the
+    how-to "Your data and your model")."""
     test_size: int | None = None
+    """Cap on test images (final reports only); default all."""
     train_size: int | None = None
+    """Cap on training images: a seeded subset (training from scratch on a CPU); default all."""
     image_size: int | None = None
+    """Resize the shorter side to this size and center-crop a square (default: the native size)."""
     seed: int = 0
+    """The split seed."""
     batch_size: int = 256
+    """Evaluation batch size."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +134,15 @@ class ReconstructionConfig:
     ``abn+ls`` proxies."""
 
     ridge: float = 1e-4
+    """Ridge ``alpha``; lambda = alpha·trace(G)/n'."""
     positions_per_image: int = 32
+    """Spatial positions sampled per image and layer."""
     intercept: bool = True
+    """Fit ``X z + c``."""
     guard: bool = True
+    """Keep X = I where the fit does not beat identity on held-out columns."""
     holdout_fraction: float = 0.1
+    """Calibration images held out for that check."""
 
 
 @dataclass(frozen=True)
@@ -123,21 +159,46 @@ class PruningConfig:
     """
 
     gamma: float | None = 0.5
+    """Fraction of FLOPs **kept** (the band's centre); ``null``: no FLOPs band, ``pruning.params``
+    or ``pruning.latency`` must then limit the search."""
     tolerance: float = 0.02
+    """Band half-width T: accept ``|ratio − gamma| <= T``. A band that meets the reachable FLOPs
+    ratios in one point only (e.g. ``gamma: 1.0, tolerance: 0``) is refused before any trial,
+    with the reachable range."""
     eta: float = 0.3
+    """Smallest keep-ratio per group."""
     criterion: str = "l1"
+    """Which channels go: ``l1``, ``l2``, ``gm``, ``te``, ``es``, ``kl`` (the criterion registry),
+    or ``package.module:factory`` returning a ``searchprune.criteria.Criterion``."""
     proxy: str = DEFAULT_PROXY
+    """How a candidate's weights are restored before it is scored: ``ls``, ``abn``, ``abn+ls``,
+    ``none`` (see the how-to "Proxies")."""
     abn_images: int | None = None
+    """Images ``abn`` and ``abn+ls`` re-estimate BN statistics on (default: all calibration
+    images)."""
     round_to: int = 1
+    """Widths rounded to this multiple (at least one unit)."""
     prune_classifier_input: bool = False
+    """Also prune the residual stream that feeds the classifier."""
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    """Layer-wise least squares, used by the ``ls`` and ``abn+ls`` proxies."""
     # Per-group keep-ratio bounds: ``{pattern: {min: r, max: r} | {fixed: r}}`` (constraints.py).
     groups: dict[str, Any] | None = None
+    """Per-group keep-ratio bounds: glob patterns over group names (``*`` matches dots) mapped to
+    ``{min: r, max: r}`` or ``{fixed: r}``; a group's range is ``[eta, 1]`` intersected with
+    every pattern that matches it."""
     # The params ratio: ``{max: r}`` or ``{target: r, tolerance: t}`` (constraints.py).
     params: dict[str, Any] | None = None
+    """A limit on the params ratio, checked before any network is built: ``{max: r}`` or
+    ``{target: r, tolerance: t}``."""
     # The latency: ``{max: r}``, ``{target: r, tolerance: t}`` or ``{max_ms: x}`` plus
     # ``batch_size``, ``threads``, ``dtype``, ``measure`` (constraints.latency_spec; latency.py).
     latency: dict[str, Any] | None = None
+    """A limit on the predicted CPU latency, checked before any network is built: ``{max: r}`` or
+    ``{target: r, tolerance: t}`` (ratios of the unpruned network's latency) or ``{max_ms:
+    x}``; with ``batch_size`` (64), ``threads`` (2), ``dtype`` (``float32`` or ``bfloat16``)
+    and ``measure`` (``true``: time every evaluated trial's network). Without a limit it only
+    predicts and measures."""
 
 
 @dataclass(frozen=True)
@@ -145,22 +206,44 @@ class SearchConfig:
     """The Optuna side: sampler, budget of evaluated trials, seed, early stopping."""
 
     sampler: str = "random"
+    """``random``, ``tpe``, ``cmaes``, ``gp``, ``qmc``, ``nsga2`` (the sampler registry), or
+    ``package.module:factory``: a function of a ``SamplerContext`` returning an Optuna sampler
+    (give it ``projects = True`` to have proposals projected onto the band); imported by every
+    worker."""
     n_trials: int = 30
+    """**Evaluated** (in-band) trials to reach, across all workers."""
     seed: int = 0
+    """The sampler seed."""
     study_name: str | None = None
+    """The study's name (default: the config file's stem)."""
     pruner: str = "none"
+    """``none``, or ``median``: report top-1 after each validation batch (``data.batch_size``
+    images) and stop candidates below the median of earlier ones; a stopped candidate counts
+    toward ``n_trials``."""
     heartbeat_interval: int = 30
+    """Seconds between a running trial's heartbeats (RDB storages): dead-worker detection."""
     grace_period: int = 120
+    """Seconds of silence after which a running trial is marked FAIL by the next worker and
+    retried."""
     max_retry: int = 2
+    """How many times a trial of a dead worker is retried."""
     # ``pareto``: maximise top-1 and minimise the FLOPs ratio over ``gamma_range`` in one study
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
+    """``single``, or ``pareto``: maximise top-1 and minimise a cost ratio in one study (samplers
+    ``random``, ``tpe``, ``nsga2``, ``gp``, ``qmc``; not ``cmaes``; ``search.pruner`` must be
+    ``none``)."""
     gamma_range: list[float] | None = None
+    """``[lo, hi]``: the FLOPs-ratio range of a ``pareto`` study."""
     # the Pareto study's second objective: ``flops``, ``params`` or ``latency`` (predicted)
     pareto_cost: str = "flops"
+    """What a ``pareto`` study minimises: ``flops``, ``params`` or ``latency`` (the predicted
+    latency ratio)."""
     # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
     # perturbations of it (searchprune/search/sensitivity.py)
     warm_start: str = "none"
+    """``none``, or ``sensitivity``: the first trials are the sensitivity allocation and its
+    perturbations (single-objective only)."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +259,20 @@ class SensitivityConfig:
     """
 
     method: str = "scan"
+    """How the prior is measured: ``scan`` (evaluate every point), ``taylor`` or ``taylor-sq``
+    (first-order estimates from one forward and backward pass; pretrained networks only)."""
     images: int | None = None
+    """Calibration images ``taylor``/``taylor-sq`` backpropagate (default all)."""
     points: int = 4
+    """Keep-ratios per group in the scan, evenly spaced from ``eta`` up to (not including) 1."""
     ratios: list[float] | None = None
+    """Explicit scan keep-ratios in ``[eta, 1)`` (replace ``points``)."""
     val_images: int | None = None
+    """Validation images per scan point (whole batches of ``data.batch_size``); default all."""
     perturbations: int = 3
+    """The warm start's extra in-band trials around the allocation."""
     perturb_scale: float = 0.15
+    """The sigma of their log-normal noise (each keep-ratio times ``exp(N(0, perturb_scale))``)."""
 
 
 @dataclass(frozen=True)
@@ -189,20 +280,36 @@ class SupernetConfig:
     """Setting 2: a slimmable supernet trained from scratch."""
 
     width_multiple: int = 8
+    """Allowed widths are multiples of this."""
     min_ratio: float = 0.4
+    """Smallest allowed width as a fraction of a group's channels."""
     epochs: int = 10
+    """Supernet training epochs (cosine schedule)."""
     batch_size: int = 128
+    """Training batch size (supernet, top-k fine-tuning, retraining)."""
     lr: float = 0.1
+    """SGD learning rate (top-k fine-tuning uses a tenth)."""
     weight_decay: float = 5e-4
+    """SGD weight decay."""
     num_random: int = 3
+    """Random sub-networks per step besides the full one."""
     sandwich: bool = False
+    """US-Nets rule: the smallest sub-network is one of the ``num_random``."""
     inplace_distill: bool = True
+    """Sub-networks learn from the full network's softmax."""
     bn_calib_images: int = 1000
+    """Training images that recalibrate BN of every evaluated sub-network."""
     checkpoint: str | None = None
+    """Where the trained supernet is saved and loaded (default
+    ``runs/supernet/<stem>/supernet.pt``)."""
     seed: int = 0
+    """Initialisation, sampling and data-order seed."""
     top_k: int = 5
+    """``supernet rank --train-top-k``: candidates fine-tuned."""
     finetune_epochs: int = 5
+    """Epochs of top-k fine-tuning from supernet weights."""
     retrain_epochs: int = 50
+    """Epochs of retraining the best from scratch."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +319,11 @@ class DistillConfig:
     softmax(student / T))``. ``alpha: 0`` (the default) fine-tunes on labels alone."""
 
     alpha: float = 0.0
+    """Weight of the distillation loss in [0, 1]: loss = (1 - alpha)·CE(labels) +
+    alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T)); 0 = labels only. Used by ``finetune``
+    (and ``--each``); flag ``--distill-alpha``."""
     temperature: float = 4.0
+    """T of that loss, > 0; flag ``--distill-temperature``."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +331,7 @@ class FinetuneConfig:
     """Defaults of ``searchprune finetune`` for this study (its flags override them)."""
 
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation from the unpruned network while fine-tuning."""
 
 
 @dataclass(frozen=True)
@@ -227,16 +339,31 @@ class Config:
     """A whole study: model, data, pruning, search, storage."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which network to prune."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where images come from; the seeded splits."""
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    """The FLOPs band, bounds, limits, criterion and proxy."""
     search: SearchConfig = field(default_factory=SearchConfig)
+    """The Optuna side: sampler, budget, seed, early stopping, objective."""
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    """Setting ``scratch``: the slimmable supernet."""
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    """The per-group sensitivity scan and the warm start."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Defaults of ``searchprune finetune``."""
     setting: str = "pretrained"
+    """``pretrained`` (prune a trained network), or ``scratch``: search a trained slimmable
+    supernet (see ``supernet.*``)."""
     storage: str | None = None
+    """SQLite path or any Optuna storage URL (default ``$SEARCHPRUNE_STORAGE``, else
+    ``studies/searchprune.db``). A SQLite path under a regular file, or in a folder that is not
+    writable, is a one-line error (exit 1)."""
     device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one this machine
+    lacks is refused before anything runs."""
     source: str | None = None
+    """Set by searchprune: the study file the config was read from (not written by hand)."""
 
     def validate(self) -> Config:
         """Check value ranges; raise :class:`ConfigError` with a one-line fix."""
