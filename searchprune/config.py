@@ -55,7 +55,9 @@ class ModelConfig:
     """Which network to prune.
 
     ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model name, or ``package.module:factory``.
+    classification model name, ``timm:<name>`` (a timm model; ``pip install searchprune[timm]``)
+    or ``package.module:factory``. ``kwargs``: more constructor arguments of a torchvision, timm
+    or factory model (plain YAML values, e.g. ``{aux_logits: false}``).
     """
 
     name: str = "digits_resnet8"
@@ -65,6 +67,7 @@ class ModelConfig:
     pretrained: bool = False
     # Full unpickling of ``checkpoint`` (it can run code from the file): only for trusted files.
     trust_checkpoint: bool = False
+    kwargs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class Config:
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
+        check_model_kwargs(self.model.kwargs)
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
                                              ("pad", "projection")))
@@ -249,6 +253,49 @@ class Config:
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
         return self
+
+
+# Constructor arguments searchprune sets itself, and the key that sets each.
+_SET_ELSEWHERE = {"num_classes": "model.num_classes", "weights": "model.pretrained",
+                  "pretrained": "model.pretrained", "in_channels": "the data's channels",
+                  "in_chans": "the data's channels"}
+
+
+def check_model_kwargs(kwargs: Any) -> None:
+    """``model.kwargs`` is a mapping of argument names to plain YAML values (null, booleans,
+    numbers, strings, and lists or mappings of them); one-line :class:`ConfigError` if not."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"model.kwargs must be a mapping of constructor arguments "
+                          f"(name: value), got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"model.kwargs: {key!r} is not an argument name")
+        if key in _SET_ELSEWHERE:
+            raise ConfigError(f"model.kwargs.{key} is set by searchprune; use "
+                              f"{_SET_ELSEWHERE[key]} instead")
+        bad = _not_plain(value)
+        if bad is not None:
+            raise ConfigError(f"model.kwargs.{key} must be null, true/false, a number, a "
+                              f"string, or a list or mapping of them; got {bad!r}")
+
+
+def _not_plain(value: Any) -> Any:
+    """The first part of ``value`` that is not a plain YAML value, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return value
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return value
+    return next((bad for bad in map(_not_plain, items) if bad is not None), None)
 
 
 def validate_study_name(name: str) -> str:
@@ -442,8 +489,13 @@ def upgrade_stored(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The fully resolved config as plain JSON-able data (stored with every study)."""
-    return dataclasses.asdict(cfg)
+    """The fully resolved config as plain JSON-able data (stored with every study). An unset
+    ``model.kwargs`` is left out, so a config without it reads (and fingerprints) as before
+    the key existed."""
+    data = dataclasses.asdict(cfg)
+    if not data["model"].get("kwargs"):
+        data["model"].pop("kwargs", None)
+    return data
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:

@@ -134,7 +134,7 @@ class SearchSpaceView:
         t = time.perf_counter()
         sp = getattr(self.data, split)
         top1, top5, seen, stopped = evaluate_chunks(
-            net, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
+            net, sp.images, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
             on_chunk=on_chunk,
         )
         seconds["evaluate"] = time.perf_counter() - t
@@ -173,7 +173,7 @@ class PruningEngine(SearchSpaceView):
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval().to(self.device)
         self.data = data
-        example = data.calib.x[:1].to(self.device)
+        example = data.calib.head(1).to(self.device)
         self.space = SearchSpace.from_model(
             self.model, example, round_to=cfg.pruning.round_to,
             prune_classifier_input=cfg.pruning.prune_classifier_input,
@@ -214,7 +214,8 @@ class PruningEngine(SearchSpaceView):
     def _compute_scores(self, criterion: str) -> dict[str, torch.Tensor]:
         from searchprune.criteria import cached_scores
 
-        return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
+        return cached_scores(criterion, self.model, self.space, self.data, device=self.device,
+                             model_kwargs=self.cfg.model.kwargs)
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
@@ -238,7 +239,7 @@ class PruningEngine(SearchSpaceView):
         if "abn" in steps:
             t = time.perf_counter()
             n = self.cfg.pruning.abn_images or len(self.data.calib)
-            recalibrate_bn(pruned, self.data.calib.x[:n], batch_size=self.cfg.data.batch_size,
+            recalibrate_bn(pruned, self.data.calib[:n].images, batch_size=self.cfg.data.batch_size,
                            device=self.device)
             seconds["abn"] = time.perf_counter() - t
         if "ls" in steps:
@@ -265,7 +266,7 @@ class PruningEngine(SearchSpaceView):
         from searchprune.evaluate import evaluate
 
         sp = getattr(self.data, split)
-        return evaluate(self.model, sp.x, sp.y, batch_size=self.cfg.data.batch_size,
+        return evaluate(self.model, sp.images, sp.y, batch_size=self.cfg.data.batch_size,
                         device=self.device)
 
 
@@ -283,4 +284,5 @@ def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:
         from searchprune.models.baseline import digits_baseline
 
         return digits_baseline(cfg.model, data, progress=progress)
-    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                       input_shape=data.input_shape)
