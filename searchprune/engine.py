@@ -173,7 +173,8 @@ class PruningEngine(SearchSpaceView):
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval().to(self.device)
         self.data = data
-        example = data.calib.head(1).to(self.device)
+        # tracing needs the shape only: no image is decoded for it (`model info` decodes none)
+        example = torch.zeros(1, *data.input_shape, device=self.device)
         self.space = SearchSpace.from_model(
             self.model, example, round_to=cfg.pruning.round_to,
             prune_classifier_input=cfg.pruning.prune_classifier_input,
