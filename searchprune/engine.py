@@ -106,7 +106,13 @@ def engine_for(cfg: Config, *, progress: bool = False) -> Engine:
         raise ConfigError(unknown_choice("setting", cfg.setting, sorted(ENGINES)))
     module, _, attr = ENGINES[cfg.setting].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls.from_config(cfg, progress=progress)
+    engine = cls.from_config(cfg, progress=progress)
+    # Every configuration is scored on val: decode it now, so an unreadable image stops the
+    # command before it creates or changes anything (splits are otherwise decoded when read).
+    val = getattr(getattr(engine, "data", None), "val", None)
+    if val is not None and hasattr(val, "stored"):
+        val.stored  # noqa: B018
+    return engine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,8 +190,11 @@ class PruningEngine(SearchSpaceView):
         self.scores = scores if scores is not None else self._compute_scores(cfg.pruning.criterion)
         self.seconds["scores"] = time.perf_counter() - t
         self._reconstructor: Reconstructor | None = None
-        if "ls" in proxy_steps(cfg.pruning.proxy):
+        steps = proxy_steps(cfg.pruning.proxy)
+        if "ls" in steps:
             self.reconstructor  # noqa: B018 -- the original's features, once per worker
+        if "abn" in steps and hasattr(data.calib, "stored"):
+            data.calib.stored  # noqa: B018 -- every trial reads it: decoded now, once
 
     @property
     def reconstructor(self) -> Reconstructor:

@@ -73,6 +73,10 @@ def test_no_split_is_decoded_until_it_is_read(tmp_path, decodes):
     assert not bundle.calib.decoded and not bundle.test.decoded
     assert bundle.calib.head(2).shape == (2, 3, 10, 12)
     assert len(decodes) == 8 and not bundle.calib.decoded  # the first two images only
+    assert len(bundle.calib[:3].images[0:3]) == 3
+    assert len(decodes) == 13 and bundle.calib.decoded  # the whole split, once
+    bundle.calib[:4].x  # noqa: B018
+    assert len(decodes) == 13
 
 
 def _old_normalise(stored: torch.Tensor, scale: float, mean, std) -> torch.Tensor:
@@ -120,6 +124,12 @@ def test_inspecting_a_model_decodes_no_image(tmp_path, decodes):
     assert engine.space.prunable and decodes == []
     engine.evaluate_baseline("val")
     assert len(decodes) == 6 and not engine.data.test.decoded
+    # trials decode nothing more: BatchNorm re-estimated on the calibration split, decoded once
+    half = engine.widths({g.name: 0.5 for g in engine.groups})
+    engine.evaluate(half, proxy="abn")
+    assert len(decodes) == 6 + 5
+    engine.evaluate(engine.widths({g.name: 0.7 for g in engine.groups}), proxy="abn")
+    assert len(decodes) == 6 + 5 and not engine.data.test.decoded
 
 
 def test_data_free_scores_keep_their_cache_key_without_the_images():

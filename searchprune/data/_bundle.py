@@ -1,4 +1,5 @@
-"""The in-memory splits a study works on, and the lazy training set."""
+"""The splits a study works on (decoded when first read, held as stored), and the lazy
+training set."""
 
 from __future__ import annotations
 
@@ -82,20 +83,20 @@ class Split:
         return self.images[:]
 
     def head(self, n: int) -> torch.Tensor:
-        """The first ``n`` images normalised; decodes only those when the split is not yet
-        decoded (splits are in random order, so they are a random sample)."""
-        return self[:n].x
+        """The first ``n`` images normalised; decodes only those (and keeps none) when the split
+        is not yet decoded. Splits are in random order, so they are a random sample."""
+        if self._stored is None:
+            assert self._source is not None and self._indices is not None
+            return Images(self._source.load(self._indices[:n]), self.normalise)[:]
+        return self.images[:n]
 
     def __len__(self) -> int:
         return int(self.y.numel())
 
     def __getitem__(self, index: slice) -> Split:
-        """``split[:n]``: the first ``n`` images (splits are in random order)."""
-        if self._stored is None:
-            assert self._indices is not None
-            return Split(None, self.y[index], self.normalise, source=self._source,
-                         indices=self._indices[index])
-        return Split(self._stored[index], self.y[index], self.normalise)
+        """``split[:n]``: the first ``n`` images (splits are in random order); decodes the
+        whole split once, so slicing it again decodes nothing."""
+        return Split(self.stored[index], self.y[index], self.normalise)
 
 
 @dataclass(frozen=True)
