@@ -40,6 +40,7 @@ from searchprune.engine import PruningEngine
 from searchprune.models import CifarResNet
 from searchprune.search.band import Band
 from searchprune.search.objective import make_objective
+from searchprune.search.problem import resolve_problem
 from searchprune.search.samplers import SamplerContext, make_sampler
 from searchprune.search.storage import get_storage
 
@@ -116,7 +117,7 @@ def _rejection_in_sampler(engine: PruningEngine, cfg, sampler: str, n: int, tmp:
                                 study_name=sampler, direction="maximize",
                                 sampler=make_sampler(sampler, ctx))
     sample = study.sampler.sample_relative = _Timed(study.sampler.sample_relative)
-    objective = make_objective(fast, cfg)
+    objective = make_objective(resolve_problem(cfg, fast))
     start = time.perf_counter()
     study.optimize(objective, n_trials=n)
     per_trial = (time.perf_counter() - start) / n
@@ -154,7 +155,7 @@ def bench(depth: int, args) -> float:
         study = optuna.create_study(storage=storage, study_name=f"r{depth}", direction="maximize")
     for c in configs:
         study.enqueue_trial(c)
-    objective = make_objective(engine, cfg)
+    objective = make_objective(resolve_problem(cfg, engine))
     totals = []
     for _ in configs:
         start = time.perf_counter()

@@ -9,16 +9,24 @@ from typing import Any
 
 from searchprune.errors import ConfigError, SearchpruneError
 
-__all__ = ["import_factory"]
+__all__ = ["check_spec", "import_factory"]
+
+
+def check_spec(spec: str, what: str, error: type[SearchpruneError] = ConfigError
+               ) -> tuple[str, str]:
+    """``(module, attribute)`` of ``spec`` (``package.module:function``), checked by its form
+    only: nothing is imported. ``what`` names the config key in messages."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise error(f"{what} '{spec}' must look like 'package.module:function'")
+    return module_name, attr
 
 
 def import_factory(spec: str, what: str,
                    error: type[SearchpruneError] = ConfigError) -> Callable[..., Any]:
     """The callable named by ``spec`` (``package.module:function``); ``what`` names the config
     key in messages. Raises ``error`` (exit 2) when it cannot be imported."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise error(f"{what} '{spec}' must look like 'package.module:function'")
+    module_name, attr = check_spec(spec, what, error)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

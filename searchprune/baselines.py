@@ -20,12 +20,16 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
+
+if TYPE_CHECKING:
+    from searchprune.search.band import Band
+    from searchprune.search.problem import Problem
 
 __all__ = ["BASELINES", "BaselineConfig", "evaluate_baselines", "sensitivity", "solve_baseline",
            "tp_global", "uniform"]
@@ -42,30 +46,31 @@ class BaselineConfig:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _band(engine) -> tuple[float, float, float]:
-    from searchprune.search.band import config_band
-
-    p = engine.cfg.pruning
-    band = config_band(p, "a no-search baseline")
-    return band.gamma, band.tolerance, p.eta
+def _band(problem: Problem) -> Band:
+    return problem.goal.require_band("a no-search baseline")
 
 
-def _bounds(engine) -> dict[str, tuple[float, float]]:
+def _bounds(problem: Problem) -> dict[str, tuple[float, float]]:
     """Each group's keep-ratio range under ``pruning.groups`` (``[0, 1]`` without rules: the
     baselines are not held to ``eta``)."""
-    from searchprune.constraints import group_bounds
-
-    if not engine.cfg.pruning.groups:
-        return {g.name: (0.0, 1.0) for g in engine.groups}
-    return group_bounds(engine.cfg, engine.groups)
+    ranges = problem.ranges
+    return ranges.bounds if ranges.restricted else {n: (0.0, 1.0) for n in ranges.ranges}
 
 
-def uniform(engine) -> BaselineConfig:
+def _problem(engine, problem: Problem | None) -> Problem:
+    """The given problem, else ``engine.cfg``'s, resolved now."""
+    from searchprune.search.problem import resolve_problem
+
+    return problem if problem is not None else resolve_problem(engine.cfg, engine)
+
+
+def uniform(engine, *, problem: Problem | None = None) -> BaselineConfig:
     """One keep-ratio ``r`` for every prunable group (clipped to its ``pruning.groups`` range;
     fixed groups keep their ratio), ``r`` bisected so the FLOPs ratio is as close to ``gamma``
-    as the integer widths allow."""
-    gamma, _, _ = _band(engine)
-    bounds = _bounds(engine)
+    as the integer widths allow (``problem``: default resolved from ``engine.cfg``)."""
+    problem = _problem(engine, problem)
+    gamma = _band(problem).gamma
+    bounds = _bounds(problem)
 
     def at(r: float) -> tuple[dict[str, int], float]:
         widths = engine.widths({n: min(max(r, lo), hi) for n, (lo, hi) in bounds.items()})
@@ -83,10 +88,12 @@ def uniform(engine) -> BaselineConfig:
     return BaselineConfig("uniform", widths, info={"keep_ratio": r, "flops_ratio": ratio})
 
 
-def _ignored_layers(engine, model: nn.Module) -> list[nn.Module]:
+def _ignored_layers(engine, model: nn.Module,
+                    bounds: dict[str, tuple[float, float]] | None = None) -> list[nn.Module]:
     """The classifier and the producers of every group the search space does not prune (or
-    ``pruning.groups`` fixes at 1.0)."""
-    bounds = _bounds(engine)
+    ``pruning.groups`` fixes at 1.0; ``bounds``: default those of ``engine.cfg``)."""
+    if bounds is None:
+        bounds = _bounds(_problem(engine, None))
     prunable = {g.name for g in engine.groups if bounds[g.name][0] < 1.0}
     ignored = []
     for g in engine.space.groups:
@@ -105,7 +112,8 @@ def _tagged_bn_member(group, model: nn.Module):
     return None
 
 
-def _kept_by_tp(engine, ratio: float, eta: float) -> dict[str, torch.Tensor]:
+def _kept_by_tp(engine, ratio: float, eta: float,
+                bounds: dict[str, tuple[float, float]]) -> dict[str, torch.Tensor]:
     """Run Torch-Pruning once on an untouched copy; read back which group channels it kept.
 
     Every BN's running mean is overwritten by its channel index on the copy first (the magnitude
@@ -125,7 +133,7 @@ def _kept_by_tp(engine, ratio: float, eta: float) -> dict[str, torch.Tensor]:
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(),
         global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=1.0 - eta,
-        ignored_layers=_ignored_layers(engine, model),
+        ignored_layers=_ignored_layers(engine, model, bounds),
         customized_pruners={IndexShortcut: IndexShortcutPruner()},
         round_to=round_to if round_to > 1 else None,
     )
@@ -150,12 +158,15 @@ def _widths(engine, keep: dict[str, torch.Tensor]) -> dict[str, int]:
             for g in engine.groups}
 
 
-def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
+def tp_global(engine, *, max_steps: int = 30, problem: Problem | None = None) -> BaselineConfig:
     """Torch-Pruning's global group-magnitude pruning, its ratio bisected onto the FLOPs band
     (the closest configuration when no ratio lands inside)."""
-    gamma, tol, eta = _band(engine)
+    problem = _problem(engine, problem)
+    band, eta = _band(problem), problem.eta
+    gamma, tol = band.gamma, band.tolerance
+    bounds = _bounds(problem)
     # a group fixed at 1.0 is left out of Torch-Pruning; any other range narrower than [eta, 1]
-    odd = [n for n, (lo, hi) in _bounds(engine).items() if lo < 1.0 and (lo > eta or hi < 1.0)]
+    odd = [n for n, (lo, hi) in bounds.items() if lo < 1.0 and (lo > eta or hi < 1.0)]
     if odd:
         raise ConfigError("the tp-global baseline honours only pruning.groups that fix a group "
                           f"at 1.0; groups {', '.join(odd[:4])} have other bounds")
@@ -164,7 +175,7 @@ def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
     steps = 0
     for steps in range(1, max_steps + 1):  # noqa: B007 -- reported
         mid = (lo + hi) / 2
-        keep = _kept_by_tp(engine, mid, eta)
+        keep = _kept_by_tp(engine, mid, eta, bounds)
         flops = engine.flops_ratio(_widths(engine, keep))
         if best is None or abs(flops - gamma) < abs(best[1] - gamma):
             best = (mid, flops, keep)
@@ -180,16 +191,17 @@ def tp_global(engine, *, max_steps: int = 30) -> BaselineConfig:
                           {"tp_pruning_ratio": ratio, "flops_ratio": flops, "tp_calls": steps})
 
 
-def sensitivity(engine) -> BaselineConfig:
+def sensitivity(engine, *, problem: Problem | None = None) -> BaselineConfig:
     """Every group at the smallest keep-ratio whose drop in the sensitivity scan is within one
     threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The scan
     is read from the study storage; points still missing are measured first (and counted in
     ``scan_new_evaluations``)."""
-    from searchprune.search.sensitivity import sensitivity_allocation, space_of
+    from searchprune.search.sensitivity import sensitivity_allocation
 
-    scan, alloc = sensitivity_allocation(engine.cfg, engine)
-    fixed = space_of(engine.cfg, engine)[1]
-    return BaselineConfig("sensitivity", engine.widths({**fixed, **alloc.ratios}), info={
+    problem = _problem(engine, problem)
+    scan, alloc = sensitivity_allocation(problem)
+    widths = engine.widths({**problem.ranges.fixed, **alloc.ratios})
+    return BaselineConfig("sensitivity", widths, info={
         "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
         "projected": alloc.projected, "scan_study": scan.name,
         "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations})
@@ -199,25 +211,28 @@ BASELINES: dict[str, Callable[..., BaselineConfig]] = {"uniform": uniform, "tp-g
                                                        "sensitivity": sensitivity}
 
 
-def solve_baseline(name: str, engine) -> BaselineConfig:
-    """The named baseline's configuration for ``engine``'s band (no network evaluation)."""
+def solve_baseline(name: str, engine, *, problem: Problem | None = None) -> BaselineConfig:
+    """The named baseline's configuration for the band of ``problem`` (default: resolved from
+    ``engine.cfg``) (no network evaluation)."""
     if name not in BASELINES:
         raise ConfigError(unknown_choice("baseline", name, BASELINES))
     if name == "tp-global" and engine.cfg.setting != "pretrained":
         raise ConfigError("the tp-global baseline prunes a pretrained network; it does not "
                           "apply to setting: scratch")
-    return BASELINES[name](engine)
+    return BASELINES[name](engine, problem=_problem(engine, problem))
 
 
-def evaluate_baselines(engine, names: list[str], split: str = "val") -> list[dict[str, Any]]:
+def evaluate_baselines(engine, names: list[str], split: str = "val", *,
+                       problem: Problem | None = None) -> list[dict[str, Any]]:
     """Solve and score each baseline with the study's proxy: one row per baseline with its
     FLOPs and params ratios, ``top1``/``top5`` on ``split`` and the seconds it took."""
     rows = []
     base = engine.base_cost
-    _, tol, _ = _band(engine)
+    problem = _problem(engine, problem)
+    band = _band(problem)
     for name in names:
         t = time.perf_counter()
-        b = solve_baseline(name, engine)
+        b = solve_baseline(name, engine, problem=problem)
         solve = time.perf_counter() - t
         kwargs = {"keep": b.keep} if b.keep is not None else {}
         result = engine.evaluate(b.widths, split=split, **kwargs)
@@ -226,7 +241,7 @@ def evaluate_baselines(engine, names: list[str], split: str = "val") -> list[dic
         rows.append({
             "name": name, "widths": b.widths, "flops_ratio": ratio,
             "params_ratio": cost.params / base.params, "top1": result.top1,
-            "top5": result.top5, "in_band": abs(ratio - _band(engine)[0]) <= tol,
+            "top5": result.top5, "in_band": band.contains(ratio),
             "proxy": engine.cfg.pruning.proxy, "seconds_solve": solve,
             "seconds_evaluate": sum(result.seconds.values()), **b.info,
         })

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from searchprune.errors import ConfigError, did_you_mean, unknown_choice
 __all__ = [
     "Config",
     "DataConfig",
+    "DistillConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "PruningConfig",
     "ReconstructionConfig",
@@ -35,6 +38,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "upgrade_stored",
+    "validate_distill",
     "validate_study_name",
 ]
 
@@ -48,6 +52,9 @@ OBJECTIVES = ("single", "pareto")
 # What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
 PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
+# ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,23 @@ class SupernetConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation while fine-tuning, from the unpruned network (logits): the loss is
+    ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))``. ``alpha: 0`` (the default) fine-tunes on labels alone."""
+
+    alpha: float = 0.0
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Defaults of ``searchprune finetune`` for this study (its flags override them)."""
+
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole study: model, data, pruning, search, storage."""
 
@@ -201,6 +225,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     setting: str = "pretrained"
     storage: str | None = None
     device: str = "auto"
@@ -235,9 +260,10 @@ class Config:
         if not (0.0 <= r.holdout_fraction < 1.0):
             raise ConfigError("pruning.reconstruction.holdout_fraction must be in [0, 1)")
         s = self.search
-        from searchprune.search.samplers import sampler_spec
+        from searchprune.search.samplers import check_sampler_name
 
-        sampler_spec(s.sampler)  # the registry's names, or package.module:factory
+        check_sampler_name(s.sampler)  # a registered name, or package.module:factory (not
+        # imported here: a config read back from a study is validated too; see LocalTrust)
         _validate_objective(s)
         if s.study_name is not None:
             validate_study_name(s.study_name)
@@ -248,10 +274,13 @@ class Config:
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
                                              ("pad", "projection")))
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(unknown_choice("device", self.device, DEVICES))
         if self.setting not in ("pretrained", "scratch"):
             raise ConfigError(unknown_choice("setting", self.setting, ("pretrained", "scratch")))
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
+        validate_distill(self.finetune.distill.alpha, self.finetune.distill.temperature)
         return self
 
 
@@ -307,6 +336,18 @@ def validate_study_name(name: str) -> str:
         raise ConfigError(f"study name {name!r} cannot be used as a folder name; use letters, "
                           "digits, '-', '_' or '.' without '/' (not '.', '..' or empty)")
     return name
+
+
+def validate_distill(alpha: float, temperature: float,
+                     names: tuple[str, str] = ("finetune.distill.alpha",
+                                               "finetune.distill.temperature")) -> None:
+    """``alpha`` in [0, 1] and ``temperature`` > 0 (one-line :class:`ConfigError` naming
+    ``names``, the key or flag of each)."""
+    if not (0.0 <= alpha <= 1.0):
+        raise ConfigError(f"{names[0]} must be in [0, 1] (the weight of the distillation "
+                          f"loss; 0: labels only), got {alpha}")
+    if not (temperature > 0.0) or math.isinf(temperature):
+        raise ConfigError(f"{names[1]} must be a finite number > 0, got {temperature}")
 
 
 def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
@@ -388,6 +429,14 @@ _POSITIVE = frozenset({
 _NON_NEGATIVE = frozenset({
     "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",
 })  # the other supernet ranges: validate_supernet
+# Upper bounds of integer values: seeds fit 32 bits (samplers and torch generators derive
+# other seeds from them), an image side stays far below what fits in memory, and every other
+# count fits a C int (larger values overflow inside torch or numpy).
+_INT_MAX = 2**31 - 1
+_SEED_MAX = 2**32 - 1
+MAX_IMAGE_SIZE = 2048
+_UPPER = {"data.seed": _SEED_MAX, "search.seed": _SEED_MAX, "supernet.seed": _SEED_MAX,
+          "data.image_size": MAX_IMAGE_SIZE}
 
 
 def _build(cls: type, data: Mapping[str, Any], where: str,
@@ -417,6 +466,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str,
                 problem = f"'{path}' must be >= 1, got {value!r}"
             elif path in _NON_NEGATIVE and value < 0:
                 problem = f"'{path}' must be >= 0, got {value!r}"
+            elif isinstance(value, int) and value > _UPPER.get(path, _INT_MAX):
+                problem = f"'{path}' must be <= {_UPPER.get(path, _INT_MAX)}, got {value!r}"
         if problem is not None:
             problems.append(problem)
         kwargs[key] = value
@@ -454,8 +505,13 @@ def _as(value: Any, kind: Any) -> Any:
     if kind is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if kind is float:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return float(value) if number and math.isfinite(value) else _NO
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return _NO
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            return _NO
+        return number if math.isfinite(number) else _NO
     if kind is str:
         return value if isinstance(value, str) else _NO
     if typing.get_origin(kind) is list:
@@ -531,11 +587,46 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     return apply_overrides(cfg, overrides or {})
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (plain YAML keeps
+    the last one and silently drops the first, a whole section for ``search:`` twice)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
+                    deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _unique_mapping)
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506  # a SafeLoader
+    except _DuplicateKey as dup:
+        raise ConfigError(f"duplicate key '{dup.key}' at line {dup.line} of {p} (first at line "
+                          f"{dup.first}); write each key once per section") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -554,6 +645,9 @@ def _read_with_includes(p: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     includes = raw.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise ConfigError(f"'include' in {p} must be a file name or a list of file names, got "
+                          f"{includes!r}")
     merged: dict[str, Any] = {}
     for inc in includes:
         path = Path(inc) if Path(inc).is_absolute() else p.parent / inc

@@ -19,8 +19,9 @@ from typing import Any
 
 from searchprune.errors import ConfigError, did_you_mean
 
-__all__ = ["LATENCY_DTYPES", "Bounds", "LatencySpec", "Limit", "check_group_rules", "fixed_ratios",
-           "free_names", "group_bounds", "latency_spec", "limit_from", "resolve_bounds"]
+__all__ = ["LATENCY_DTYPES", "Bounds", "KeepRange", "KeepRanges", "LatencySpec", "Limit",
+           "check_group_rules", "fixed_ratios", "free_names", "latency_spec", "limit_from",
+           "resolve_bounds"]
 
 Bounds = dict[str, tuple[float, float]]
 _RULE_KEYS = ("min", "max", "fixed")
@@ -97,12 +98,6 @@ def resolve_bounds(rules: Mapping[str, Any] | None, names: Sequence[str], eta: f
     return out
 
 
-def group_bounds(cfg: Any, groups: Sequence[Any]) -> Bounds:
-    """The keep-ratio range of each of ``groups`` (objects with ``.name``) under ``cfg``'s
-    ``pruning.groups`` and ``pruning.eta``."""
-    return resolve_bounds(cfg.pruning.groups, [g.name for g in groups], cfg.pruning.eta)
-
-
 def fixed_ratios(bounds: Mapping[str, tuple[float, float]]) -> dict[str, float]:
     """The groups whose range is one point, with that keep-ratio (not trial parameters)."""
     return {n: lo for n, (lo, hi) in bounds.items() if lo >= hi}
@@ -111,6 +106,70 @@ def fixed_ratios(bounds: Mapping[str, tuple[float, float]]) -> dict[str, float]:
 def free_names(bounds: Mapping[str, tuple[float, float]]) -> list[str]:
     """The groups the search varies (trial parameters), in ``bounds`` order."""
     return [n for n, (lo, hi) in bounds.items() if lo < hi]
+
+
+@dataclass(frozen=True)
+class KeepRange:
+    """The keep-ratios one group may take, ``low <= r <= high`` (``[eta, 1]`` narrowed by
+    ``pruning.groups``); a range that is one point is *fixed*: not a trial parameter."""
+
+    low: float
+    high: float
+
+    @property
+    def fixed(self) -> bool:
+        return self.low >= self.high
+
+    def clip(self, ratio: float) -> float:
+        return min(self.high, max(self.low, ratio))
+
+
+@dataclass(frozen=True)
+class KeepRanges:
+    """Every prunable group's :class:`KeepRange`, in group order, with the ``eta`` they were
+    resolved under; ``restricted``: ``pruning.groups`` was given (the ranges may be narrower
+    than ``[eta, 1]``)."""
+
+    ranges: Mapping[str, KeepRange]
+    eta: float
+    restricted: bool = False
+
+    @classmethod
+    def resolve(cls, rules: Mapping[str, Any] | None, names: Sequence[str],
+                eta: float) -> KeepRanges:
+        """:func:`resolve_bounds` as ranges (its one-line errors)."""
+        bounds = resolve_bounds(rules, names, eta)
+        return cls({n: KeepRange(lo, hi) for n, (lo, hi) in bounds.items()}, float(eta),
+                   bool(rules))
+
+    @property
+    def bounds(self) -> Bounds:
+        """``{group: (low, high)}``."""
+        return {n: (r.low, r.high) for n, r in self.ranges.items()}
+
+    @property
+    def rule_bounds(self) -> Bounds | None:
+        """:attr:`bounds` when ``pruning.groups`` narrows them, else None (every group on
+        ``[eta, 1]``)."""
+        return self.bounds if self.restricted else None
+
+    @property
+    def free(self) -> list[str]:
+        """The groups the search varies (trial parameters), in group order."""
+        return [n for n, r in self.ranges.items() if not r.fixed]
+
+    @property
+    def fixed(self) -> dict[str, float]:
+        """The groups whose range is one point, with that keep-ratio."""
+        return {n: r.low for n, r in self.ranges.items() if r.fixed}
+
+    def lowest(self) -> dict[str, float]:
+        """Every group at its lowest keep-ratio (the cheapest configuration)."""
+        return {n: r.low for n, r in self.ranges.items()}
+
+    def highest(self) -> dict[str, float]:
+        """Every group at its highest keep-ratio (the dearest configuration)."""
+        return {n: r.high for n, r in self.ranges.items()}
 
 
 @dataclass(frozen=True)

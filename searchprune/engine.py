@@ -116,10 +116,25 @@ def engine_for(cfg: Config, *, progress: bool = False) -> Engine:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks is a one-line
+    :class:`ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(unknown_choice("device", name, ("auto", "cpu", "cuda", "cuda:N",
+                                                           "mps"))) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            have = f"{count} CUDA device(s)" if count else "no usable CUDA device"
+            raise ConfigError(f"device '{name}' is not available: this machine has {have}; "
+                              "set device: auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}' is not available on this machine; set device: auto "
+                          "or cpu")
+    return device
 
 
 class SearchSpaceView:

@@ -41,6 +41,7 @@ class Site:
     conv: str
     bn: str
     depthwise: bool
+    groups: int = 1  # a grouped conv (not depthwise) is fitted per conv-group
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
     def bn_pre(mod, inp):
         conv = produced.get(inp[0].grad_fn)
         if conv is not None and names[mod] not in {s.bn for s in sites}:
-            sites.append(Site(conv, names[mod], is_depthwise(model.get_submodule(conv))))
+            c = model.get_submodule(conv)
+            sites.append(Site(conv, names[mod], is_depthwise(c), 1 if is_depthwise(c) else c.groups))
 
     handles = []
     for mod in names:
@@ -299,7 +301,10 @@ class Reconstructor:
             alpha[dead], c[dead] = 1, 0
             merge_affine(conv, bn, alpha, c, diagonal=True)
             return out * alpha.to(out.dtype).view(1, -1, 1, 1) + c.to(out.dtype).view(1, -1, 1, 1)
-        X, c, rel = _solve(z, T, cols, self.rcfg, base=z)
+        if s.groups > 1:
+            X, c, rel = _solve_blocks(z, T, cols, self.rcfg, s.groups)
+        else:
+            X, c, rel = _solve(z, T, cols, self.rcfg, base=z)
         errors[s.bn] = rel
         if rel >= 1.0 and self.rcfg.guard:
             return out
@@ -381,6 +386,24 @@ def _solve(Z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConf
     Zh, Th, Bh = (Z[:, cols:], T[:, cols:], base[:, cols:]) if cols < Z.shape[1] else (Z, T, base)
     fitted = ((Th - X.float() @ Zh - c.float()[:, None]) ** 2).sum()
     ident = ((Th - Bh) ** 2).sum()
+    rel = float(fitted / ident) if ident > 0 else (0.0 if fitted == 0 else float("inf"))
+    return X, c, rel
+
+
+def _solve_blocks(z: torch.Tensor, T: torch.Tensor, cols: int, rcfg: ReconstructionConfig,
+                  groups: int):
+    """Least squares per conv-group of a grouped conv: ``X`` is block-diagonal, so merging it
+    into the conv mixes only filters that read the same input channels."""
+    n = z.shape[0]
+    per = n // groups
+    X = torch.zeros(n, n, dtype=torch.float64, device=z.device)
+    c = torch.zeros(n, dtype=torch.float64, device=z.device)
+    for b in range(groups):
+        rows = slice(b * per, (b + 1) * per)
+        X[rows, rows], c[rows], _ = _solve(z[rows], T[rows], cols, rcfg, base=z[rows])
+    zh, th = (z[:, cols:], T[:, cols:]) if cols < z.shape[1] else (z, T)
+    fitted = ((th - X.float() @ zh - c.float()[:, None]) ** 2).sum()
+    ident = ((th - zh) ** 2).sum()
     rel = float(fitted / ident) if ident > 0 else (0.0 if fitted == 0 else float("inf"))
     return X, c, rel
 

@@ -80,17 +80,22 @@ def redact_text(text: str) -> str:
 
 
 def public_config(cfg: Any) -> dict[str, Any]:
-    """``config_to_dict(cfg)`` as it may be stored and shown: the storage password removed."""
+    """``config_to_dict(cfg)`` as it may be stored and shown: the storage password and
+    ``model.trust_checkpoint`` removed."""
     from searchprune.config import config_to_dict
 
     return redact_config(config_to_dict(cfg))
 
 
 def redact_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored config dict with its ``storage`` URL redacted."""
+    """A config dict as it may be stored and shown: the ``storage`` URL redacted and
+    ``model.trust_checkpoint`` dropped (a permission of one command's user, never a property
+    of a study; a stored one is never read back)."""
     out = dict(config)
     if isinstance(out.get("storage"), str):
         out["storage"] = redact_url(out["storage"])
+    if isinstance(out.get("model"), Mapping):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "trust_checkpoint"}
     return out
 
 

@@ -2,7 +2,10 @@
 
 Run as ``python tests/_fake_worker.py study run CONFIG.yaml ...``; ``--workers K`` starts K
 copies of this script. Environment: ``FAKE_DELAY`` seconds per evaluation (default 0.1),
-``FAKE_MARK`` a folder where each evaluation touches ``<pid>`` when it starts.
+``FAKE_MARK`` a folder where each evaluation writes ``<pid>`` (holding the worker's index under
+``--workers K``) when it starts; ``FAKE_BARRIER=N``: an evaluation starts only once ``N``
+processes have marked one; ``FAKE_HANG=I``: worker ``I`` of ``--workers K`` never ends its first
+evaluation (until it is killed).
 """
 
 from __future__ import annotations
@@ -26,10 +29,20 @@ from searchprune.search import runner
 class SlowEngine(FakeEngine):
     def evaluate(self, widths, *, split="val", on_chunk=None):
         mark = os.environ.get("FAKE_MARK")
+        index = os.environ.get(workers.INDEX_ENV, "")
         if mark:
-            (Path(mark) / str(os.getpid())).touch()
+            (Path(mark) / str(os.getpid())).write_text(index)
+            _barrier(Path(mark), int(os.environ.get("FAKE_BARRIER", "0")))
+        if index and index == os.environ.get("FAKE_HANG"):
+            time.sleep(3600)
         time.sleep(float(os.environ.get("FAKE_DELAY", "0.1")))
         return super().evaluate(widths, split=split, on_chunk=on_chunk)
+
+
+def _barrier(mark: Path, n: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(mark.iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # the runner imports engine_for from here; a stub module keeps torch out of these processes

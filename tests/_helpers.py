@@ -139,10 +139,12 @@ WORKER = ROOT / "tests" / "_fake_worker.py"
 
 
 def start_worker(config: Path, storage: str, name: str, n_trials: int, *extra: str,
-                 delay: float = 0.1, mark: Path | None = None) -> subprocess.Popen[str]:
+                 delay: float = 0.1, mark: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
     """``searchprune study run`` as a process whose engine is the FakeEngine (each evaluation
-    sleeps ``delay`` s and, with ``mark``, touches ``mark/<pid>`` when it starts)."""
-    env = {**os.environ, "FAKE_DELAY": str(delay), "PYTHONPATH": str(ROOT)}
+    sleeps ``delay`` s and, with ``mark``, touches ``mark/<pid>`` when it starts; ``env`` adds
+    the other ``FAKE_*`` settings of tests/_fake_worker.py)."""
+    env = {**os.environ, "FAKE_DELAY": str(delay), "PYTHONPATH": str(ROOT), **(env or {})}
     env.pop("SEARCHPRUNE_STORAGE", None)
     if mark is not None:
         mark.mkdir(exist_ok=True)

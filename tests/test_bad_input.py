@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,17 @@ def env(tmp_path_factory) -> Path:
         (tmp / f"{name}.yaml").write_text(text + "\n")
     _image_folders(tmp)
     (tmp / "afile").write_text("a regular file, not a folder")
+    for name, text in {
+        "include5": "include: 5\n", "tpu": "device: tpu\n", "cuda": "device: cuda\n",
+        "seed": "data: {seed: 100000000000000000000000}\n",
+        "imgsize": "data: {image_size: 30000}\n",
+        "ridge": f"pruning: {{reconstruction: {{ridge: {10**400}}}}}\n",
+        "dup": "search: {n_trials: 5, sampler: tpe}\npruning: {gamma: 0.4}\nsearch: {seed: 1}\n",
+        "dup-nested": "pruning:\n  gamma: 0.4\n  eta: 0.3\n  gamma: 0.5\n",
+        "dup-preset": "pruning: {gamma: 0.4}\ndata: {seed: 1, seed: 2}\n",
+        "dupinc": "include: dup-preset.yaml\n",
+    }.items():
+        (tmp / f"{name}.yaml").write_text(text)
     return tmp
 
 
@@ -151,6 +163,31 @@ CASES = [
      r"cannot open storage URL: .*server is running"),
     ("storage-bad-scheme", "s.yaml", ["--storage", "foo://bar"], 1,
      r"cannot open storage URL: .*foo://bar"),
+    ("include-not-a-file-name", "include5.yaml", [], 2,
+     r"^error: 'include' in .*include5.yaml must be a file name or a list of file names, got "
+     r"5$"),
+    ("duplicate-section", "dup.yaml", [], 2,
+     r"^error: duplicate key 'search' at line 3 of .*dup.yaml \(first at line 1\); write each "
+     r"key once per section$"),
+    ("duplicate-key-in-a-section", "dup-nested.yaml", [], 2,
+     r"duplicate key 'gamma' at line 4 of .*dup-nested.yaml \(first at line 2\)"),
+    ("duplicate-key-in-an-include", "dupinc.yaml", [], 2,
+     r"duplicate key 'seed' at line 2 of .*dup-preset.yaml \(first at line 2\)"),
+    ("device-tpu", "tpu.yaml", [], 2,
+     r"^error: unknown device 'tpu' \(did you mean 'cpu'\?\); choose one of: auto, cpu, cuda, "
+     r"cuda:N, mps$"),
+    ("seed-too-large", "seed.yaml", [], 2,
+     r"^error: 'data.seed' must be <= 4294967295, got 100000000000000000000000$"),
+    ("n-trials-too-large", "s.yaml", ["--n-trials", str(10**30)], 2,
+     r"^error: 'search.n_trials' must be <= 2147483647, got 10{30}$"),
+    ("image-size-too-large", "imgsize.yaml", [], 2,
+     r"^error: 'data.image_size' must be <= 2048, got 30000$"),
+    ("float-beyond-the-float-range", "ridge.yaml", [], 2,
+     r"'pruning.reconstruction.ridge' must be a finite number, got 1000"),
+    ("storage-port-not-a-number", "s.yaml",
+     ["--storage", "postgresql://u:pw12345@127.0.0.1:notaport/db"], 1,
+     r"^error: invalid storage URL postgresql://u:\*\*\*@127.0.0.1:notaport/db: its port is not "
+     r"a number; write it as postgresql://user@host:5432/database$"),
     ("config-differs", "s.yaml", ["--study-name", "s", "--gamma", "0.6", "--criterion", "l2"], 2,
      r"study 's' exists with a different config: pruning.criterion \('l1' -> 'l2'\), "
      r"pruning.gamma \(0.4 -> 0.6\); pass --study-name .* or --force-config"),
@@ -231,3 +268,139 @@ def test_nan_features_fail_the_trial_and_the_study_goes_on(tmp_path):
     assert all(t.user_attrs["fail_reason"] == "reconstruction failed: NaN/inf in feature maps "
                "during least-squares reconstruction" for t in failed)
     assert all(math.isfinite(t.value) for t in study.get_trials(states=(TrialState.COMPLETE,)))
+
+
+def test_cuda_on_a_machine_without_cuda_is_one_line(env, capsys, monkeypatch):
+    if torch.cuda.is_available():  # simulated on a machine that has CUDA
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    db = env / "studies.db"
+    before = trial_states(db)
+    argv = ["study", "run", str(env / "cuda.yaml"), "--storage", str(db), "--study-name", "new"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: device 'cuda' is not available: this machine has no usable CUDA "
+                   "device; set device: auto or cpu"]
+    assert trial_states(db) == before
+
+
+def test_a_writable_database_in_an_unwritable_folder_is_one_line(env, tmp_path, capsys,
+                                                                monkeypatch):
+    """SQLite and the study lock write files next to the database. Root writes anywhere, so
+    the read-only folder is simulated where the check asks the system."""
+    from searchprune.search import storage
+
+    db = tmp_path / "ro" / "x.db"
+    db.parent.mkdir()
+    shutil.copy(env / "studies.db", db)
+    real = storage.os.access
+    monkeypatch.setattr(storage.os, "access",
+                        lambda path, mode: False if Path(path) == db.parent else real(path, mode))
+    assert main(["study", "run", str(env / "s.yaml"), "--storage", str(db)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: storage folder {db.parent} is not writable (SQLite and the study lock "
+                   "write files next to the database); choose another --storage path or make "
+                   "the folder writable"]
+    assert sorted(p.name for p in db.parent.iterdir()) == ["x.db"]  # no lock file, no journal
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--top", "0"], "--top must be >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--epochs", "-1", "--weight-decay", "-0.1"],
+     "--epochs must be >= 0, got -1; --weight-decay must be a finite number >= 0, got -0.1"),
+    (["--seed", str(2**40)], "--seed must be <= 4294967295, got 1099511627776"),
+], ids=["top", "batch-size", "lr", "lr-nan", "two", "seed"])
+def test_finetune_recipe_out_of_range_is_one_line(env, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(env)
+    db = env / "studies.db"
+    before = trial_states(db)
+    assert main(["finetune", "--study-name", "s", "--storage", str(db), *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert trial_states(db) == before and not (env / "runs").exists()
+
+
+def test_each_may_finetune_baselines_only():
+    from searchprune.cli.finish import _check_recipe
+    from searchprune.cli.main import build_parser
+
+    args = build_parser().parse_args(["finetune", "--study-name", "s", "--each", "--top", "0",
+                                      "--baselines", "uniform"])
+    _check_recipe(args)  # --top 0 with --each: the baselines alone
+
+
+@pytest.mark.parametrize(("exc", "line"), [
+    (RuntimeError("boom\nsecond line"), "RuntimeError: boom"),
+    (PermissionError(13, "Permission denied", "/srv/studies/s.db.lock"),
+     "PermissionError: [Errno 13] Permission denied: '/srv/studies/s.db.lock'"),
+    (MemoryError(), "MemoryError: out of memory; lower data.image_size, data.batch_size or "
+                    "data.calib_size"),
+    (KeyError("x"), "KeyError: 'x'"),
+], ids=["runtime", "permission", "memory", "key"])
+def test_any_other_exception_is_one_line_and_debug_keeps_the_traceback(
+        env, capsys, monkeypatch, exc, line):
+    from searchprune.cli import study
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(study, "_list", fail)
+    argv = ["study", "list", "--storage", str(env / "studies.db")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: {line} (rerun with --debug for the traceback)"]
+    assert main([*argv, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "in fail" in err and f"\n{type(exc).__name__}" in err  # the whole traceback
+    if isinstance(exc, RuntimeError):
+        assert err.strip().endswith("RuntimeError: boom\nsecond line")
+
+
+def test_a_band_no_draw_can_hit_is_refused_before_any_trial(tmp_path):
+    from searchprune.errors import BandError
+
+    storage = optuna.storages.InMemoryStorage()
+    for gamma in (1.0, 0.5):
+        cfg = make_cfg(tmp_path, **{"pruning.gamma": gamma, "pruning.tolerance": 0.0})
+        with pytest.raises(BandError, match=rf"^gamma {gamma:g} \(band half-width 0\) leaves no "
+                                            r"room inside the reachable FLOPs ratios "
+                                            r"\[0\.\d{4}, 1\.0000\]: no draw can land in it; "
+                                            r"widen pruning.tolerance"):
+            run(cfg, storage=storage)
+    assert storage.get_all_studies() == []
+    # a band with room inside the range still runs
+    study = run(make_cfg(tmp_path, n_trials=2, **{"pruning.tolerance": 0.05}), storage=storage)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+def test_a_band_no_draw_can_hit_is_one_line_from_the_command(tmp_path):
+    from _helpers import start_worker
+
+    config = tmp_path / "full.yaml"
+    config.write_text("pruning: {gamma: 1.0, tolerance: 0}\n")
+    db = tmp_path / "s.db"
+    proc = start_worker(config, str(db), "full", 3)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: gamma 1 (band half-width 0) leaves "
+                                                   "no room inside the reachable FLOPs ratios ["), err
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    assert optuna.get_all_study_summaries(storage) == []  # no study, no trial
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:s3cret-pw@db.example:5432/studies",
+                                 "postgresql://u@db.example/studies?password=s3cret-pw"])
+def test_next_commands_never_show_a_storage_password(capsys, url):
+    from searchprune.cli.study import _print_next
+    from searchprune.config import Config
+
+    _print_next("q", Config(storage=url))
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err and "***" not in err
+    assert 'searchprune study show --study-name q --storage "$SEARCHPRUNE_STORAGE"' in err
+    assert "export SEARCHPRUNE_STORAGE=<that URL>" in err
+    _print_next("q", Config(storage="/data/my studies/s.db"))
+    assert "--storage '/data/my studies/s.db' --top 3" in capsys.readouterr().err

@@ -67,3 +67,16 @@ def test_include_cycle_is_a_clear_error(tmp_path):
     (tmp_path / "b.yaml").write_text("include: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_duplicate_keys_are_an_error_but_yaml_merge_keys_still_override(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("search:\n  n_trials: 5\n  sampler: tpe\npruning: {gamma: 0.4}\n"
+                   "search:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"^duplicate key 'search' at line 5 of .*dup.yaml "
+                                          r"\(first at line 1\)"):
+        load_config(dup)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("pruning:\n  <<: {gamma: 0.4, tolerance: 0.05}\n  gamma: 0.6\n")
+    cfg = load_config(merged)
+    assert (cfg.pruning.gamma, cfg.pruning.tolerance) == (0.6, 0.05)

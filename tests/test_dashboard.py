@@ -154,3 +154,166 @@ def test_optuna_dashboard_started_by_hand_on_postgresql_lists_a_searchprune_stud
         server.terminate()
         server.wait(timeout=30)
         optuna.delete_study(study_name=name, storage=storage)
+
+
+# -- who may use the dashboard: Host header, read-only, token ---------------------------------
+GUARD_NAME = "dash-guard"
+
+
+def guarded_study(tmp: Path) -> Path:
+    """A SQLite file holding the study ``dash-guard`` with two evaluated trials."""
+    cfg = make_cfg(tmp, "random", n_trials=2, **{"search.study_name": GUARD_NAME})
+    run_study(cfg, engine=FakeEngine(), progress=False)
+    return tmp / "studies.db"
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory) -> Path:
+    return guarded_study(tmp_path_factory.mktemp("guard"))
+
+
+def serve(db: Path, *flags: str, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen[str], int]:
+    """``searchprune dashboard`` on ``db`` and a free port: (process, port)."""
+    port = free_port()
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    full.pop("SEARCHPRUNE_DASHBOARD_TOKEN", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "searchprune.cli.main", "dashboard", "--storage", str(db),
+         "--port", str(port), "--artifact-dir", str(db.parent / "artifacts"), *flags],
+        cwd=db.parent, env={**full, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    wait_for(port, server)
+    return server, port
+
+
+def stop(server: subprocess.Popen[str]) -> str:
+    """Stop the server; what it printed (stdout and stderr)."""
+    server.terminate()
+    out, err = server.communicate(timeout=30)
+    return out + err
+
+
+def request(port: int, method: str, path: str, host: str,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def study_exists(db: Path, name: str) -> bool:
+    storage = get_storage(str(db), heartbeat_interval=None)
+    return name in {s.study_name for s in storage.get_all_studies()}
+
+
+def test_a_foreign_host_header_is_refused_and_the_study_survives(tmp_path):
+    """DNS rebinding: a page on rebind.attacker.example resolves its name to 127.0.0.1 and asks
+    the dashboard to delete a study; the request names the attacker's host and is refused.
+    The same request with this server's own Host deletes it (so the refusal is the Host check,
+    not a broken route)."""
+    db = guarded_study(tmp_path)
+    study_id = get_storage(str(db), heartbeat_interval=None).get_study_id_from_name(GUARD_NAME)
+    server, port = serve(db, "--allow-write")
+    try:
+        attacker = f"rebind.attacker.example:{port}"
+        status, _, body = request(port, "DELETE", f"/api/studies/{study_id}", attacker)
+        assert status == 403 and "is not this dashboard's address" in body
+        status, _, body = request(port, "GET", "/api/studies", attacker)
+        assert status == 403 and GUARD_NAME not in body
+        assert study_exists(db, GUARD_NAME)
+        for own in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            status, _, body = request(port, "GET", "/api/studies", own)
+            assert status == 200 and GUARD_NAME in body, (own, status)
+        status, _, _ = request(port, "DELETE", f"/api/studies/{study_id}", f"127.0.0.1:{port}")
+        assert status == 204 and not study_exists(db, GUARD_NAME)  # the positive control
+    finally:
+        stop(server)
+
+
+def test_the_dashboard_is_read_only_by_default(study_db):
+    study_id = get_storage(str(study_db), heartbeat_interval=None).get_study_id_from_name(
+        GUARD_NAME)
+    server, port = serve(study_db)
+    try:
+        own = f"127.0.0.1:{port}"
+        status, _, body = request(port, "DELETE", f"/api/studies/{study_id}", own)
+        assert status == 403 and "--allow-write" in body
+        status, _, body = request(port, "POST", f"/api/studies/{study_id}/rename", own,
+                                  {"Content-Type": "application/json", "Content-Length": "0"})
+        assert status == 403
+        assert study_exists(study_db, GUARD_NAME)
+        status, _, body = request(port, "GET", f"/api/studies/{study_id}", own)
+        assert status == 200 and GUARD_NAME in body
+    finally:
+        stop(server)
+
+
+def test_a_write_asked_by_another_sites_page_is_refused(tmp_path):
+    """Cross-site request forgery needs no DNS trick: a page elsewhere posts to 127.0.0.1
+    itself. Its browser names the page's origin, and the write is refused."""
+    db = guarded_study(tmp_path)
+    study_id = get_storage(str(db), heartbeat_interval=None).get_study_id_from_name(GUARD_NAME)
+    server, port = serve(db, "--allow-write")
+    try:
+        own = f"127.0.0.1:{port}"
+        status, _, _ = request(port, "DELETE", f"/api/studies/{study_id}", own,
+                               {"Origin": "https://attacker.example"})
+        assert status == 403 and study_exists(db, GUARD_NAME)
+        status, _, _ = request(port, "DELETE", f"/api/studies/{study_id}", own,
+                               {"Origin": f"http://{own}"})
+        assert status == 204 and not study_exists(db, GUARD_NAME)
+    finally:
+        stop(server)
+
+
+def test_a_token_from_the_environment_is_needed_once_then_a_cookie(study_db):
+    token = "s3cret-token-of-the-user-0123456789"
+    server, port = serve(study_db, "--token", env={"SEARCHPRUNE_DASHBOARD_TOKEN": token})
+    try:
+        own = f"127.0.0.1:{port}"
+        status, _, body = request(port, "GET", "/api/studies", own)
+        assert status == 401 and GUARD_NAME not in body
+        status, _, _ = request(port, "GET", "/api/studies?token=wrong-token-0123456789", own)
+        assert status == 401
+        status, headers, _ = request(port, "GET", f"/dashboard/?token={token}&x=1", own)
+        assert status == 303 and headers["Location"] == "/dashboard/?x=1"
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+        status, _, body = request(port, "GET", "/api/studies", own, {"Cookie": cookie})
+        assert status == 200 and GUARD_NAME in body
+        status, _, body = request(port, "GET", "/api/studies", own,
+                                  {"Authorization": f"Bearer {token}"})
+        assert status == 200 and GUARD_NAME in body
+    finally:
+        out = stop(server)
+    assert token not in out  # the user's own token is never printed
+
+
+def test_a_non_loopback_bind_needs_a_token_printed_once(study_db):
+    server, port = serve(study_db, "--host", "0.0.0.0")
+    try:
+        status, _, body = request(port, "GET", "/api/studies", f"127.0.0.1:{port}")
+        assert status == 401 and GUARD_NAME not in body
+        line = ""
+        while "?token=" not in line:
+            line = server.stderr.readline()
+            assert line, "no address with a token was printed"
+        (token,) = [w.split("?token=")[1] for w in line.split() if "?token=" in w]
+        assert len(token) >= 24
+        # a wildcard bind cannot list the machine's names: the token guards it
+        status, _, body = request(port, "GET", "/api/studies", f"any-name.example:{port}",
+                                  {"Authorization": f"Bearer {token}"})
+        assert status == 200 and GUARD_NAME in body
+    finally:
+        out = line + stop(server)
+    assert out.count(token) == 1, out  # shown once, at startup

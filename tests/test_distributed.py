@@ -8,6 +8,7 @@ The workers are real ``searchprune study run`` processes whose engine is the Fak
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -58,8 +59,8 @@ def config(tmp_path) -> Path:
 
 
 def start(config: Path, name: str, n_trials: int, *extra: str, delay: float = 0.1,
-          mark: Path | None = None) -> subprocess.Popen[str]:
-    return start_worker(config, URL, name, n_trials, *extra, delay=delay, mark=mark)
+          mark: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return start_worker(config, URL, name, n_trials, *extra, delay=delay, mark=mark, env=env)
 
 
 def wait_for_evaluation(mark: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -133,14 +134,133 @@ def test_killed_worker_trial_fails_and_the_study_still_finishes(storage, study_n
     out, err = fast.communicate(timeout=60)
     assert fast.returncode == 0, err
     ts = trials(storage, study_name)
-    assert states(ts).get("COMPLETE") == 5 and "RUNNING" not in states(ts), states(ts)
+    assert states(ts).get("COMPLETE") == 5, states(ts)
+    assert "RUNNING" not in states(ts) and "WAITING" not in states(ts), states(ts)
+    # exactly one failure: the killed worker's trial (found dead by its pid, or by the heartbeat)
     (dead,) = [t for t in ts if t.state == TrialState.FAIL]
-    # the heartbeat failed it after the grace period and queued its configuration again: the
-    # retry is evaluated if a slot is still free when it comes up, else it stays queued
-    # (WAITING) for a later extension of the study
-    retried = [t for t in ts if t.number > dead.number and t.params == dead.params
-               and t.state in (TrialState.COMPLETE, TrialState.WAITING)]
-    assert len(retried) == 1
+    assert dead.number == 0 and "top1" not in dead.user_attrs
+    # its configuration was queued again once (by the liveness check: requeued_from; by the
+    # heartbeat: failed_trial). Whether the retry ran depends on which came first, the retry or
+    # the fast worker's last slot: evaluated (COMPLETE) if a slot was still free, else dropped
+    # unrun as a candidate the budget no longer needs (PRUNED, refused): a trial that never ran
+    # is not a failure, whatever the speed of either worker.
+    (retry,) = [t for t in ts if dead.number in (t.user_attrs.get("requeued_from"),
+                                                 t.system_attrs.get("failed_trial"))]
+    assert (retry.params or retry.system_attrs["fixed_params"]) == dead.params
+    if retry.state == TrialState.COMPLETE:
+        assert "top1" in retry.user_attrs
+    else:
+        assert retry.state == TrialState.PRUNED and "top1" not in retry.user_attrs
+        assert retry.user_attrs["refused"].startswith("not run: the study already holds 5 ")
+
+
+def test_a_retry_the_budget_no_longer_needs_is_dropped_unrun_not_failed(storage, study_name,
+                                                                       tmp_path):
+    """A configuration still queued (WAITING) when the budget is met ends PRUNED with
+    ``refused``: it never ran, so the study holds no failure for it."""
+    from _helpers import FakeEngine, make_cfg
+
+    from searchprune.search import run_study
+
+    cfg = make_cfg(tmp_path, n_trials=3, storage=URL, **{"search.study_name": study_name})
+    run_study(cfg, engine=FakeEngine(), progress=False)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    first = study.get_trials()[0]
+    study.enqueue_trial(first.params, user_attrs={"requeued_from": first.number})
+    run_study(cfg, engine=FakeEngine(), progress=False)  # the budget is met: it only tidies up
+    ts = trials(storage, study_name)
+    assert states(ts) == {"COMPLETE": 3, "PRUNED": 1}, states(ts)
+    dropped = ts[-1]
+    assert dropped.state == TrialState.PRUNED and "top1" not in dropped.user_attrs
+    assert dropped.user_attrs["refused"] == "not run: the study already holds 3 evaluated trials"
+
+
+def worker_pid(mark: Path, proc: subprocess.Popen[str], index: int, timeout: float = 60) -> int:
+    """The pid of worker ``index`` of ``--workers K`` once it has started an evaluation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for f in mark.iterdir():
+            if f.read_text() == str(index):
+                return int(f.name)
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"worker {index} never started an evaluation"
+        time.sleep(0.05)
+
+
+def test_kill_9_of_the_second_worker_fails_its_trial_and_the_first_finishes(
+        storage, study_name, tmp_path):
+    """``kill -9`` of worker 2 of 2 mid-trial: the parent reaps it and fails its trial at once
+    (found dead by its pid, not after the 120 s grace period of the heartbeat) while worker 1 is
+    still busy, worker 1 then reaches the budget, and the parent exits non-zero with one line
+    naming the dead worker."""
+    config = tmp_path / "grace.yaml"  # the default grace period: 120 s
+    config.write_text("pruning: {gamma: 0.4, tolerance: 0.05, eta: 0.3}\n"
+                      "search: {heartbeat_interval: 1, grace_period: 120}\n")
+    mark = tmp_path / "mark"
+    # Both workers start a trial; worker 2's never ends, worker 1's waits for a third mark,
+    # which this test writes once it has seen what the parent does about worker 2.
+    proc = start(config, study_name, 4, "--workers", "2", delay=0.1, mark=mark,
+                 env={"FAKE_BARRIER": "3", "FAKE_HANG": "2"})
+    try:
+        pid = worker_pid(mark, proc, 2)
+        worker_pid(mark, proc, 1)
+        (held,) = [t.number for t in trials(storage, study_name)
+                   if t.user_attrs.get("worker", {}).get("pid") == pid]
+        os.kill(pid, signal.SIGKILL)
+        # worker 1 still runs: the parent must reap worker 2 anyway (no zombie left) and fail
+        # its trial itself
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), proc, "worker 2 was never reaped")
+        wait_until(lambda: trials(storage, study_name)[held].state == TrialState.FAIL, proc,
+                   "the dead worker's trial was not failed")
+        (mark / "go").touch()  # release worker 1
+        out, err = proc.communicate(timeout=100)  # a guard against a hang, below the 120 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert err.splitlines() == [
+        f"error: worker 2 (pid {pid}) was killed by SIGKILL; the other worker finished the "
+        "study: 4 of 4 evaluated trials"], err
+    ts = trials(storage, study_name)
+    assert states(ts).get("COMPLETE") == 4, states(ts)
+    assert "RUNNING" not in states(ts) and "WAITING" not in states(ts), states(ts)
+    (dead,) = [t for t in ts if t.state == TrialState.FAIL]
+    assert dead.number == held
+    # failed by the liveness check (the heartbeat would have waited 120 s and left no reason)
+    assert dead.user_attrs["fail_reason"] == (
+        f"interrupted: worker pid {pid} on {dead.user_attrs['worker']['host']} is gone")
+    (retry,) = [t for t in ts if t.user_attrs.get("requeued_from") == held]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+
+
+def wait_until(condition, proc: subprocess.Popen[str], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_zombie_worker_counts_as_gone():
+    """A worker that has exited but is not yet reaped by its parent still has a /proc entry
+    with its start time: it must not keep its trial RUNNING."""
+    from searchprune.search._liveness import _start_time, identity, is_gone
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = {**identity(), "pid": proc.pid, "start": _start_time(proc.pid)}
+        assert worker["start"] is not None and is_gone(worker) is False
+        os.kill(proc.pid, signal.SIGKILL)  # not waited for: a zombie until proc.wait()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert Path(f"/proc/{proc.pid}").exists()  # still listed, as the issue found it
+        assert is_gone(worker) is True
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -161,7 +161,9 @@ def test_other_samplers_run(tmp_path, sampler):
 def test_study_records_config_baseline_and_metric_name(tmp_path):
     cfg = make_cfg(tmp_path, n_trials=2)
     study = run_study(cfg, engine=FakeEngine(), progress=False)
-    assert study.user_attrs["config"] == config_to_dict(cfg)
+    expected = config_to_dict(cfg)
+    del expected["model"]["trust_checkpoint"]  # a permission of one run, never stored (issue 25)
+    assert study.user_attrs["config"] == expected
     assert study.user_attrs["baseline_val_top1"] == 90.0
     assert study.metric_names == ["val_top1"]
     best = study.best_trial
@@ -401,7 +403,7 @@ def test_best_trials_single_and_pareto_within_flops_bounds(tmp_path):
 
 
 def test_dashboard_note_describes_the_objective(tmp_path):
-    from searchprune.search import describe_objective
+    from searchprune.search import resolve_problem
     from searchprune.search.runner import note_lines
 
     for overrides, goal, band in [
@@ -410,6 +412,6 @@ def test_dashboard_note_describes_the_objective(tmp_path):
          "(search.gamma_range [0.3, 0.7])"),
     ]:
         cfg = make_cfg(tmp_path, **overrides)
-        text = "\n".join(note_lines("s", cfg, describe_objective(cfg), FakeEngine()))
+        text = "\n".join(note_lines("s", resolve_problem(cfg, FakeEngine())))
         assert goal in text and band in text
         assert text.startswith("# s (Pareto front)" if overrides else "# s\n")

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -538,6 +540,86 @@ def test_export_is_atomic_and_refuses_a_non_empty_out(tuned, tmp_path, capsys, m
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
 
 
+def test_a_stored_finetuned_checkpoint_path_never_unpickles(tuned, tmp_path, capsys):
+    """The study records where its fine-tuned weights are (``finetune.checkpoint``, an
+    artifact store and id); whoever can write to the study can point them at a payload.
+    ``export`` reads them weights-only: refused in one line, the payload never runs, and no
+    flag of the command line changes that."""
+    study, db = tuned
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    plant(evil, marker)
+    positive_control(evil, marker)
+    ft = dict(study.user_attrs["finetune"])
+    ex = ["export", "--storage", str(db), "--study-name", "t", "--no-latency", "--json"]
+
+    study.set_user_attr("finetune", {**ft, "checkpoint": str(evil)})
+    assert main([*ex, "--out", "one"]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: the fine-tuned checkpoint {evil} of study 't' holds objects other than "
+        "tensors (searchprune writes tensors only), and loading it would run code from the "
+        "file; refused: fine-tune again, or pass --not-finetuned")
+    assert not marker.exists() and not (tmp_path / "b" / "one").exists()
+    assert main([*ex, "--out", "one", "--trust-checkpoint", str(evil)]) == 2  # not a way in
+    assert "loads no model.checkpoint" in one_error_line(capsys.readouterr().err)
+    assert not marker.exists()
+
+    # the artifact copy: the recorded file is gone, the stored store holds the payload
+    store = tmp_path / "store2"
+    store.mkdir()
+    shutil.copy(evil, store / "planted")
+    study.set_user_attr("finetune", {**ft, "checkpoint": str(tmp_path / "gone.pt"),
+                                     "artifact_dir": str(store), "artifact_id": "planted"})
+    assert main([*ex, "--out", "two"]) == 1
+    assert "holds objects other than tensors" in one_error_line(capsys.readouterr().err)
+    assert not marker.exists() and not (tmp_path / "b" / "two").exists()
+
+    study.set_user_attr("finetune", ft)  # positive control: the real record exports
+    assert main([*ex, "--out", "three"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["finetuned"] is True
+
+
+def test_trust_checkpoint_must_name_the_file_the_study_loads(tmp_path):
+    """``--trust-checkpoint PATH`` on finetune/export allows the stored ``model.checkpoint``
+    only when PATH is that same file (links resolved, same inode), and the file loaded is
+    then the one the user named: the stored path swapped afterwards changes nothing."""
+    from searchprune.config import Config, config_to_dict
+    from searchprune.errors import ConfigError
+    from searchprune.trust import LocalTrust, config_from_stored
+
+    mine, other = tmp_path / "mine.pt", tmp_path / "other.pt"
+    mine.write_bytes(b"mine")
+    other.write_bytes(b"other")
+    shared = tmp_path / "shared.pt"  # the path the study names: a link an attacker controls
+    shared.symlink_to(mine)
+    stored = config_to_dict(Config(model=ModelConfig(checkpoint=str(shared))))
+
+    def rebuilt(named: Path | str | None):
+        return config_from_stored(stored, "q", LocalTrust(checkpoint=named and str(named)))
+
+    assert rebuilt(None).model.trust_checkpoint is False
+    assert rebuilt(None).model.checkpoint == str(shared)
+    hard = tmp_path / "hard.pt"
+    os.link(mine, hard)
+    for named in (mine, shared, hard):
+        cfg = rebuilt(named)
+        assert cfg.model.trust_checkpoint is True
+        assert cfg.model.checkpoint == os.path.realpath(named)  # the user's file is loaded
+    with pytest.raises(ConfigError, match=rf"^--trust-checkpoint {other} is not the file "
+                                          rf"study 'q' loads: its model.checkpoint is "
+                                          rf"{shared}; pass --trust-checkpoint {shared} if "):
+        rebuilt(other)
+    with pytest.raises(ConfigError, match=r": no such file$"):
+        rebuilt(tmp_path / "missing.pt")
+    none = config_to_dict(Config())
+    with pytest.raises(ConfigError, match=r"loads no model.checkpoint; drop the flag$"):
+        config_from_stored(none, "q", LocalTrust(checkpoint=str(mine)))
+    cfg = rebuilt(mine)
+    shared.unlink()
+    shared.symlink_to(other)  # swapped after the check: the resolved file stays the user's
+    assert Path(cfg.model.checkpoint).read_bytes() == b"mine"
+
+
 # -- a killed worker ---------------------------------------------------------------------------
 def _dead_worker_identity() -> dict:
     """The identity a worker process recorded, taken from a process that has since exited."""
@@ -732,3 +814,172 @@ def test_worker_command_lines_carry_no_storage_url(monkeypatch):
     for command, env in started:
         assert not any("Secret" in part for part in command)
         assert env[_workers.STORAGE_ENV] == url
+
+
+# -- a shared study is not a trusted input (issue 25) ------------------------------------------
+ZEN = "Beautiful is better than ugly."  # what importing the module ``this`` prints
+
+
+def _stored(study: optuna.Study, section: str, **values) -> None:
+    """Edit the study's stored config through Optuna's API, as anyone with write access to
+    the storage can."""
+    config = json.loads(json.dumps(study.user_attrs["config"]))
+    config[section].update(values)
+    study.set_user_attr("config", config)
+
+
+def _storage_url(kind: str, request) -> str:
+    if kind == "sqlite":
+        return ""
+    from urllib.parse import quote
+
+    role, password, db = request.getfixturevalue("pg_role")  # skips without a server
+    return f"postgresql://{role}:{quote(password, safe='')}@127.0.0.1:5432/{db}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_stored_config_cannot_import_or_unpickle(tmp_path, kind, request, monkeypatch):
+    """Whoever can write to a shared study edits its config; another user's ``export`` and
+    ``finetune`` (real subprocesses) then neither unpickle the file it names nor import the
+    module:factory it names, and say in one line what the study needs."""
+    from _helpers import cli
+
+    from searchprune.data import load_data
+    from searchprune.search.storage import get_storage
+
+    url = _storage_url(kind, request) or str(tmp_path / "s.db")
+    monkeypatch.setenv("SEARCHPRUNE_CACHE", str(tmp_path / "cache"))
+    in_channels = load_data(DataConfig(calib_size=64, val_size=64)).input_shape[0]
+    net = build_model(ModelConfig(name="cifar_resnet8"), num_classes=10, in_channels=in_channels)
+    ckpt = tmp_path / "net.pt"  # the study owner's own file: weights and a non-tensor object
+    torch.save({"state_dict": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, ckpt)
+    benign = ckpt.read_bytes()
+    (tmp_path / "q.yaml").write_text(f"model: {{name: cifar_resnet8, checkpoint: {ckpt}}}\n"
+                                     + SMALL + "pruning: {proxy: none}\nsearch: {n_trials: 2}\n")
+    run = cli("study", "run", "q.yaml", "--storage", url, "--trust-checkpoint", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # the suggested next commands can be copied: a plain path as is, a password never, not
+    # even masked (the URL then comes from $SEARCHPRUNE_STORAGE)
+    assert "***" not in run.stderr
+    flag = '--storage "$SEARCHPRUNE_STORAGE"' if kind == "postgresql" else f"--storage {url}"
+    assert f"searchprune finetune --study-name q {flag} --top 3" in run.stderr
+    study = optuna.load_study(study_name="q", storage=get_storage(url, heartbeat_interval=None))
+    assert "trust_checkpoint" not in study.user_attrs["config"]["model"]  # never stored
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(*args, "--study-name", "q", "--storage", url, cwd=tmp_path)
+
+    export = ("export", "--out", "exported", "--no-latency", "--json")
+    finetune = ("finetune", "--top", "1", "--epochs", "0", "--final-epochs", "0", "--json")
+    # the owner's --trust-checkpoint on 'study run' was not kept: export has to name the file
+    # (the refusal's hint adapted in issue 25: the study names the file, the user allows it)
+    line = one_error_line(command(*export).stderr)
+    assert line == (f"error: checkpoint {ckpt} (model.checkpoint of study 'q') holds objects "
+                    "other than tensors, and loading it would run code from the file; if you "
+                    f"trust it, pass --trust-checkpoint {ckpt}")
+
+    # an attacker swaps the file and marks it trusted in the stored config
+    marker = tmp_path / "MARKER"
+    plant(ckpt, marker)
+    positive_control(ckpt, marker)
+    _stored(study, "model", trust_checkpoint=True)
+    for args in (export, finetune):
+        proc = command(*args)
+        assert proc.returncode == 1 and f"pass --trust-checkpoint {ckpt}" in one_error_line(
+            proc.stderr)
+        assert not marker.exists(), args
+    assert not (tmp_path / "exported").exists()
+
+    # the user allows their own file; the attacker points the stored config at another one
+    ckpt.write_bytes(benign)
+    evil = tmp_path / "evil.pt"
+    plant(evil, marker)
+    positive_control(evil, marker)
+    _stored(study, "model", checkpoint=str(evil))
+    for args in (export, finetune):
+        proc = command(*args, "--trust-checkpoint", str(ckpt))
+        assert proc.returncode == 2, proc.stderr
+        assert one_error_line(proc.stderr) == (
+            f"error: --trust-checkpoint {ckpt} is not the file study 'q' loads: its "
+            f"model.checkpoint is {evil}; pass --trust-checkpoint {evil} if you trust that file")
+        assert not marker.exists(), args
+    _stored(study, "model", checkpoint=str(ckpt), trust_checkpoint=False)
+    assert not (tmp_path / "exported").exists()
+
+    # module:factory strings in the stored config: refused, nothing imported
+    control = subprocess.run([sys.executable, "-c", "import this"], capture_output=True,
+                             text=True, timeout=60)
+    assert ZEN in control.stdout  # importing the module is what would show
+    ckpt.write_bytes(benign)
+    for section, key, args in (("search", "sampler", export), ("pruning", "criterion", finetune),
+                               ("model", "name", export)):
+        before = study.user_attrs["config"][section][key]
+        _stored(study, section, **{key: "this:s"})
+        proc = command(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert ZEN not in proc.stdout + proc.stderr
+        assert one_error_line(proc.stderr) == (
+            f"error: study 'q' uses {section}.{key} 'this:s', a package.module:factory that "
+            "imports code; a stored study is not trusted to name code, so pass "
+            "--allow-factory this:s to import it")
+        _stored(study, section, **{key: before})
+
+    # what the user running export allows on their own command line is used
+    _stored(study, "search", sampler="my_plugins:sampler")
+    link = tmp_path / "link.pt"  # the user may name the file by another path
+    link.symlink_to(ckpt)
+    proc = command(*export, "--trust-checkpoint", str(link), "--allow-factory",
+                   "my_plugins:sampler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    assert card["config"]["model"]["checkpoint"] == str(ckpt)
+    assert card["source_checkpoint"] == os.path.realpath(ckpt)  # what was loaded
+    assert card["config"]["search"]["sampler"] == "my_plugins:sampler"
+
+
+def test_stored_config_is_rebuilt_under_the_users_own_permissions(tmp_path):
+    from searchprune.config import Config, config_to_dict
+    from searchprune.errors import ConfigError
+    from searchprune.redact import public_config
+    from searchprune.trust import LocalTrust, config_from_stored
+
+    x = tmp_path / "x.pt"
+    x.write_bytes(b"")
+    trusted = Config(model=ModelConfig(checkpoint=str(x), trust_checkpoint=True))
+    assert "trust_checkpoint" not in public_config(trusted)["model"]  # what a study stores
+    stored = config_to_dict(trusted)  # as an attacker (or an old version) would store it
+    assert config_from_stored(stored, "q").model.trust_checkpoint is False
+    # the user names the file (adapted in issue 25: a bare yes is no longer enough)
+    assert config_from_stored(stored, "q", LocalTrust(checkpoint=str(x))
+                              ).model.trust_checkpoint is True
+    stored["search"]["sampler"] = "pkg.mod:make"
+    with pytest.raises(ConfigError, match=r"^study 'q' uses search.sampler 'pkg.mod:make', a "
+                                          r"package.module:factory .* --allow-factory "
+                                          r"pkg.mod:make to import it$"):
+        config_from_stored(stored, "q", LocalTrust(factories=frozenset({"pkg.mod:other"})))
+    allowed = config_from_stored(stored, "q", LocalTrust(factories=frozenset({"pkg.mod:make"})))
+    assert allowed.search.sampler == "pkg.mod:make"
+    stored["search"]["sampler"] = "tpe"  # registered names are not code named by the study
+    assert config_from_stored(stored, "q").search.sampler == "tpe"
+
+
+def test_validating_a_config_imports_no_module(tmp_path, monkeypatch):
+    """A config naming a module:factory is validated by the form of the name; the module is
+    imported only where it is used (the user's own search), never by validation."""
+    import importlib
+
+    from searchprune.config import config_from_dict
+
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "planted_mod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef make(*a, **k):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in ("sampler", "criterion"):
+        section = "search" if key == "sampler" else "pruning"
+        cfg = config_from_dict({section: {key: "planted_mod:make"}})
+        assert getattr(getattr(cfg, section), key) == "planted_mod:make"
+    config_from_dict({"model": {"name": "planted_mod:make"}})
+    assert not marker.exists()
+    importlib.import_module("planted_mod")  # positive control: importing it leaves the marker
+    assert marker.exists()
+    sys.modules.pop("planted_mod", None)

@@ -18,6 +18,7 @@ from searchprune.config import apply_overrides
 from searchprune.errors import ConfigError
 from searchprune.search import run_study
 from searchprune.search.band import Band
+from searchprune.search.problem import resolve_problem
 from searchprune.search.sensitivity import WARM_ATTR, load_scan, run_scan, scan_name
 from searchprune.sensitivity import allocate, allocate_in_band, grid, min_ratio
 
@@ -46,7 +47,7 @@ def _pruned_groups(engine, widths):
 def test_scan_prunes_exactly_one_group_per_evaluation(tmp_path):
     cfg = make_cfg(tmp_path, **{"sensitivity.points": 3})
     engine = RecordingEngine(cfg)
-    scan = run_scan(cfg, engine, storage=optuna.storages.InMemoryStorage())
+    scan = run_scan(resolve_problem(cfg, engine), storage=optuna.storages.InMemoryStorage())
     assert _pruned_groups(engine, engine.seen[0]) == []  # the unpruned reference, once
     pruned = [_pruned_groups(engine, w) for w in engine.seen[1:]]
     assert all(len(p) == 1 for p in pruned), pruned
@@ -67,7 +68,7 @@ def test_scan_resumes_without_reevaluating(tmp_path):
     storage = optuna.storages.InMemoryStorage()
     first = RecordingEngine(cfg, interrupt_at=6)
     with pytest.raises(KeyboardInterrupt):
-        run_scan(cfg, first, storage=storage)
+        run_scan(resolve_problem(cfg, first), storage=storage)
     partial = load_scan(cfg, storage)
     assert partial is not None and not partial.complete
     assert partial.evaluations == 5  # reference + 4 points
@@ -76,14 +77,14 @@ def test_scan_resumes_without_reevaluating(tmp_path):
     assert not any(t.state == TrialState.RUNNING for t in study.get_trials())
 
     second = RecordingEngine(cfg)
-    scan = run_scan(cfg, second, storage=storage)
+    scan = run_scan(resolve_problem(cfg, second), storage=storage)
     assert scan.complete
     assert len(second.seen) == scan.new_evaluations == len(scan.planned) - 4  # no reference
     done_first = {tuple(sorted(w.items())) for w in first.seen}
     assert not done_first & {tuple(sorted(w.items())) for w in second.seen}
 
     third = RecordingEngine(cfg)
-    again = run_scan(cfg, third, storage=storage)
+    again = run_scan(resolve_problem(cfg, third), storage=storage)
     assert third.seen == [] and again.new_evaluations == 0
     assert again.evaluations == len(scan.planned) + 1
 
@@ -272,7 +273,7 @@ def test_real_engine_scan_scores_the_first_val_images_and_feeds_the_baseline(tmp
     engine = tiny_engine("none", **{"pruning.gamma": 0.5, "pruning.tolerance": 0.03,
                                     "storage": str(tmp_path / "s.db"), "data.batch_size": 8,
                                     "sensitivity.val_images": 16, "sensitivity.points": 2})
-    scan = run_scan(engine.cfg, engine)
+    scan = run_scan(resolve_problem(engine.cfg, engine))
     x, y = engine.data.val.x, engine.data.val.y
     assert scan.reference_top1 == pytest.approx(evaluate(engine.model, x[:16], y[:16])[0])
     assert scan.reference_top1 != pytest.approx(evaluate(engine.model, x, y)[0])

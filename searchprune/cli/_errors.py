@@ -12,7 +12,8 @@ from searchprune.cli._output import error
 from searchprune.errors import SearchpruneError
 from searchprune.redact import redact_text
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "run_guarded"]
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "last_resort",
+           "run_guarded"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -44,10 +45,26 @@ def run_guarded(command: Callable[[argparse.Namespace], int], args: argparse.Nam
             return EXIT_FAILURE
         if isinstance(exc, (sqlalchemy.exc.SQLAlchemyError,
                             optuna.exceptions.StorageInternalError)):
-            error(f"storage error: {str(exc).splitlines()[0]}; rerun with --debug for details")
+            error(f"storage error: {_first_line(exc)}; rerun with --debug for details")
             return EXIT_FAILURE
-        raise
+        error(last_resort(exc))  # anything else: still one line, never a traceback
+        return EXIT_FAILURE
     except KeyboardInterrupt as exc:  # outside a study run (or a signal the runner did not see)
         signum = getattr(exc, "signum", signal.SIGINT)
         sys.stderr.write("interrupted; a study continues where it stopped when run again\n")
         return 128 + signum
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def last_resort(exc: BaseException) -> str:
+    """An exception no handler knows, as one line: its type, the first line of its message and
+    how to see the traceback (out of memory adds what to make smaller)."""
+    if isinstance(exc, MemoryError):
+        detail = "out of memory; lower data.image_size, data.batch_size or data.calib_size"
+    else:
+        detail = _first_line(exc) or "(no message)"
+    return f"{type(exc).__name__}: {detail} (rerun with --debug for the traceback)"

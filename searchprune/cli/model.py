@@ -84,9 +84,10 @@ def _info(args: argparse.Namespace) -> int:
         lo, hi = info["ratio_range"]
         table(f"{name}: {info['flops']:,} FLOPs, {info['params']:,} params; FLOPs ratio range "
               f"[{lo:.3f}, {hi:.3f}] at eta={eta}" + (" with pruning.groups" if rules else ""),
-              ["group", "channels", "prunable", "keep-ratio"],
+              ["group", "channels", "prunable", "keep-ratio", "why fixed"],
               [[g["name"], g["channels"], "yes" if g["prunable"] else "no",
-                _bounds_text(info["bounds"].get(g["name"]))] for g in info["groups"]])
+                _bounds_text(info["bounds"].get(g["name"])), info["fixed"].get(g["name"], "")]
+               for g in info["groups"]])
     return 0
 
 
@@ -111,17 +112,20 @@ def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
 
 def _describe(space: Any, name: str, eta: float,
               rules: dict[str, Any] | None = None) -> dict[str, Any]:
-    from searchprune.constraints import resolve_bounds
+    from searchprune.constraints import KeepRanges
 
     base = space.base_cost
-    bounds = resolve_bounds(rules, [g.name for g in space.prunable], eta)
-    low = space.flops_ratio(space.widths({n: lo for n, (lo, _) in bounds.items()}))
-    high = space.flops_ratio(space.widths({n: hi for n, (_, hi) in bounds.items()}))
+    ranges = KeepRanges.resolve(rules, [g.name for g in space.prunable], eta)
+    bounds = ranges.bounds
+    low = space.flops_ratio(space.widths(ranges.lowest()))
+    high = space.flops_ratio(space.widths(ranges.highest()))
     return {
         "model": name, "flops": int(base.flops), "macs": int(base.macs),
         "params": int(base.params), "eta": eta, "ratio_range": [float(low), float(high)],
         "groups": [{"name": g.name, "channels": int(g.channels), "prunable": bool(g.prunable)}
                    for g in space.groups],
+        "fixed": {g.name: g.reason for g in space.fixed},  # not searched: why (module, type)
+        "units": {g.name: int(space.unit(g)) for g in space.prunable if space.unit(g) > 1},
         "bounds": {n: [lo, hi] for n, (lo, hi) in bounds.items()},  # prunable groups only
     }
 

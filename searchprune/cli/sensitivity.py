@@ -44,9 +44,9 @@ def _run(args: argparse.Namespace) -> int:
     from searchprune.config import load_config
     from searchprune.engine import engine_for
     from searchprune.report.sensitivity import plot_sensitivity
-    from searchprune.search.band import config_band
+    from searchprune.search.problem import describe_goal, resolve_problem
     from searchprune.search.runner import open_storage
-    from searchprune.search.sensitivity import allocation_of, run_scan, space_of
+    from searchprune.search.sensitivity import allocation_of, run_scan
 
     cfg = load_config(args.config, {
         "sensitivity.points": args.points, "sensitivity.ratios": _ratios(args.ratios),
@@ -54,13 +54,15 @@ def _run(args: argparse.Namespace) -> int:
         "pruning.proxy": args.proxy, "storage": args.storage})
     if cfg.search.objective != "single":
         raise ConfigError("sensitivity needs search.objective: single (one FLOPs band)")
-    band = config_band(cfg.pruning, "the sensitivity allocation")
+    goal = describe_goal(cfg)
+    band = goal.require_band("the sensitivity allocation")  # before the model is loaded
     storage = open_storage(cfg)
     engine = engine_for(cfg, progress=not args.json)
+    problem = resolve_problem(cfg, engine, goal=goal)
     with _Progress(enabled=not args.json) as bar:
-        scan = run_scan(cfg, engine, storage=storage, on_point=bar.step)
-    alloc = allocation_of(cfg, engine, scan)
-    widths = engine.widths({**space_of(cfg, engine)[1], **alloc.ratios})
+        scan = run_scan(problem, storage=storage, on_point=bar.step)
+    alloc = allocation_of(problem, scan)
+    widths = engine.widths({**problem.ranges.fixed, **alloc.ratios})
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,
                   "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
                   "in_band": alloc.in_band, "projected": alloc.projected,

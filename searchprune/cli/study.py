@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 from collections import Counter
 from typing import Any
 
-from searchprune.cli._output import add_trust_flag, console, emit_json, table
+from searchprune.cli._errors import EXIT_FAILURE
+from searchprune.cli._output import add_trust_flag, console, emit_json, error, table
 from searchprune.errors import ConfigError, SearchpruneError
 from searchprune.redact import redact_config, redact_url
 
@@ -107,16 +109,38 @@ def _run_workers(args: argparse.Namespace, cfg: Any) -> int:
     storage, existing = preflight(cfg, force_config=args.force_config)
     if existing is None or n_evaluated(existing) < cfg.search.n_trials:
         threads = args.threads or threads_per_worker(args.workers)
-        code, lines, abandoned, signum = run_workers(
+        result = run_workers(
             cfg, storage, _worker_args(args, threads), args.workers, progress=not args.json)
-        for line in lines:
+        for line in result.lines:
             sys.stderr.write(line + "\n")
-        if signum is not None or abandoned:
-            raise StudyInterrupted(signum or signal.SIGINT, abandoned)
-        if code != 0:
-            return code
+        if result.signum is not None or result.abandoned:
+            raise StudyInterrupted(result.signum or signal.SIGINT, result.abandoned)
+        if result.killed:
+            error(_killed_line(result.killed, args.workers, storage, cfg))
+            return EXIT_FAILURE
+        if result.code != 0:
+            return result.code
     _report(args, load_study(cfg.storage, _study_name(cfg)), cfg)
     return 0
+
+
+def _killed_line(killed: list[Any], workers: int, storage: Any, cfg: Any) -> str:
+    """``worker 2 (pid N) was killed by SIGKILL; the other worker finished the study: ...``."""
+    import optuna
+
+    from searchprune.search import n_evaluated
+
+    who = ", ".join(f"worker {k.describe()}" for k in killed)
+    target = cfg.search.n_trials
+    try:
+        done = n_evaluated(optuna.load_study(study_name=_study_name(cfg), storage=storage))
+    except KeyError:  # killed before the study was created
+        done = 0
+    if done < target:
+        return (f"{who}; the study holds {done} of {target} evaluated trials: re-run the same "
+                "command to resume")
+    others = "the other worker" if workers - len(killed) == 1 else "the other workers"
+    return f"{who}; {others} finished the study: {done} of {target} evaluated trials"
 
 
 def _worker_args(args: argparse.Namespace, threads: int) -> list[str]:
@@ -149,11 +173,27 @@ def _report(args: argparse.Namespace, study: Any, cfg: Any) -> None:
         _print_next(study.study_name, cfg)
 
 
+def _storage_flag(storage: str | None) -> tuple[str, list[str]]:
+    """`` --storage URL`` for the next commands, and the lines to print before them: a URL
+    with a password is never printed (nor masked, which would not work when copied); the
+    commands read it from ``$SEARCHPRUNE_STORAGE`` instead."""
+    from searchprune.search.storage import ENV_VAR
+
+    if not storage:
+        return "", []
+    if redact_url(storage) == storage:
+        return f" --storage {shlex.quote(storage)}", []
+    return f' --storage "${ENV_VAR}"', [
+        f"(the storage URL holds a password, so it is not shown: export {ENV_VAR}=<that URL> "
+        "before running these)"]
+
+
 def _print_next(name: str, cfg: Any) -> None:
     """The commands a user runs next, with this study's name and storage filled in."""
-    storage = f" --storage {redact_url(cfg.storage)}" if cfg.storage else ""
+    storage, note = _storage_flag(cfg.storage)
     source = _relative(cfg.source) if cfg.source else "CONFIG.yaml"
     console.print("\n".join([
+        *note,
         "next: the best trials and a picture of their pruned architecture,",
         f"  searchprune study show --study-name {name}{storage} --plot {name}.png",
         "every trial in optuna-dashboard (http://127.0.0.1:8080/dashboard/),",

@@ -52,10 +52,16 @@ def draw_configs(engine, n: int, *, gamma: float, tolerance: float, eta: float, 
     """``n`` keep-ratio vectors uniform on ``[eta, 1]^L`` (each group's range under the
     ``pruning.groups`` rules ``groups``) conditioned on the FLOPs band."""
     from searchprune.constraints import resolve_bounds
-    from searchprune.search.band import Band, draws_in_bounds
+    from searchprune.search.band import Band
 
-    band = Band(gamma, tolerance)
     bounds = resolve_bounds(groups, [g.name for g in engine.groups], eta)
+    return _draw(engine, n, Band(gamma, tolerance), bounds, seed, max_draws)
+
+
+def _draw(engine, n: int, band, bounds: Mapping[str, tuple[float, float]], seed: int,
+          max_draws: int = 1_000_000) -> list[dict[str, float]]:
+    from searchprune.search.band import draws_in_bounds
+
     out = draws_in_bounds(np.random.default_rng(seed), bounds,
                           lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws)
     if len(out) == n:
@@ -70,17 +76,18 @@ def run_criteria_benchmark(cfg: Config, criteria: Sequence[str], *, n_configs: i
     per criterion and cached; reconstruction as in a study)."""
     from searchprune.criteria import cached_scores
     from searchprune.search.objective import make_objective
+    from searchprune.search.problem import resolve_problem
 
     if engine is None:
         from searchprune.engine import PruningEngine
 
         engine = PruningEngine.from_config(cfg)
-    from searchprune.search.band import config_band
-
     p = cfg.pruning
-    band = config_band(p, "the criteria benchmark")
-    configs = draw_configs(engine, n_configs, gamma=band.gamma, tolerance=band.tolerance,
-                           eta=p.eta, seed=seed, groups=p.groups)
+    # one problem for every criterion: the criterion changes the scores, not the problem
+    problem = resolve_problem(dataclasses.replace(
+        cfg, search=dataclasses.replace(cfg.search, sampler="random")), engine)
+    band = problem.goal.require_band("the criteria benchmark")
+    configs = _draw(engine, n_configs, band, problem.ranges.bounds, seed)
     report = CriteriaReport(list(criteria), configs)
     report.baseline_top1 = engine.evaluate_baseline("val")[0]
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()
@@ -94,7 +101,7 @@ def run_criteria_benchmark(cfg: Config, criteria: Sequence[str], *, n_configs: i
         todo = n_configs - len(_complete(study))
         start = time.perf_counter()
         if todo > 0:
-            objective = make_objective(engine, ccfg)
+            objective = make_objective(problem)
 
             def callback(st, trial, name=name):
                 if on_trial:

@@ -68,13 +68,10 @@ def _equal_total(cfg: Config, engine: Engine) -> Config:
     (its points and the unpruned reference)."""
     if cfg.search.warm_start != "sensitivity":
         return cfg
-    from searchprune.search.sensitivity import plan_points, space_of
-    from searchprune.sensitivity import grid
+    from searchprune.search.problem import resolve_problem
+    from searchprune.search.sensitivity import scan_size
 
-    s = cfg.sensitivity
-    bounds, _ = space_of(cfg, engine)
-    return _without_scan(cfg, len(plan_points(engine, grid(cfg.pruning.eta, s.points, s.ratios),
-                                              bounds)) + 1)
+    return _without_scan(cfg, scan_size(resolve_problem(cfg, engine)))
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,

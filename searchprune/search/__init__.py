@@ -12,15 +12,16 @@ from searchprune.search.callbacks import (
     StopOnFailures,
     StopOnSignal,
 )
-from searchprune.search.objective import (
-    Counters,
+from searchprune.search.objective import Counters, make_objective, make_pruner
+from searchprune.search.problem import (
+    Goal,
     ObjectiveSpec,
+    Problem,
+    describe_goal,
     describe_objective,
-    make_objective,
-    make_pruner,
+    resolve_problem,
 )
 from searchprune.search.runner import (
-    check_band,
     config_diff,
     derive_study_name,
     preflight,
@@ -40,7 +41,9 @@ __all__ = [
     "BandRandomSampler",
     "Budget",
     "Counters",
+    "Goal",
     "ObjectiveSpec",
+    "Problem",
     "ProgressCallback",
     "RecordRejections",
     "StopOnFailures",
@@ -48,9 +51,9 @@ __all__ = [
     "StudyInterrupted",
     "available_samplers",
     "best_trials",
-    "check_band",
     "config_diff",
     "derive_study_name",
+    "describe_goal",
     "describe_objective",
     "get_storage",
     "is_evaluated",
@@ -62,6 +65,7 @@ __all__ = [
     "project_to_band",
     "register_sampler",
     "rejected_proposals",
+    "resolve_problem",
     "resume_seed",
     "run_study",
 ]

@@ -11,11 +11,20 @@ proposed at once, which is what a joint FLOPs constraint needs.
 
 Rejected draws per trial are stored as the ``rejected_draws`` user attribute (one write per
 trial, not per rejection), like the random sampler's.
+
+The in-band estimator subclasses Optuna's private ``_ParzenEstimator`` and is installed through
+``TPESampler._parzen_estimator_cls``, the hook Optuna's TPE builds its estimators with. Doing
+without them would mean re-implementing TPE (and changing every TPE study's trials), so the
+dependence is pinned instead: ``pyproject.toml`` admits only the Optuna minor versions in
+:data:`TESTED_OPTUNA`, ``tests/test_band_tpe.py`` checks the hook and the pin, and a sampler
+built on an Optuna without these internals is a one-line error, never a silently unconstrained
+TPE.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,9 +41,32 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-__all__ = ["BandTPESampler"]
+__all__ = ["TESTED_OPTUNA", "BandTPESampler"]
 
 _log = logging.getLogger(__name__)
+# the Optuna minor versions whose TPE internals this module is tested against (pyproject's pin)
+TESTED_OPTUNA = ("5.0", "5.1")
+
+
+def check_tpe_internals(sampler: TPESampler) -> None:
+    """Raise a one-line RuntimeError when Optuna's TPE lacks what the in-band estimator relies
+    on: the ``_parzen_estimator_cls`` hook, ``_sample`` and ``_n_startup_trials``, and
+    ``_ParzenEstimator.sample(rng, size)``."""
+    sample = list(inspect.signature(_ParzenEstimator.sample).parameters)
+    missing = [name for name, ok in (
+        ("TPESampler._parzen_estimator_cls",
+         getattr(sampler, "_parzen_estimator_cls", None) is _ParzenEstimator),
+        ("TPESampler._sample", callable(getattr(TPESampler, "_sample", None))),
+        ("TPESampler._n_startup_trials", hasattr(sampler, "_n_startup_trials")),
+        ("_ParzenEstimator.sample(rng, size)", sample == ["self", "rng", "size"]),
+    ) if not ok]
+    if missing:
+        import optuna
+
+        tested = " or ".join(f"{v}.x" for v in TESTED_OPTUNA)
+        raise RuntimeError(f"the tpe sampler needs Optuna's TPE internals ({', '.join(missing)} "
+                           f"not found in optuna {optuna.__version__}); install optuna {tested}, "
+                           "the versions it is tested with")
 
 
 class _Tally:
@@ -98,6 +130,7 @@ class BandTPESampler(TPESampler):
                  bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
         super().__init__(seed=seed if tpe_seed is None else tpe_seed, multivariate=True,
                          n_startup_trials=n_startup_trials, n_ei_candidates=n_ei_candidates)
+        check_tpe_internals(self)
         self._names = list(names)
         self._low = float(low)
         self._startup = BandRandomSampler(names, low, in_band, seed=seed, bounds=bounds)

@@ -6,9 +6,11 @@ worker). A RUNNING trial whose worker is gone on *this* host (no such process, a
 under its id, or the machine rebooted) is marked FAIL at once, with a ``fail_reason`` starting
 with ``interrupted``, and its configuration is enqueued again (``requeued_from``): a run
 restarted after ``kill -9`` goes on immediately instead of waiting for the heartbeat's grace
-period. A trial on another host is left to the heartbeat; while a worker waits for one, it says
-so on stderr. Once the budget is met, configurations still WAITING are dropped (FAIL, never
-run), so no WAITING or RUNNING trial is left behind.
+period. A process that has exited but is not yet reaped by its parent (a zombie) counts as gone.
+A trial on another host is left to the heartbeat; while a worker waits for one, it says so on
+stderr. Once the budget is met, configurations still WAITING are dropped: PRUNED with
+``refused`` like any candidate the budget no longer needs (never run, so not a failure), and no
+WAITING or RUNNING trial is left behind.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def _boot_id() -> str | None:
 
 
 def _start_time(pid: int) -> int | None:
-    """Clock ticks after boot at which process ``pid`` started (None: no such process)."""
+    """Clock ticks after boot at which process ``pid`` started (None: no such process, or one
+    that has exited and waits to be reaped by its parent: a zombie runs no trial)."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 2 (the command name) may contain spaces and parentheses: split after its last ')'.
     fields = data[data.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # field 3 of proc(5): zombie, or dead
+        return None
     return int(fields[19])  # field 22 of proc(5)
 
 
@@ -97,14 +102,28 @@ def reap_dead_workers(study: optuna.Study) -> list[int]:
 
 
 def drop_waiting(study: optuna.Study, reason: str) -> list[int]:
-    """FAIL every WAITING trial (a retry the budget no longer needs); returns their numbers.
-    Call it under the study lock, once the budget is met."""
+    """Drop every WAITING trial (a retry the budget no longer needs); returns their numbers.
+    Call it under the study lock, once the budget is met.
+
+    A dropped trial never ran, so it is not a failure: it ends PRUNED with ``refused`` (the
+    reason), as a candidate refused by the budget does. It is taken first as Optuna's workers
+    take one (WAITING -> RUNNING, which only one process can win, under this worker's identity),
+    so a trial another worker has just started is never touched.
+    """
+    from searchprune.search.budget import REFUSED_ATTR  # budget imports this module
+
     storage = study._storage
     dropped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            dropped.append(t.number)
+        try:
+            if not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                continue  # another worker took it
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(t._trial_id, WORKER_ATTR, identity())
+        storage.set_trial_user_attr(t._trial_id, REFUSED_ATTR, reason)
+        storage.set_trial_state_values(t._trial_id, TrialState.PRUNED)
+        dropped.append(t.number)
     return dropped
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from searchprune.constraints import Limit, fixed_ratios, free_names
-from searchprune.errors import ConfigError
 
-__all__ = ["Band", "CostModel", "Gate", "config_band", "draw_in_band", "draws_in_band",
+__all__ = ["Band", "CostModel", "Gate", "draw_in_band", "draws_in_band",
            "draws_in_bounds", "project_to_band", "project_to_limit"]
 
 BAND_CONSTRAINT = "flops_band"
@@ -48,15 +47,6 @@ class Band:
 
     def contains_ratios(self, model: CostModel, ratios: Mapping[str, float]) -> bool:
         return self.contains(model.flops_ratio(model.widths(ratios)))
-
-
-def config_band(pruning: Any, what: str) -> Band:
-    """The FLOPs band of a ``pruning`` config section; ``what`` needs one, so ``gamma: null``
-    is a one-line :class:`ConfigError`."""
-    if pruning.gamma is None:
-        raise ConfigError(f"{what} needs a FLOPs band: set pruning.gamma (it is null in this "
-                          "config)")
-    return Band(pruning.gamma, pruning.tolerance)
 
 
 @dataclass(frozen=True)

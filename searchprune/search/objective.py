@@ -1,12 +1,13 @@
 """The trial: suggest keep-ratios, gate on the analytic FLOPs band, evaluate, record.
 
-What a study optimises is an :class:`ObjectiveSpec` (:func:`describe_objective`): its directions
-and metric names, the band that gates candidates, whether proposals are projected onto it, and
-how a trial's value is computed from the evaluation (``single``: validation top-1; ``pareto``:
-validation top-1 and the ``search.pareto_cost`` ratio (FLOPs, params or predicted latency) over
-``search.gamma_range``). Everything else is shared. With ``pruning.gamma: null`` there is no
-band: the gate holds the limits only and proposals are projected onto the primary one
-(``pruning.latency``, else ``pruning.params``).
+The trial reads the problem from a resolved :class:`~searchprune.search.problem.Problem`: the
+keep-ratio ranges, the gate, and what is optimised, an :class:`ObjectiveSpec`
+(:func:`describe_objective`): its directions and metric names, the band that gates candidates,
+whether proposals are projected onto it, and how a trial's value is computed from the evaluation
+(``single``: validation top-1; ``pareto``: validation top-1 and the ``search.pareto_cost`` ratio
+(FLOPs, params or predicted latency) over ``search.gamma_range``). Everything else is shared.
+With ``pruning.gamma: null`` there is no band: the gate holds the limits only and proposals are
+projected onto the primary one (``pruning.latency``, else ``pruning.params``).
 
 Every trial stores, as user attributes (the dashboard shows them; it cannot show constraints):
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
@@ -36,92 +37,20 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from searchprune.constraints import (
-    LatencySpec,
-    fixed_ratios,
-    group_bounds,
-    latency_spec,
-    limit_from,
-)
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._interrupt import InterruptGuard, signal_name
 from searchprune.search._liveness import WORKER_ATTR, WORKERS_ENV, identity
-from searchprune.search.band import BAND_CONSTRAINT, Band, Gate
+from searchprune.search.band import BAND_CONSTRAINT, Gate
 from searchprune.search.budget import REFUSED_ATTR, Budget
-from searchprune.search.pareto import DIRECTIONS, pareto_band
-from searchprune.search.samplers import sampler_spec
+from searchprune.search.problem import ObjectiveSpec, Problem, describe_objective
 from searchprune.search.trials import rejected_proposals
 
 if TYPE_CHECKING:
-    from searchprune.config import Config
     from searchprune.engine import Engine
     from searchprune.latency import LatencyModel
 
 __all__ = ["BAND_CONSTRAINT", "Counters", "ObjectiveSpec", "describe_objective",
-           "latency_needed", "make_gate", "make_objective", "make_pruner", "rejected_proposals"]
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """What a study optimises and how a trial's value is computed.
-
-    ``band`` gates every candidate before evaluation (None: ``pruning.gamma: null``, the
-    limits gate alone); ``target`` names the primary constraint in messages and in the
-    dashboard note; ``project`` maps proposals onto it first (samplers that cannot be steered
-    into it); ``cost`` is the ratio a Pareto study minimises (``flops``, ``params``,
-    ``latency``); ``values`` turns ``(top1, cost ratio)`` into the trial's value(s).
-    """
-
-    kind: str
-    directions: tuple[str, ...]
-    metric_names: tuple[str, ...]
-    band: Band | None
-    target: str
-    project: bool = False
-    cost: str = "flops"
-
-    @property
-    def multi(self) -> bool:
-        return len(self.directions) > 1
-
-    def values(self, top1: float, cost_ratio: float) -> float | tuple[float, ...]:
-        if self.multi:
-            return float(top1), float(cost_ratio)
-        return float(top1)
-
-    def failed(self) -> float | tuple[float, ...]:
-        """The value that makes Optuna mark the trial FAIL (and go on)."""
-        return (math.nan,) * len(self.directions) if self.multi else math.nan
-
-
-def describe_objective(cfg: Config) -> ObjectiveSpec:
-    """The objective ``cfg.search.objective`` asks for."""
-    if cfg.search.objective == "pareto":
-        lo, hi = cfg.search.gamma_range or (0.0, 1.0)
-        cost = cfg.search.pareto_cost
-        return ObjectiveSpec("pareto", DIRECTIONS, ("val_top1", f"{cost}_ratio"),
-                             pareto_band(cfg), f"search.gamma_range [{lo:g}, {hi:g}]",
-                             cost=cost)
-    p = cfg.pruning
-    projects = sampler_spec(cfg.search.sampler).projects
-    if p.gamma is None:
-        latency = latency_spec(p.latency)
-        target = (f"pruning.latency ({latency.describe()})"
-                  if latency is not None and latency.capped
-                  else f"pruning.params ({limit_from('pruning.params', p.params).describe()})")
-        return ObjectiveSpec("single", ("maximize",), ("val_top1",), None, target,
-                             project=projects)
-    return ObjectiveSpec("single", ("maximize",), ("val_top1",), Band(p.gamma, p.tolerance),
-                         f"gamma {p.gamma:g}", project=projects)
-
-
-def latency_needed(cfg: Config) -> LatencySpec | None:
-    """The latency settings when the study needs a latency table (``pruning.latency`` set, or
-    a Pareto study over latency: then the defaults), else None."""
-    spec = latency_spec(cfg.pruning.latency)
-    if spec is None and cfg.search.objective == "pareto" and cfg.search.pareto_cost == "latency":
-        spec = LatencySpec()
-    return spec
+           "make_objective", "make_pruner", "rejected_proposals"]
 
 
 @dataclass
@@ -138,55 +67,27 @@ class Counters:
 Value = float | tuple[float, ...]
 
 
-def make_gate(cfg: Config, spec: ObjectiveSpec, engine: Engine,
-              latency: LatencyModel | None = None) -> Gate:
-    """The constraints every candidate is checked against before it is built: ``spec.band``
-    on the FLOPs ratio, ``pruning.params`` on the params ratio, ``pruning.latency`` on the
-    predicted latency ratio (``latency``: the study's table), with ``pruning.groups``' fixed
-    groups added to every configuration. Without a band the primary limit comes first
-    (latency, else params)."""
-    limits: list[tuple[Any, Callable[[Mapping[str, int]], float]]] = []
-    params = limit_from("pruning.params", cfg.pruning.params)
-    if params is not None:
-        base = engine.base_cost.params
-        limits.append((params, lambda widths: engine.cost(widths).params / base))
-    lat = latency_spec(cfg.pruning.latency)
-    if lat is not None and lat.capped:
-        if latency is None:
-            raise ValueError("pruning.latency limits the search: pass the study's latency "
-                             "model (searchprune.latency.study_latency)")
-        limit = lat.limit_for(latency.base_ms)
-        entry = (limit, latency.ratio)
-        limits = [entry, *limits] if spec.band is None else [*limits, entry]
-    return Gate(engine, spec.band, tuple(limits),
-                fixed_ratios(group_bounds(cfg, engine.groups)))
-
-
-def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None, *,
-                   budget: Budget | None = None, guard: InterruptGuard | None = None,
-                   spec: ObjectiveSpec | None = None,
-                   latency: LatencyModel | None = None) -> Callable[[optuna.Trial], Value]:
-    """The function ``study.optimize`` calls: the value(s) of ``spec`` (default: the config's
-    objective), e.g. validation top-1 in percent, maximised.
+def make_objective(problem: Problem, counters: Counters | None = None, *,
+                   budget: Budget | None = None,
+                   guard: InterruptGuard | None = None) -> Callable[[optuna.Trial], Value]:
+    """The function ``study.optimize`` calls: the value(s) of ``problem.objective``, e.g.
+    validation top-1 in percent, maximised.
 
     ``budget`` makes the count of evaluated trials exact across workers; ``guard`` lets a
-    signal abandon the trial cleanly (see :mod:`searchprune.search._interrupt`); ``latency``
-    is the study's latency table (the runner shares one per study; when the config needs one
-    and none is given, it is measured here, for this process only).
+    signal abandon the trial cleanly (see :mod:`searchprune.search._interrupt`). The latency
+    table is the problem's (the runner shares one per study); when the problem needs one and
+    holds none, it is measured here, for this process only.
     """
-    p = cfg.pruning
-    spec = spec if spec is not None else describe_objective(cfg)
-    project = spec.project
-    counts = counters if counters is not None else Counters()
-    guard = guard if guard is not None else InterruptGuard()  # inert unless entered
-    bounds = group_bounds(cfg, engine.groups)
-    lat_spec = latency_needed(cfg)
-    if lat_spec is not None and latency is None:
+    if problem.needs_latency:
         from searchprune.latency import latency_for_engine
 
-        latency = latency_for_engine(engine, lat_spec)
-    gate = make_gate(cfg, spec, engine, latency)
-    fixed = dict(gate.fixed or {})
+        problem = problem.with_latency(latency_for_engine(problem.engine, problem.goal.latency))
+    cfg, engine, spec, gate, latency = (problem.cfg, problem.engine, problem.objective,
+                                        problem.gate, problem.latency)
+    project, eta = spec.project, problem.eta
+    counts = counters if counters is not None else Counters()
+    guard = guard if guard is not None else InterruptGuard()  # inert unless entered
+    bounds, fixed = problem.ranges.bounds, problem.ranges.fixed
 
     def evaluate(trial: optuna.Trial) -> Value:
         guard.check()
@@ -195,7 +96,7 @@ def make_objective(engine: Engine, cfg: Config, counters: Counters | None = None
                   else trial.suggest_float(g.name, *bounds[g.name]) for g in engine.groups}
         if project:
             free = {k: v for k, v in ratios.items() if k not in fixed}
-            ratios = gate.project(free, p.eta, bounds=bounds)
+            ratios = gate.project(free, eta, bounds=bounds)
             trial.set_user_attr("projected", True)
         widths = engine.widths(ratios)
         violated, costs = _record_cost(trial, engine, widths, gate, latency)

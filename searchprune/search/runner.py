@@ -1,8 +1,10 @@
 """One study run as a straight line: storage, study, engine, band check, sampler, optimize.
 
 Single- and multi-objective studies take the same path; what differs is described by an
-:class:`~searchprune.search.objective.ObjectiveSpec` (directions, metric names, the band, how a
-trial's value is computed).
+:class:`~searchprune.search.problem.ObjectiveSpec` (directions, metric names, the band, how a
+trial's value is computed). The config is read once into a
+:class:`~searchprune.search.problem.Problem` (the ranges, the band and limits with their gate,
+the objective, the latency table) that every later step receives.
 
 The budget counts evaluated (COMPLETE) trials across all workers, exactly (see
 :mod:`searchprune.search.budget`); re-running a study that already has them does nothing, and
@@ -27,34 +29,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 import searchprune.search.callbacks as cb
 from searchprune.config import Config, config_to_dict, upgrade_stored
-from searchprune.constraints import free_names, group_bounds
-from searchprune.errors import BandError, StudyConfigMismatch
+from searchprune.errors import StudyConfigMismatch
 from searchprune.provenance import provenance
 from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
-from searchprune.search.band import Gate
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
-from searchprune.search.objective import (
-    Counters,
+from searchprune.search.identity import ensure_study_uuid
+from searchprune.search.objective import Counters, make_objective, make_pruner
+from searchprune.search.problem import (
+    Goal,
     ObjectiveSpec,
-    describe_objective,
-    latency_needed,
-    make_gate,
-    make_objective,
-    make_pruner,
+    Problem,
+    describe_goal,
+    resolve_problem,
 )
-from searchprune.search.samplers import SamplerContext, make_sampler
+from searchprune.search.samplers import make_sampler, sampler_spec
 from searchprune.search.storage import get_storage
 from searchprune.search.trials import n_evaluated
 
 if TYPE_CHECKING:
     from searchprune.engine import Engine
-    from searchprune.latency import LatencyModel
 
-__all__ = ["CONFIG_ATTR", "LATENCY_ATTR", "RUNTIME_KEYS", "check_band", "check_limits",
-           "config_diff", "derive_study_name", "open_storage", "preflight", "reachable_range",
-           "run_study"]
+__all__ = ["CONFIG_ATTR", "LATENCY_ATTR", "RUNTIME_KEYS", "config_diff", "derive_study_name",
+           "open_storage", "preflight", "run_study"]
 
 CONFIG_ATTR = "config"
 LATENCY_ATTR = "latency"  # study user attr: the latency table's summary (latency.py)
@@ -64,6 +62,7 @@ RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
     "search.heartbeat_interval", "search.grace_period", "search.max_retry",
     "model.trust_checkpoint",
+    "finetune.distill.alpha", "finetune.distill.temperature",  # fine-tuning, not the search
 })
 _log = logging.getLogger(__name__)
 
@@ -88,16 +87,16 @@ def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = Tru
         StorageError: the storage cannot be opened.
         StudyInterrupted: a SIGINT or SIGTERM arrived (exit code 130 or 143).
     """
-    spec = objective if objective is not None else describe_objective(cfg)
+    goal = describe_goal(cfg, objective)
     storage, existing = preflight(cfg, force_config=force_config, storage=storage,
-                                  check_names=engine is None, objective=spec)
+                                  check_names=engine is None, objective=goal.objective)
     if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
         tidy_up(existing, study_lock(storage, existing.study_name), cfg.search.n_trials)
         return existing
     counters = Counters()
     with InterruptGuard() as guard:
         try:
-            study = _prepare_and_optimize(cfg, spec, engine, storage, progress, callbacks,
+            study = _prepare_and_optimize(cfg, goal, engine, storage, progress, callbacks,
                                           guard, counters)
         except KeyboardInterrupt as exc:
             raise StudyInterrupted(getattr(exc, "signum", 2), counters.interrupted) from None
@@ -115,10 +114,11 @@ def preflight(cfg: Config, *, force_config: bool = False,
     existing study (or None)."""
     if check_names:
         check_names_exist(cfg)
+    sampler_spec(cfg.search.sampler)  # a user's package.module:factory imports, or fails, here
     storage = storage if storage is not None else open_storage(cfg)
     existing = _load_study(derive_study_name(cfg), storage)
     if existing is not None:
-        spec = objective if objective is not None else describe_objective(cfg)
+        spec = objective if objective is not None else describe_goal(cfg).objective
         if len(existing.directions) != len(spec.directions):
             kinds = {1: "single-objective", 2: "multi-objective"}
             raise StudyConfigMismatch(
@@ -130,15 +130,17 @@ def preflight(cfg: Config, *, force_config: bool = False,
 
 
 def check_names_exist(cfg: Config) -> None:
-    """Fail in milliseconds on an unknown criterion or pruner (the sampler and other choices are
-    checked when the config is loaded)."""
+    """Fail in milliseconds on an unknown criterion or pruner, or a device this machine lacks
+    (the sampler and other choices are checked when the config is loaded)."""
     from searchprune.criteria import get_criterion
+    from searchprune.engine import resolve_device
 
     make_pruner(cfg.search.pruner)
     get_criterion(cfg.pruning.criterion)
+    resolve_device(cfg.device)
 
 
-def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | None,
+def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
                           storage: optuna.storages.BaseStorage, progress: bool,
                           callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
                           guard: InterruptGuard, counters: Counters) -> optuna.Study:
@@ -146,70 +148,51 @@ def _prepare_and_optimize(cfg: Config, spec: ObjectiveSpec, engine: Engine | Non
         from searchprune.engine import engine_for
 
         engine = engine_for(cfg, progress=progress)
-    check_band(cfg, engine, spec)
-    if cfg.pruning.groups and progress:
-        bounds = group_bounds(cfg, engine.groups)
-        low, high = reachable_range(cfg, engine)
+    problem = resolve_problem(cfg, engine, goal=goal)  # every config error, before any trial
+    if problem.ranges.restricted and progress:
+        low, high = problem.reachable
+        n_free = len(problem.ranges.free)
         sys.stderr.write(f"pruning.groups: reachable FLOPs ratios [{low:.4f}, {high:.4f}]; "
-                         f"{len(free_names(bounds))} groups searched, "
-                         f"{len(bounds) - len(free_names(bounds))} fixed\n")
+                         f"{n_free} groups searched, "
+                         f"{len(problem.ranges.ranges) - n_free} fixed\n")
     name = derive_study_name(cfg)
     study = optuna.create_study(storage=storage, study_name=name,
-                                directions=list(spec.directions), load_if_exists=True,
+                                directions=list(goal.objective.directions), load_if_exists=True,
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
+    ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker = _join(study, lock)
-    latency = _latency(study, lock, cfg, engine, progress)
-    gate = make_gate(cfg, spec, engine, latency)
-    check_limits(cfg, engine, gate)
+    problem = _with_latency(study, lock, problem, progress)
     if cfg.search.warm_start == "sensitivity":
         from searchprune.search.sensitivity import enqueue_warm_start
 
-        enqueue_warm_start(study, cfg, engine, lock, storage)
-    study.sampler = _sampler(cfg, gate, engine,
-                             n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
-                             study_warm=study.user_attrs.get("warm_start"))
-    _describe(study, cfg, spec, engine, latency)
+        enqueue_warm_start(study, problem, lock, storage)
+    warm = study.user_attrs.get("warm_start")
+    study.sampler = make_sampler(cfg.search.sampler, problem.sampler_context(
+        n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
+        warm=warm.get("allocation") if warm else None))
+    _describe(study, problem)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
                     wait_for_others=not dead_stay_running)
     with guard.deferred():
         _optimize(study, cfg, progress, callbacks,
-                  make_objective(engine, cfg, counters, budget=budget, guard=guard, spec=spec,
-                                 latency=latency),
-                  guard)
+                  make_objective(problem, counters, budget=budget, guard=guard), guard)
         tidy_up(study, lock, cfg.search.n_trials)
     return study
 
 
-def _latency(study: optuna.Study, lock: Lock, cfg: Config, engine: Engine,
-             progress: bool) -> LatencyModel | None:
-    """The study's latency table (measured by the first worker, shared through the study),
-    or None when the config needs none."""
-    spec = latency_needed(cfg)
-    if spec is None:
-        return None
+def _with_latency(study: optuna.Study, lock: Lock, problem: Problem,
+                  progress: bool) -> Problem:
+    """The problem with the study's latency table (measured by the first worker, shared
+    through the study) when it needs one."""
+    if problem.goal.latency is None:
+        return problem
     from searchprune.latency import study_latency
 
-    return study_latency(study, lock, engine, spec, progress=progress)
-
-
-def check_limits(cfg: Config, engine: Engine, gate: Gate) -> None:
-    """Fail fast when a limit cannot be met: its ratio at the cheapest configuration (every
-    group at its lowest keep-ratio) is above the limit, or at the dearest below it."""
-    bounds = group_bounds(cfg, engine.groups)
-    cheapest = engine.widths({n: lo for n, (lo, _) in bounds.items()})
-    dearest = engine.widths({n: hi for n, (_, hi) in bounds.items()})
-    for limit, value in gate.limits:
-        low, high = value(cheapest), value(dearest)
-        if limit.high < low:
-            raise BandError(f"{limit.describe()} cannot be met: the smallest configuration "
-                            f"(every group at its lowest keep-ratio) has a {limit.name} ratio "
-                            f"of {low:.4f}; raise the limit or lower pruning.eta")
-        if limit.low > high:
-            raise BandError(f"{limit.describe()} cannot be met: the largest configuration "
-                            f"has a {limit.name} ratio of {high:.4f}; lower the target")
+    return problem.with_latency(study_latency(study, lock, problem.engine, problem.goal.latency,
+                                              progress=progress))
 
 
 def tidy_up(study: optuna.Study, lock: Lock, n_trials: int) -> None:
@@ -248,42 +231,6 @@ def derive_study_name(cfg: Config) -> str:
     if cfg.search.study_name:
         return cfg.search.study_name
     return Path(cfg.source).stem if cfg.source else "searchprune"
-
-
-def reachable_range(cfg: Config, engine: Engine) -> tuple[float, float]:
-    """The FLOPs ratios of every group at the smallest and at the largest keep-ratio it may
-    take (``[eta, 1]`` intersected with ``pruning.groups``)."""
-    bounds = group_bounds(cfg, engine.groups)
-    if not cfg.pruning.groups:
-        return engine.ratio_range(cfg.pruning.eta)
-    low = engine.flops_ratio(engine.widths({n: lo for n, (lo, _) in bounds.items()}))
-    high = engine.flops_ratio(engine.widths({n: hi for n, (_, hi) in bounds.items()}))
-    return low, high
-
-
-def check_band(cfg: Config, engine: Engine, objective: ObjectiveSpec | None = None) -> None:
-    """Fail fast when the band (or the Pareto range) lies outside the reachable FLOPs ratios
-    ``[r(eta), 1]`` (with ``pruning.groups``: every group at its lowest and highest bound).
-    Without a band (``pruning.gamma: null``) the limits are checked by :func:`check_limits`."""
-    spec = objective if objective is not None else describe_objective(cfg)
-    band, eta = spec.band, cfg.pruning.eta
-    if band is None:
-        return
-    knob = spec.target.split()[0]
-    low, high = reachable_range(cfg, engine)
-    if cfg.pruning.groups:
-        if band.gamma + band.tolerance < low or band.gamma - band.tolerance > high:
-            raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) is outside "
-                            f"the reachable FLOPs ratios [{low:.4f}, {high:.4f}] with "
-                            f"pruning.groups and eta={eta}; move {knob} into that range or "
-                            "loosen the group bounds")
-        return
-    if band.gamma + band.tolerance < low:
-        raise BandError(f"{spec.target} is below the FLOPs ratio {low:.4f} of the all-eta "
-                        f"configuration (eta={eta}); lower eta or raise {knob}")
-    if band.gamma - band.tolerance > high:
-        raise BandError(f"{spec.target} (band half-width {band.tolerance:g}) is above 1, the "
-                        f"FLOPs ratio of the unpruned network; lower {knob}")
 
 
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -331,26 +278,15 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
     _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
 
 
-def _sampler(cfg: Config, gate: Gate, engine: Engine, n_existing: int,
-             worker: int = 0, study_warm: Mapping[str, Any] | None = None
-             ) -> optuna.samplers.BaseSampler:
-    bounds = group_bounds(cfg, engine.groups)
-    warm = study_warm.get("allocation") if study_warm else None
-    ctx = SamplerContext(names=free_names(bounds), eta=cfg.pruning.eta, in_band=gate.ratios_ok,
-                         seed=cfg.search.seed, n_existing=n_existing, worker=worker,
-                         bounds=bounds if cfg.pruning.groups else None, warm=warm)
-    return make_sampler(cfg.search.sampler, ctx)
-
-
-def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine,
-              latency: LatencyModel | None = None) -> None:
+def _describe(study: optuna.Study, problem: Problem) -> None:
     """Study user attrs (config, baseline, base cost, latency table summary), metric names and
     a dashboard note."""
+    cfg, engine, latency = problem.cfg, problem.engine, problem.latency
     attrs = study.user_attrs
     config = public_config(cfg)
     if attrs.get(CONFIG_ATTR) != config:
         study.set_user_attr(CONFIG_ATTR, config)
-        _save_note(study, cfg, spec, engine)
+        _save_note(study, problem)
     if latency is not None and attrs.get(LATENCY_ATTR) != latency.summary():
         study.set_user_attr(LATENCY_ATTR, latency.summary())
     if "baseline_val_top1" not in attrs:
@@ -367,13 +303,14 @@ def _describe(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Eng
             study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(spec.metric_names))
+        study.set_metric_names(list(problem.objective.metric_names))
 
 
-def note_lines(study_name: str, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> list[str]:
+def note_lines(study_name: str, problem: Problem) -> list[str]:
     """The dashboard note of a study (Markdown lines)."""
+    cfg, spec, engine = problem.cfg, problem.objective, problem.engine
     p, s = cfg.pruning, cfg.search
-    low = reachable_range(cfg, engine)[0]
+    low = problem.reachable[0]
     band = spec.band
     goal = (f"- objectives: maximise `val_top1` (%), minimise `{spec.cost}_ratio`; Pareto front "
             f"over FLOPs ratio {band.gamma - band.tolerance:g} to "
@@ -394,12 +331,12 @@ def note_lines(study_name: str, cfg: Config, spec: ObjectiveSpec, engine: Engine
     ]
 
 
-def _save_note(study: optuna.Study, cfg: Config, spec: ObjectiveSpec, engine: Engine) -> None:
+def _save_note(study: optuna.Study, problem: Problem) -> None:
     try:
         from optuna_dashboard import save_note
     except ImportError:
         return
-    save_note(study, "\n".join(note_lines(study.study_name, cfg, spec, engine)))
+    save_note(study, "\n".join(note_lines(study.study_name, problem)))
 
 
 def _optimize(study: optuna.Study, cfg: Config, progress: bool,

@@ -34,12 +34,13 @@ from optuna.samplers import (
     RandomSampler,
 )
 
-from searchprune._factory import import_factory
+from searchprune._factory import check_spec, import_factory
 from searchprune.errors import ConfigError, unknown_choice
 from searchprune.search._band_random import BandRandomSampler
 from searchprune.search._band_tpe import BandTPESampler
 
-__all__ = ["SamplerContext", "SamplerSpec", "available_samplers", "make_sampler",
+__all__ = ["SamplerContext", "SamplerSpec", "available_samplers", "check_sampler_name",
+           "make_sampler",
            "register_sampler", "resume_seed", "sampler_spec"]
 
 
@@ -108,6 +109,18 @@ def sampler_spec(name: str) -> SamplerSpec:
     if ":" in name:
         factory = import_factory(name, "search.sampler")
         return SamplerSpec(factory, bool(getattr(factory, "projects", False)))
+    raise ConfigError(unknown_choice("sampler", name, [*available_samplers(),
+                                                       "package.module:factory"]))
+
+
+def check_sampler_name(name: str) -> None:
+    """A registered sampler or a well-formed ``package.module:factory``, checked without
+    importing anything (:func:`sampler_spec` imports)."""
+    if name in _SAMPLERS:
+        return
+    if ":" in name:
+        check_spec(name, "search.sampler")
+        return
     raise ConfigError(unknown_choice("sampler", name, [*available_samplers(),
                                                        "package.module:factory"]))
 

@@ -32,14 +32,14 @@ import optuna
 from optuna.trial import TrialState
 
 from searchprune.config import Config, config_to_dict
-from searchprune.constraints import fixed_ratios, group_bounds
-from searchprune.search.band import config_band
+from searchprune.constraints import fixed_ratios
 from searchprune.search.budget import Lock, study_lock
 from searchprune.search.storage import get_storage
 from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
 
 if TYPE_CHECKING:
     from searchprune.engine import Engine
+    from searchprune.search.problem import Problem
 
 __all__ = [
     "WARM_ATTR",
@@ -52,8 +52,8 @@ __all__ = [
     "plan_points",
     "run_scan",
     "scan_name",
+    "scan_size",
     "sensitivity_allocation",
-    "space_of",
     "warm_start_configs",
 ]
 
@@ -129,15 +129,6 @@ def is_scan(name: str, attrs: dict[str, Any]) -> bool:
     return name.startswith("sensitivity-") and PLAN_ATTR in attrs
 
 
-def space_of(cfg: Config, engine: Engine) -> tuple[dict[str, tuple[float, float]] | None,
-                                                 dict[str, float]]:
-    """``pruning.groups``' per-group bounds (None without rules) and its fixed groups."""
-    if not cfg.pruning.groups:
-        return None, {}
-    bounds = group_bounds(cfg, engine.groups)
-    return bounds, fixed_ratios(bounds)
-
-
 def _base(engine: Engine, fixed: dict[str, float]) -> dict[str, int]:
     """Widths of the least-pruned allowed network: fixed groups at their ratio, the rest full."""
     widths = engine.widths({g.name: fixed.get(g.name, 1.0) for g in engine.groups})
@@ -205,19 +196,32 @@ def _read(study: optuna.Study) -> Scan | None:
                 plan, measured)
 
 
-def run_scan(cfg: Config, engine: Engine, *, storage: optuna.storages.BaseStorage | None = None,
+def _grid(cfg: Config) -> list[float]:
+    return grid(cfg.pruning.eta, cfg.sensitivity.points, cfg.sensitivity.ratios)
+
+
+def _plan(problem: Problem) -> list[tuple[str, float, int, int]]:
+    return plan_points(problem.engine, _grid(problem.cfg), problem.ranges.rule_bounds)
+
+
+def scan_size(problem: Problem) -> int:
+    """The networks a complete scan of ``problem`` evaluates: its points and the reference."""
+    return len(_plan(problem)) + 1
+
+
+def run_scan(problem: Problem, *, storage: optuna.storages.BaseStorage | None = None,
              on_point: Callable[[int, int], None] | None = None) -> Scan:
-    """Measure every point of the scan not stored yet (none when it is complete); returns the
-    scan with ``new_evaluations`` = networks evaluated by this call. ``on_point(done, total)``
-    is called after each point."""
+    """Measure every point of the problem's scan not stored yet (none when it is complete);
+    returns the scan with ``new_evaluations`` = networks evaluated by this call.
+    ``on_point(done, total)`` is called after each point."""
+    cfg, engine, fixed = problem.cfg, problem.engine, problem.ranges.fixed
     storage = _open(cfg, storage)
     name = scan_name(cfg)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                 load_if_exists=True)
     lock = study_lock(storage, name)
-    ratios = grid(cfg.pruning.eta, cfg.sensitivity.points, cfg.sensitivity.ratios)
-    bounds, fixed = space_of(cfg, engine)
-    plan = plan_points(engine, ratios, bounds)
+    ratios = _grid(cfg)
+    plan = _plan(problem)
     with lock():
         if PLAN_ATTR not in study.user_attrs:
             study.set_user_attr(PLAN_ATTR, [list(p) for p in plan])
@@ -298,34 +302,36 @@ def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, in
 
 
 # -- the allocation and the warm start -----------------------------------------------------------
-def sensitivity_allocation(cfg: Config, engine: Engine, *,
+def sensitivity_allocation(problem: Problem, *,
                            storage: optuna.storages.BaseStorage | None = None):
-    """The scan (measured now where points are missing) and the allocation for ``cfg``'s band."""
-    config_band(cfg.pruning, "the sensitivity allocation")  # before any evaluation
-    scan = run_scan(cfg, engine, storage=storage)
-    return scan, allocation_of(cfg, engine, scan)
+    """The scan (measured now where points are missing) and the allocation for the problem's
+    band."""
+    problem.goal.require_band("the sensitivity allocation")  # before any evaluation
+    scan = run_scan(problem, storage=storage)
+    return scan, allocation_of(problem, scan)
 
 
-def allocation_of(cfg: Config, engine: Engine, scan: Scan):
-    """The allocation a (complete) scan gives for ``cfg``'s band and per-group bounds; its
-    ratios cover the varied groups (add :func:`space_of`'s fixed ones for widths)."""
-    band = config_band(cfg.pruning, "the sensitivity allocation")
-    bounds, fixed = space_of(cfg, engine)
-    return allocate_in_band(engine, scan.curves(), band, cfg.pruning.eta, bounds=bounds,
-                            fixed=fixed)
+def allocation_of(problem: Problem, scan: Scan):
+    """The allocation a (complete) scan gives for the problem's band and per-group ranges;
+    its ratios cover the varied groups (add ``problem.ranges.fixed`` for widths)."""
+    band = problem.goal.require_band("the sensitivity allocation")
+    ranges = problem.ranges
+    return allocate_in_band(problem.engine, scan.curves(), band, problem.eta,
+                            bounds=ranges.rule_bounds, fixed=ranges.fixed)
 
 
-def warm_start_configs(cfg: Config, engine: Engine, *,
+def warm_start_configs(problem: Problem, *,
                        storage: optuna.storages.BaseStorage | None = None
                        ) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """The warm start's keep-ratios (the allocation, if in band, then its perturbations) and
     what to record about them."""
-    scan, alloc = sensitivity_allocation(cfg, engine, storage=storage)
-    band = config_band(cfg.pruning, "the warm start")
+    scan, alloc = sensitivity_allocation(problem, storage=storage)
+    band = problem.goal.require_band("the warm start")
+    cfg, ranges = problem.cfg, problem.ranges
     s = cfg.sensitivity
-    bounds, fixed = space_of(cfg, engine)
-    extra = perturbations(engine, alloc.ratios, band, cfg.pruning.eta, s.perturbations,
-                          s.perturb_scale, cfg.search.seed, bounds=bounds, fixed=fixed)
+    extra = perturbations(problem.engine, alloc.ratios, band, problem.eta, s.perturbations,
+                          s.perturb_scale, cfg.search.seed, bounds=ranges.rule_bounds,
+                          fixed=ranges.fixed)
     configs = ([alloc.ratios] if alloc.in_band else []) + extra
     info = {"method": "sensitivity", "scan_study": scan.name,
             "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,
@@ -335,13 +341,13 @@ def warm_start_configs(cfg: Config, engine: Engine, *,
     return configs, info
 
 
-def enqueue_warm_start(study: optuna.Study, cfg: Config, engine: Engine, lock: Lock,
+def enqueue_warm_start(study: optuna.Study, problem: Problem, lock: Lock,
                        storage: optuna.storages.BaseStorage) -> None:
     """Once per study (the first worker to get here): enqueue the warm-start configurations as
     the study's first trials and record the study attr ``warm_start``."""
     if WARM_ATTR in study.user_attrs:
         return
-    configs, info = warm_start_configs(cfg, engine, storage=storage)
+    configs, info = warm_start_configs(problem, storage=storage)
     with lock():
         if WARM_ATTR in study.user_attrs:
             return

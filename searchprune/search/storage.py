@@ -34,7 +34,7 @@ def resolve_storage_url(url_or_path: str | None) -> str:
 
 def _check_sqlite_path(path: Path) -> None:
     """Create the folder of a SQLite file; one-line :class:`StorageError` when that fails or
-    when the file (or, for a new file, its folder) is not writable."""
+    when the file or its folder is not writable (the journal and the lock file live there)."""
     above = next(p for p in path.parents if p.exists())
     if not above.is_dir():
         raise StorageError(f"cannot create the storage folder {path.parent}: {above} is a file, "
@@ -48,6 +48,10 @@ def _check_sqlite_path(path: Path) -> None:
     if path.is_dir() or not os.access(target, os.W_OK):
         what = "a folder" if path.is_dir() else "not writable"
         raise StorageError(f"storage {target} is {what}; choose another --storage path")
+    if target != path.parent and not os.access(path.parent, os.W_OK):
+        raise StorageError(f"storage folder {path.parent} is not writable (SQLite and the study "
+                           "lock write files next to the database); choose another --storage "
+                           "path or make the folder writable")
 
 
 def get_storage(url_or_path: str | None, *, heartbeat_interval: int | None = 30,
@@ -109,6 +113,10 @@ def _check_driver(url: str) -> None:
             raise StorageError("SQLAlchemy does not know the scheme postgres://; write "
                                "postgresql://") from None
         return  # not a URL SQLAlchemy knows: RDBStorage reports it with the usual message
+    except ValueError as exc:  # e.g. a port that is not a number
+        reason = "its port is not a number" if "int()" in str(exc) else _reason(exc)
+        raise StorageError(f"invalid storage URL {redact_url(url)}: {reason}; write it as "
+                           "postgresql://user@host:5432/database") from None
     except ImportError as exc:
         driver = parsed.drivername
         hint = (" (pip install 'searchprune[psycopg2]', or use postgresql://, which uses "

@@ -1,31 +1,40 @@
 """FLOPs and parameter counts, the paper's convention (docs/algorithms.md §4).
 
-FLOPs = conv/linear multiply-accumulates + one per BN output element + one per activation output
-element; params = all trainable parameters (weights, biases, BN affine), no buffers.
+MACs = every multiply-accumulate of a forward pass as ``torch.utils.flop_counter`` counts them
+(convolutions, linears, matrix products, attention), halved; FLOPs = MACs + one per normalization
+output element + one per activation-module output element; params = all trainable parameters
+(weights, biases, norm affine, bare parameters), no buffers.
 
-:func:`count_cost` measures a concrete network by forward hooks. :class:`CostModel` is built once
-from one such pass and then computes the cost of any width configuration analytically, as a sum
-of ``coef * v[a] * v[b]`` terms over the width vector ``v = [1, w_1, ..., w_G]``: a few
-microseconds, cheap enough to gate every candidate.
+:func:`count_cost` measures a concrete network. :class:`CostModel` is built once from the traced
+forward pass of the unpruned network and its channel groups, and computes the cost of any width
+configuration analytically: every layer's input and output channel count is a linear form in
+the group widths (``const + sum mult_g * w_g``, read off the group members, the same description
+:mod:`searchprune.prune` slices by), so each cost is a sum of ``coef * v[a] * v[b]`` terms over
+``v = [1, w_1, ..., w_G]``: a few microseconds per configuration. Compute the model does not
+attribute to a layer (attention matmuls, functional convolutions) is a constant; the exactness
+check (:mod:`searchprune.space._check`) makes sure it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from searchprune.models._layers import IndexShortcut
 from searchprune.space._groups import ChannelGroup, is_depthwise
+from searchprune.space._trace import _ACTIVATIONS, _NORMS, Call, Trace
 
 __all__ = ["Cost", "CostModel", "count_cost", "forward_hooks"]
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Sigmoid,
-                nn.Hardsigmoid, nn.LeakyReLU, nn.PReLU, nn.Mish, nn.Tanh, nn.ELU)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+Form = list[tuple[int, float]]  # (index into the width vector, 0 = the constant 1; coefficient)
 
 
 @dataclass(frozen=True)
@@ -53,42 +62,149 @@ def _leaves(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if not list(m.children())]
 
 
+def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _custom_flops() -> dict:
+    ops = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        ops[op] = _sdpa_cpu
+    return ops
+
+
 def count_cost(model: nn.Module, example: torch.Tensor) -> Cost:
-    """Count FLOPs/MACs of one forward pass (per image) and the trainable parameters."""
-    macs = extra = 0.0
+    """Count FLOPs/MACs of one forward pass (per image) and the trainable parameters.
+
+    Runs with autograd enabled so attention takes its counted (non-fused) path.
+    """
+    extra = 0.0
     batch = example.shape[0]
 
     def hook(mod, inputs, out):
-        nonlocal macs, extra
-        if isinstance(mod, nn.Conv2d):
-            k = mod.kernel_size[0] * mod.kernel_size[1]
-            macs += k * (mod.in_channels // mod.groups) * out.numel() / batch
-        elif isinstance(mod, nn.Linear):
-            macs += mod.in_features * out.numel() / batch
-        elif isinstance(mod, _NORMS + _ACTIVATIONS):
+        nonlocal extra
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(mod, _NORMS + _ACTIVATIONS) and isinstance(out, torch.Tensor):
             extra += out.numel() / batch
 
-    with forward_hooks((m for _, m in _leaves(model)), hook), torch.no_grad():
+    counter = FlopCounterMode(display=False, custom_mapping=_custom_flops())
+    with forward_hooks((m for _, m in _leaves(model)), hook), counter, torch.enable_grad():
         model(example)
+    macs = counter.get_total_flops() / 2 / batch
     params = sum(p.numel() for p in model.parameters())
     return Cost(int(round(macs + extra)), int(round(macs)), int(params))
 
 
-class CostModel:
-    """Analytic cost of a width configuration, from a one-time profile of the unpruned network."""
+def _full_dim(mod: nn.Module, role: str) -> int | None:
+    """The size of a layer's channel dimension (input or output side)."""
+    if isinstance(mod, (nn.modules.conv._ConvNd, IndexShortcut)):
+        return int(mod.in_channels if role == "in" else mod.out_channels)
+    if isinstance(mod, nn.Linear):
+        return int(mod.in_features if role == "in" else mod.out_features)
+    if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return int(mod.num_features)
+    if isinstance(mod, nn.LayerNorm):
+        return int(mod.normalized_shape[-1])
+    if isinstance(mod, nn.GroupNorm):
+        return int(mod.num_channels)
+    if isinstance(mod, nn.PReLU):
+        return int(mod.num_parameters)
+    return None
 
-    def __init__(self, model: nn.Module, example: torch.Tensor,
-                 groups: Sequence[ChannelGroup]) -> None:
+
+class _Forms:
+    """The linear channel-count form of every (module, role), call, and bare parameter."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], trace: Trace) -> None:
+        self.model = model
+        self.cover: dict[tuple[str, str], list[tuple[int, float, int]]] = defaultdict(list)
+        self.call_cover: dict[str, list[tuple[int, float, int, int]]] = defaultdict(list)
+        self.param_cover: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
+        for gi, g in enumerate(groups, start=1):
+            for m in g.members:
+                self.cover[(m.module, m.role)].append((gi, len(m.idxs) / g.channels, len(m.idxs)))
+            for c in g.calls:
+                self.call_cover[c.module].append(
+                    (gi, len(c.idxs) / g.channels, len(c.idxs), max(c.idxs) + 1))
+            for p in g.params:
+                self.param_cover[p.name].append((gi, len(p.idxs) / g.channels, len(p.idxs)))
+
+    @staticmethod
+    def _form(full: int, cover) -> Form:
+        const = full - sum(c[2] for c in cover)
+        return [(0, float(const))] + [(gi, mult) for gi, mult, *_ in cover]
+
+    def module(self, name: str, role: str) -> Form:
+        mod = self.model.get_submodule(name)
+        if is_depthwise(mod):
+            role = "out"
+        full = _full_dim(mod, role)
+        if full is None:
+            return [(0, 1.0)]
+        return self._form(full, self.cover.get((name, role), []))
+
+    def call(self, call: Call) -> tuple[Form, int]:
+        """The output channel form of a call and the full size of that channel dimension."""
+        cover = self.call_cover.get(call.key)
+        if cover:
+            top = max(c[3] for c in cover)
+            covered = sum(c[2] for c in cover)
+            full = _channel_dim_size(call.shape, top, covered)
+            return self._form(full, cover), full
+        mod = self.model.get_submodule(call.module)
+        full = _full_dim(mod, "out")
+        if full is None or not self.cover.get((call.module, "out")):
+            return [(0, 1.0)], 1
+        return self.module(call.module, "out"), full
+
+    def param(self, name: str, p: torch.Tensor, dim: int) -> Form:
+        full = int(p.shape[dim])
+        return self._form(full, self.param_cover[name])
+
+
+def _channel_dim_size(shape: tuple[int, ...], top: int, covered: int) -> int:
+    """The size of the dimension of an activation's output that holds the group channels: dim 1
+    (NCHW) unless it is too small for them and the last one fits (channels-last)."""
+    if len(shape) < 2:
+        return int(shape[-1]) if shape else covered
+    if shape[1] >= top and not (len(shape) >= 3 and shape[-1] == covered and shape[1] != covered):
+        return int(shape[1])
+    if shape[-1] >= top:
+        return int(shape[-1])
+    return covered
+
+
+def _scale(form: Form, k: float) -> Form:
+    return [(i, c * k) for i, c in form]
+
+
+def _times(a: Form, b: Form, k: float) -> list[tuple[float, int, int]]:
+    return [(k * ca * cb, ia, ib) for ia, ca in a for ib, cb in b]
+
+
+def _linear(a: Form, k: float) -> list[tuple[float, int, int]]:
+    return [(k * c, i, 0) for i, c in a]
+
+
+class CostModel:
+    """Analytic cost of a width configuration, from the traced unpruned network."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
+                 trace: Trace) -> None:
         self.groups = list(groups)
         self._index = {g.name: i + 1 for i, g in enumerate(self.groups)}
         self._full = np.array([1.0] + [float(g.channels) for g in self.groups])
-        out_of, in_of = {}, {}
-        for gi, g in enumerate(self.groups, start=1):
-            for m in g.members:
-                (out_of if m.role == "out" else in_of)[m.module] = gi
-        flops, macs, params = _profile(model, example[:1], out_of, in_of, self._full)
+        forms = _Forms(model, self.groups, trace)
+        macs = _compute_terms(model, trace, forms)
+        extras = _extra_terms(trace, forms)
+        params = _param_terms(model, self.groups, forms)
+        counted = count_cost(model, example[:1])
+        macs.append((counted.macs - _value(macs, self._full), 0, 0))
+        extras.append((counted.flops - counted.macs - _value(extras, self._full), 0, 0))
+        self.unattributed_macs = int(round(macs[-1][0]))
         self._terms = {k: _pack(v) for k, v in
-                       (("flops", flops), ("macs", macs), ("params", params))}
+                       (("flops", macs + extras), ("macs", macs), ("params", params))}
 
     def vector(self, widths: dict[str, int]) -> np.ndarray:
         v = self._full.copy()
@@ -104,106 +220,78 @@ class CostModel:
         return Cost(vals["flops"], vals["macs"], vals["params"])
 
 
+def _value(terms, v: np.ndarray) -> float:
+    return float(sum(c * v[a] * v[b] for c, a, b in terms))
+
+
 def _pack(terms):
-    if not terms:
+    merged: dict[tuple[int, int], float] = defaultdict(float)
+    for c, a, b in terms:
+        merged[(min(a, b), max(a, b))] += c
+    items = [(c, a, b) for (a, b), c in merged.items() if c != 0]
+    if not items:
         return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    coef, a, b = zip(*terms)
+    coef, a, b = zip(*items)
     return np.array(coef, dtype=np.float64), np.array(a), np.array(b)
 
 
-def _profile(model, example, out_of, in_of, full):
-    """One forward pass with grad enabled; autograd links tell which group each tensor's channels
-    belong to (needed for activations and other modules that are not group members)."""
-    flops: list[tuple[float, int, int]] = []
-    macs: list[tuple[float, int, int]] = []
-    source: dict[object, int] = {}  # grad_fn of a module output -> group index (0 = constant)
-    pending: dict[int, int] = {}
-
-    def group_of(t: torch.Tensor) -> int:
-        seen, queue = set(), [t.grad_fn]
-        while queue:
-            fn = queue.pop(0)
-            if fn is None or fn in seen:
-                continue
-            if fn in source:
-                return source[fn]
-            seen.add(fn)
-            queue.extend(nxt for nxt, _ in fn.next_functions)
-        return 0
-
-    def pre_hook(mod, inputs):
-        pending[id(mod)] = group_of(inputs[0]) if isinstance(inputs[0], torch.Tensor) else 0
-
-    def hook(mod, inputs, out):
-        name = names[mod]
-        numel = out[0].numel() if out.dim() > 1 else out.numel()
-        from_input = pending.pop(id(mod), 0)
-        gi_in = in_of.get(name, from_input)
-        gi_out = out_of.get(name)
-        if isinstance(mod, nn.Conv2d):
-            k = mod.kernel_size[0] * mod.kernel_size[1] * numel / mod.out_channels
-            if is_depthwise(mod) and gi_out is not None and gi_in == gi_out:
-                macs.append((k * mod.out_channels / full[gi_out], gi_out, 0))
-            else:
-                per = k * (mod.in_channels // mod.groups) * mod.out_channels
-                _bilinear(macs, per, gi_in, gi_out, full)
-        elif isinstance(mod, nn.Linear):
-            per = mod.in_features * numel
-            _bilinear(macs, per, gi_in, gi_out, full)
-        elif isinstance(mod, _NORMS + _ACTIVATIONS):
-            g = gi_out if gi_out is not None else gi_in
-            flops.append((numel / full[g], g, 0) if g else (numel, 0, 0))
-        if gi_out is None:
-            gi_out = gi_in
-        if out.grad_fn is not None:
-            source[out.grad_fn] = gi_out
-
-    names = {m: n for n, m in _leaves(model)}
-    handles = []
-    for mod in names:
-        handles.append(mod.register_forward_pre_hook(pre_hook))
-        handles.append(mod.register_forward_hook(hook))
-    x = example.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    params = _param_terms(model, names, out_of, in_of, full)
-    return flops + macs, macs, params
+def _in_per_group(mod: nn.modules.conv._ConvNd, forms: _Forms, name: str) -> Form:
+    if is_depthwise(mod):
+        return [(0, 1.0)]
+    return _scale(forms.module(name, "in"), 1.0 / mod.groups)
 
 
-def _bilinear(terms, total, gi_in, gi_out, full):
-    """``total`` is the full-width value; it scales with the in- and out-width independently."""
-    coef = total
-    a = b = 0
-    if gi_in:
-        coef /= full[gi_in]
-        a = gi_in
-    if gi_out:
-        coef /= full[gi_out]
-        b = gi_out
-    terms.append((coef, a, b))
-
-
-def _param_terms(model, names, out_of, in_of, full):
+def _compute_terms(model: nn.Module, trace: Trace, forms: _Forms):
     terms: list[tuple[float, int, int]] = []
-    for mod, name in names.items():
-        gi_out, gi_in = out_of.get(name, 0), in_of.get(name, 0)
-        own = list(mod.parameters(recurse=False))
-        if not own:
+    for call in trace.calls:
+        if call.kind not in ("conv", "linear"):
             continue
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            w = mod.weight
-            if is_depthwise(mod) and gi_out and (gi_in in (0, gi_out)):
-                terms.append((w.numel() / full[gi_out], gi_out, 0))
-            else:
-                _bilinear(terms, w.numel(), gi_in, gi_out, full)
-            if mod.bias is not None:
-                _bilinear(terms, mod.bias.numel(), 0, gi_out, full)
+        mod = model.get_submodule(call.module)
+        out = forms.module(call.module, "out")
+        if call.kind == "conv":
+            spatial = call.numel / mod.out_channels
+            k = math.prod(mod.kernel_size) * spatial
+            terms += _times(_in_per_group(mod, forms, call.module), out, k)
         else:
-            for p in own:
-                g = gi_out or gi_in
-                terms.append((p.numel() / full[g], g, 0) if g else (float(p.numel()), 0, 0))
+            rows = call.numel / mod.out_features
+            terms += _times(forms.module(call.module, "in"), out, rows)
+    return terms
+
+
+def _extra_terms(trace: Trace, forms: _Forms):
+    terms: list[tuple[float, int, int]] = []
+    for call in trace.calls:
+        if call.kind not in ("norm", "act"):
+            continue
+        form, full = forms.call(call)
+        terms += _linear(form, call.numel / full)
+    return terms
+
+
+def _param_terms(model: nn.Module, groups: Sequence[ChannelGroup], forms: _Forms):
+    bare = {p.name: p.dim for g in groups for p in g.params}
+    terms: list[tuple[float, int, int]] = []
+    for name, p in model.named_parameters():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if name in bare:
+            dim = bare[name] % p.dim()
+            terms += _linear(forms.param(name, p, dim), p.numel() / p.shape[dim])
+        elif isinstance(owner, nn.modules.conv._ConvNd) and attr in ("weight", "bias") \
+                and not owner.transposed:
+            out = forms.module(owner_name, "out")
+            if attr == "bias":
+                terms += _linear(out, 1.0)
+            else:
+                k = math.prod(owner.kernel_size)
+                terms += _times(_in_per_group(owner, forms, owner_name), out, k)
+        elif isinstance(owner, nn.Linear) and attr in ("weight", "bias"):
+            out = forms.module(owner_name, "out")
+            terms += (_linear(out, 1.0) if attr == "bias"
+                      else _times(forms.module(owner_name, "in"), out, 1.0))
+        elif _full_dim(owner, "out") is not None and p.dim() == 1 \
+                and p.numel() == _full_dim(owner, "out"):
+            terms += _linear(forms.module(owner_name, "out"), 1.0)
+        else:
+            terms.append((float(p.numel()), 0, 0))
     return terms

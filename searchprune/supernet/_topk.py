@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
-from searchprune.constraints import group_bounds
 from searchprune.prune import prune_model
-from searchprune.search.band import config_band, draws_in_bounds
+from searchprune.search.band import draws_in_bounds
 from searchprune.supernet._masking import first_k_keep
 from searchprune.supernet._training import build_scratch_model, supernet_train_config
 
 if TYPE_CHECKING:
+    from searchprune.search.problem import Problem
     from searchprune.supernet._engine import SupernetEngine
 
 __all__ = ["Ranked", "TopKResult", "rank_candidates", "sample_in_band", "scratch_subnet",
@@ -51,14 +51,18 @@ class TopKResult:
 
 
 def sample_in_band(engine: SupernetEngine, n: int, *, seed: int = 0,
-                   max_draws: int = 200_000) -> list[dict[str, int]]:
-    """``n`` distinct configurations inside the FLOPs band of ``engine.cfg``: keep-ratios
-    uniform on ``[eta, 1]`` (or a group's ``pruning.groups`` range) per group conditioned on the
-    band (:func:`draw_in_band`, as the random sampler draws them), mapped to allowed widths;
-    repeats are skipped."""
-    p = engine.cfg.pruning
-    band = config_band(p, "supernet rank")
-    drawn = draws_in_bounds(np.random.default_rng(seed), group_bounds(engine.cfg, engine.groups),
+                   max_draws: int = 200_000, problem: Problem | None = None
+                   ) -> list[dict[str, int]]:
+    """``n`` distinct configurations inside the FLOPs band of ``problem`` (default: resolved
+    from ``engine.cfg``): keep-ratios uniform on each group's range (``[eta, 1]``, or its
+    ``pruning.groups`` range) conditioned on the band (:func:`draw_in_band`, as the random
+    sampler draws them), mapped to allowed widths; repeats are skipped."""
+    if problem is None:
+        from searchprune.search.problem import resolve_problem
+
+        problem = resolve_problem(engine.cfg, engine)
+    band = problem.goal.require_band("supernet rank")
+    drawn = draws_in_bounds(np.random.default_rng(seed), problem.ranges.bounds,
                             lambda r: band.contains_ratios(engine, r), n, max_draws=max_draws,
                             key=lambda r: tuple(engine.widths(r).values()))
     return [engine.widths(r) for r in drawn]
