@@ -284,10 +284,14 @@ class Config:
         return self
 
 
-# Constructor arguments searchprune sets itself, and the key that sets each.
+# Constructor arguments searchprune sets itself, and the key that sets each; weights come only
+# through model.pretrained or model.checkpoint (its trust rules), never a path or URL in kwargs.
 _SET_ELSEWHERE = {"num_classes": "model.num_classes", "weights": "model.pretrained",
                   "pretrained": "model.pretrained", "in_channels": "the data's channels",
-                  "in_chans": "the data's channels"}
+                  "in_chans": "the data's channels", "checkpoint_path": "model.checkpoint",
+                  "pretrained_cfg": "model.pretrained or model.checkpoint",
+                  "pretrained_cfg_overlay": "model.pretrained or model.checkpoint",
+                  "cache_dir": "model.pretrained (timm's own cache)"}
 
 
 def check_model_kwargs(kwargs: Any) -> None:

@@ -202,6 +202,8 @@ def test_kwargs_reach_a_factory_and_unknown_ones_are_one_line(tmp_path, monkeypa
     (3, "must be a mapping of constructor arguments"),
     ({"num_classes": 5}, "model.kwargs.num_classes is set by searchprune; use model.num_classes"),
     ({"weights": "DEFAULT"}, "use model.pretrained instead"),
+    ({"checkpoint_path": "/tmp/x.pth"}, "use model.checkpoint instead"),  # no unvetted loads
+    ({"pretrained_cfg_overlay": {"file": "x.pth"}}, "use model.pretrained or model.checkpoint"),
     ({"when": datetime.date(2024, 1, 1)},  # what YAML makes of 2024-01-01
      "model.kwargs.when must be null, true/false, a number, a string"),
     ({"sizes": [1, {"a": float("nan")}]}, "model.kwargs.sizes must be null"),

@@ -77,6 +77,13 @@ def test_pretrained_weights_not_cached_offline_is_one_line(tmp_path: Path):
     assert not any((tmp_path / "hf").rglob("*.safetensors"))
 
 
+def test_a_stored_timm_model_names_no_code_to_import():
+    from searchprune.trust import stored_factories
+
+    assert stored_factories({"model": {"name": "timm:test_resnet"}}) == {}
+    assert stored_factories({"model": {"name": "mynets:small"}}) == {"model.name": "mynets:small"}
+
+
 def test_model_info_on_a_timm_model(tmp_path: Path):
     cfg = tmp_path / "s.yaml"
     cfg.write_text("model: {name: 'timm:test_resnet'}\ndevice: cpu\n"
