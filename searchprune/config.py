@@ -52,6 +52,12 @@ OBJECTIVES = ("single", "pareto")
 # What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
 PARETO_COSTS = ("flops", "params", "latency")
 WARM_STARTS = ("none", "sensitivity")
+# How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
+# every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
+# curves from one forward and backward pass of ``sensitivity.images`` calibration images
+# (searchprune/first_order.py).
+SENSITIVITY_METHODS = ("scan", "taylor", "taylor-sq")
+FIRST_ORDER_METHODS = ("taylor", "taylor-sq")
 # ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -164,12 +170,16 @@ class SearchConfig:
 class SensitivityConfig:
     """The per-group sensitivity scan: each group pruned alone to each keep-ratio of a grid.
 
-    ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up to, not
-    including, 1); ``val_images``: validation images each point is scored on (default all;
-    rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
+    ``method``: ``scan`` (each point evaluated) or ``taylor``/``taylor-sq`` (first-order
+    estimates from gradients on the first ``images`` calibration images, default all;
+    pretrained networks only); ``ratios``: the grid (default ``points`` evenly spaced keep-ratios from ``eta`` up
+    to, not including, 1); ``val_images``: validation images each scan point is scored on
+    (default all; rounded up to whole batches of ``data.batch_size``); ``perturbations`` and
     ``perturb_scale``: the warm start's extra trials (log-normal noise on each keep-ratio).
     """
 
+    method: str = "scan"
+    images: int | None = None
     points: int = 4
     ratios: list[float] | None = None
     val_images: int | None = None
@@ -281,6 +291,10 @@ class Config:
         validate_supernet(self.supernet)
         _validate_sensitivity(self.sensitivity, s, p.eta, p.gamma)
         validate_distill(self.finetune.distill.alpha, self.finetune.distill.temperature)
+        if self.sensitivity.method in FIRST_ORDER_METHODS and self.setting != "pretrained":
+            raise ConfigError(f"sensitivity.method: {self.sensitivity.method} needs setting: "
+                              "pretrained (a trained network to take gradients of); use "
+                              "method: scan")
         return self
 
 
@@ -363,6 +377,13 @@ def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
         raise ConfigError("search.warm_start needs search.objective: single (one FLOPs band)")
     if s.warm_start != "none" and gamma is None:
         raise ConfigError("search.warm_start needs a FLOPs band; set pruning.gamma (it is null)")
+    if v.method not in SENSITIVITY_METHODS:
+        raise ConfigError(unknown_choice("sensitivity.method", v.method, SENSITIVITY_METHODS))
+    if v.images is not None and v.images < 1:
+        raise ConfigError(f"sensitivity.images must be >= 1, got {v.images}")
+    if v.images is not None and v.method not in FIRST_ORDER_METHODS:
+        raise ConfigError("sensitivity.images is read by method: taylor (or taylor-sq) only; "
+                          "for a scan on fewer images set sensitivity.val_images")
     if v.points < 1:
         raise ConfigError(f"sensitivity.points must be >= 1, got {v.points}")
     if v.ratios is not None and (

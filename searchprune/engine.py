@@ -60,7 +60,9 @@ class Engine(Protocol):
     (``seconds`` collects timings); ``evaluate``: build and score it on ``split``
     (``on_chunk(images, top1)`` returning True stops early); ``evaluate_baseline``: the unpruned
     network's top-1/top-5. ``cfg``, ``data``, ``device``, ``model`` and ``seconds`` (time spent
-    preparing, by step) are plain attributes.
+    preparing, by step) are plain attributes. Optional: ``proxy_images`` (images an evaluation
+    forwards before scoring, for the sensitivity prior's cost) and ``first_order_drops`` (the
+    ``taylor`` sensitivity prior).
     """
 
     cfg: Config
@@ -286,6 +288,27 @@ class PruningEngine(SearchSpaceView):
         widths = dict(widths)
         pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds)
         return self._score(pruned, widths, split, on_chunk, seconds)
+
+    @property
+    def proxy_images(self) -> int:
+        """Calibration images the proxy forwards per evaluation (least squares: all of them;
+        BN re-estimation: ``pruning.abn_images``)."""
+        steps = proxy_steps(self.cfg.pruning.proxy)
+        n = len(self.data.calib)
+        abn = min(self.cfg.pruning.abn_images or n, n) if "abn" in steps else 0
+        return abn + (n if "ls" in steps else 0)
+
+    def first_order_drops(self, points: Sequence[tuple[str, int]], images: int | None = None,
+                          form: str = "taylor"):
+        """First-order estimates (``form``: ``taylor`` or ``taylor-sq``) of each
+        ``(group, width)`` point's drop on the first ``images`` calibration images (default
+        all), and the passes behind them (:func:`searchprune.first_order.first_order_drops`)."""
+        from searchprune.first_order import first_order_drops
+
+        calib = self.data.calib if images is None else self.data.calib[:images]
+        return first_order_drops(self.model, self.space, self.scores, calib.x, calib.y, points,
+                                 batch_size=self.cfg.data.batch_size, device=self.device,
+                                 form=form)
 
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
         from searchprune.evaluate import evaluate
