@@ -306,7 +306,7 @@ class PruningEngine(SearchSpaceView):
         from searchprune.first_order import first_order_drops
 
         calib = self.data.calib if images is None else self.data.calib[:images]
-        return first_order_drops(self.model, self.space, self.scores, calib.x, calib.y, points,
+        return first_order_drops(self.model, self.space, self.scores, calib.images, calib.y, points,
                                  batch_size=self.cfg.data.batch_size, device=self.device,
                                  form=form)
 
