@@ -68,13 +68,16 @@ class ModelConfig:
     """Which network to prune.
 
     ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model name, or ``package.module:factory``.
+    classification model name, ``timm:<name>`` (a timm model; ``pip install searchprune[timm]``)
+    or ``package.module:factory``. ``kwargs``: more constructor arguments of a torchvision, timm
+    or factory model (plain YAML values, e.g. ``{aux_logits: false}``).
     """
 
     name: str = "digits_resnet8"
     """``cifar_resnet<6n+2>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model, or ``package.module:factory`` (called with ``num_classes`` and
-    ``in_channels`` if it accepts them)."""
+    classification model, ``timm:<name>`` (any timm model; needs ``pip install
+    'searchprune[timm]'``, else one line says so), or ``package.module:factory`` (called with
+    ``num_classes`` and ``in_channels`` if it accepts them)."""
     num_classes: int | None = None
     """Override the class count (default: from the data)."""
     checkpoint: str | None = None
@@ -84,7 +87,9 @@ class ModelConfig:
     """CIFAR ResNets: ``pad`` (option A, parameter-free; the ``../shared`` checkpoints) or
     ``projection`` (1x1 conv + BN, the paper's numbers)."""
     pretrained: bool = False
-    """torchvision weights enum ``DEFAULT`` (downloads; needs a network)."""
+    """torchvision weights enum ``DEFAULT`` (downloads; needs a network); timm: its pretrained
+    weights, from the Hugging Face cache or the network (offline and not cached: one line);
+    without it, random init."""
     # Full unpickling of ``checkpoint`` (it can run code from the file): only for trusted files.
     trust_checkpoint: bool = False
     """Allow full unpickling of ``model.checkpoint`` (files that also hold other objects, e.g. an
@@ -94,6 +99,12 @@ class ModelConfig:
     than tensors, and loading it would run code from the file; ...`` (exit 1). Never stored
     with a study: ``finetune`` and ``export`` unpickle the study's ``model.checkpoint`` only
     with ``--trust-checkpoint F`` naming that same file (links resolved)."""
+    kwargs: dict[str, Any] | None = None
+    """Keyword arguments for the model's constructor (a torchvision builder, ``timm:<name>`` or a
+    ``package.module:factory``), e.g. ``{aux_logits: false}`` for googlenet or ``{image_size:
+    32}`` for a ViT; plain YAML values only. Arguments searchprune sets itself
+    (``num_classes``, ``in_channels``, ``weights``, ``pretrained``) and ones that load weights
+    from a path (``checkpoint_path``, ``pretrained_cfg``, ``cache_dir``) are refused."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,9 @@ class DataConfig:
     """Where images come from and how the fixed, seeded splits are drawn."""
 
     name: str = "digits"
-    """``digits``, ``cifar10``, ``cifar100`` or ``imagefolder``."""
+    """``digits``, ``cifar10``, ``cifar100`` or ``imagefolder``. A split (calib, val, test) is
+    decoded when a command first reads it (``model info`` decodes none; ``model eval`` only its
+    split) and kept as stored, uint8, normalised batch by batch to the same floats."""
     root: str | None = None
     """The dataset folder. ImageFolder: ``root/train`` and ``root/test`` (or ``root/val``), at
     least two classes, the same class folders with images in both; an image PIL cannot read
@@ -121,7 +134,9 @@ class DataConfig:
     train_size: int | None = None
     """Cap on training images: a seeded subset (training from scratch on a CPU); default all."""
     image_size: int | None = None
-    """Resize the shorter side to this size and center-crop a square (default: the native size)."""
+    """Resize the shorter side to this size and center-crop a square (default: the native size).
+    The model runs once on a blank image of this size when it is built; a size it cannot take is
+    one line (set another size, or pass the size through ``model.kwargs``)."""
     seed: int = 0
     """The split seed."""
     batch_size: int = 256
@@ -404,6 +419,7 @@ class Config:
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
+        check_model_kwargs(self.model.kwargs)
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
                                              ("pad", "projection")))
@@ -419,6 +435,53 @@ class Config:
                               "pretrained (a trained network to take gradients of); use "
                               "method: scan")
         return self
+
+
+# Constructor arguments searchprune sets itself, and the key that sets each; weights come only
+# through model.pretrained or model.checkpoint (its trust rules), never a path or URL in kwargs.
+_SET_ELSEWHERE = {"num_classes": "model.num_classes", "weights": "model.pretrained",
+                  "pretrained": "model.pretrained", "in_channels": "the data's channels",
+                  "in_chans": "the data's channels", "checkpoint_path": "model.checkpoint",
+                  "pretrained_cfg": "model.pretrained or model.checkpoint",
+                  "pretrained_cfg_overlay": "model.pretrained or model.checkpoint",
+                  "cache_dir": "model.pretrained (timm's own cache)"}
+
+
+def check_model_kwargs(kwargs: Any) -> None:
+    """``model.kwargs`` is a mapping of argument names to plain YAML values (null, booleans,
+    numbers, strings, and lists or mappings of them); one-line :class:`ConfigError` if not."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"model.kwargs must be a mapping of constructor arguments "
+                          f"(name: value), got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"model.kwargs: {key!r} is not an argument name")
+        if key in _SET_ELSEWHERE:
+            raise ConfigError(f"model.kwargs.{key} is set by searchprune; use "
+                              f"{_SET_ELSEWHERE[key]} instead")
+        bad = _not_plain(value)
+        if bad is not None:
+            raise ConfigError(f"model.kwargs.{key} must be null, true/false, a number, a "
+                              f"string, or a list or mapping of them; got {bad!r}")
+
+
+def _not_plain(value: Any) -> Any:
+    """The first part of ``value`` that is not a plain YAML value, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return value
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return value
+    return next((bad for bad in map(_not_plain, items) if bad is not None), None)
 
 
 def validate_study_name(name: str) -> str:
@@ -646,8 +709,13 @@ def upgrade_stored(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The fully resolved config as plain JSON-able data (stored with every study)."""
-    return dataclasses.asdict(cfg)
+    """The fully resolved config as plain JSON-able data (stored with every study). An unset
+    ``model.kwargs`` is left out, so a config without it reads (and fingerprints) as before
+    the key existed."""
+    data = dataclasses.asdict(cfg)
+    if not data["model"].get("kwargs"):
+        data["model"].pop("kwargs", None)
+    return data
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:

@@ -136,7 +136,7 @@ def _list(args: argparse.Namespace) -> int:
     names, tv = list_models(), sorted(torchvision_names())
     if args.json:
         emit_json({"models": names, "torchvision": tv,
-                   "also": ["cifar_resnet<6n+2>", "package.module:factory"]})
+                   "also": ["cifar_resnet<6n+2>", "timm:<name>", "package.module:factory"]})
     else:
         table("models", ["name"], [[n] for n in names])
         table("torchvision models", ["name"], [[", ".join(tv)]])
