@@ -19,6 +19,11 @@ fine-tuned with the same seed).
 
     python benchmarks/end_to_end.py --out runs/end_to_end --threads 1
 
+``--distill ALPHA`` (``--distill-temperature T``, 4) fine-tunes every row, the paper protocol's
+short fine-tunes included, with distillation from the unpruned network
+(:mod:`searchprune.distill`); its results are stored beside the label-only ones (same
+``--out``), so one folder holds both and the report shows the chosen recipe.
+
 Resumable: searches live in a SQLite file under ``--out``, fine-tune results in
 ``results.json``. Prints figures; asserts nothing.
 """
@@ -38,8 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from searchprune.baselines import solve_baseline  # noqa: E402
-from searchprune.config import apply_overrides, load_config  # noqa: E402
+from searchprune.config import DistillConfig, apply_overrides, load_config  # noqa: E402
+from searchprune.distill import Distiller, distill_config, frozen_teacher  # noqa: E402
 from searchprune.engine import PruningEngine  # noqa: E402
+from searchprune.errors import ConfigError  # noqa: E402
 from searchprune.evaluate import evaluate  # noqa: E402
 from searchprune.finetune import FinetuneSettings  # noqa: E402
 from searchprune.search import run_study  # noqa: E402
@@ -51,18 +58,20 @@ SEARCHES = {"random eta=0.3": ("random", 0.3), "random eta=0.5": ("random", 0.5)
 
 
 def tune(engine, widths, keep, epochs: float, seed: int, s: FinetuneSettings, train_set,
-         device) -> tuple[object, dict]:
-    """Fine-tune one configuration from its proxy-restored weights; val and test top-1."""
+         device, loss: Distiller | None = None) -> tuple[object, dict]:
+    """Fine-tune one configuration from its proxy-restored weights (``loss``: distillation,
+    else labels only); val and test top-1."""
     net = engine.build(widths, keep=keep)
     t = time.perf_counter()
     if epochs >= 1:
         fit(net, train_set, epochs=int(epochs), lr=s.lr, momentum=s.momentum,
-            weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=seed)
+            weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=seed,
+            loss_fn=loss)
     else:  # a fraction of an epoch: a seeded prefix of the training images
         n = max(s.batch_size, int(len(train_set) * epochs))
         part = torch.utils.data.Subset(train_set, range(n))
         fit(net, part, epochs=1, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-            batch_size=s.batch_size, device=device, seed=seed)
+            batch_size=s.batch_size, device=device, seed=seed, loss_fn=loss)
     d = engine.data
     return net, {"val_top1": evaluate(net, d.val.x, d.val.y, device=device)[0],
                  "test_top1": evaluate(net, d.test.x, d.test.y, device=device)[0],
@@ -81,10 +90,15 @@ def main() -> None:
     ap.add_argument("--short", type=float, default=0.25,
                     help="paper protocol: epochs of each candidate's short fine-tune (0.25)")
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                    help="distil from the unpruned network with weight ALPHA in [0, 1] (0: "
+                         "labels only, the default)")
+    ap.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs/end_to_end"))
     args = ap.parse_args()
+    distill = distill_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     import optuna
@@ -110,6 +124,8 @@ def main() -> None:
           f"images {d.train_size}", flush=True)
     s = FinetuneSettings(lr=args.lr)
     train_set = d.train_set(augment=True)
+    loss = Distiller(frozen_teacher(engine), distill) if distill is not None else None
+    tag = recipe_tag(distill)
     search_seeds = [int(x) for x in args.search_seeds.split(",")]
     ft_seeds = [int(x) for x in args.ft_seeds.split(",")]
 
@@ -150,42 +166,64 @@ def main() -> None:
             res["tune"][key] = {"short": {}}
         short = res["tune"][key]["short"]
         for cand in res["search"][f"random eta=0.3 s{seed}"]["top"]:
-            tag = str(cand["number"])
-            if tag not in short:
-                _, short[tag] = tune(engine, cand["widths"], None, args.short, 0, s, train_set,
-                                     device)
+            name = f"{cand['number']}{tag}"
+            if name not in short:
+                _, short[name] = tune(engine, cand["widths"], None, args.short, 0, s, train_set,
+                                      device, loss)
                 save()
-        best = max(res["search"][f"random eta=0.3 s{seed}"]["top"],
-                   key=lambda c: short[str(c["number"])]["val_top1"])
+        top = res["search"][f"random eta=0.3 s{seed}"]["top"]
+        best = max(top, key=lambda c: short[f"{c['number']}{tag}"]["val_top1"])
         candidates[key] = {"row": "paper", "widths": best["widths"], "keep": None,
                            "val_proxy": best["val_proxy"], "flops_ratio": best["flops_ratio"],
-                           "extra_seconds": sum(v["seconds"] for v in short.values())}
+                           "extra_seconds": sum(short[f"{c['number']}{tag}"]["seconds"]
+                                                for c in top)}
 
     # 3. the identical final fine-tune for every configuration ---------------------------------
     for key, cand in candidates.items():
         entry = res["tune"].setdefault(key, {})
         for seed in ft_seeds:
-            tag = f"ft{seed}"
-            if tag in entry:
+            name = f"ft{seed}{tag}"
+            if name in entry:
                 continue
-            _, entry[tag] = tune(engine, cand["widths"], cand["keep"], args.epochs, seed, s,
-                                 train_set, device)
+            _, entry[name] = tune(engine, cand["widths"], cand["keep"], args.epochs, seed, s,
+                                  train_set, device, loss)
             save()
-            print(f"fine-tuned {key} seed {seed}: test {entry[tag]['test_top1']:.2f} "
-                  f"({entry[tag]['seconds']:.0f} s)", flush=True)
-    report(res, candidates, ft_seeds, args, out)
+            print(f"fine-tuned {key} seed {seed}{f' ({tag[1:]})' if tag else ''}: test "
+                  f"{entry[name]['test_top1']:.2f} "
+                  f"({entry[name]['seconds']:.0f} s)", flush=True)
+    report(res, candidates, ft_seeds, args, out, distill)
 
 
-def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path) -> None:
+def distill_settings(args) -> DistillConfig | None:
+    """``--distill``/``--distill-temperature`` checked (one line, exit 2); None: labels only."""
+    try:
+        return distill_config(args.distill, args.distill_temperature,
+                              ("--distill", "--distill-temperature"))
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def recipe_tag(distill: DistillConfig | None) -> str:
+    """The suffix of a fine-tune result's key: empty for labels only (the keys of results
+    stored before distillation existed), ``-kd<alpha>-T<temperature>`` with distillation."""
+    return "" if distill is None else f"-kd{distill.alpha:g}-T{distill.temperature:g}"
+
+
+def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
+           distill: DistillConfig | None = None) -> None:
+    tag = recipe_tag(distill)
     rows: dict[str, list[tuple[str, int, float]]] = {}
     for key, cand in candidates.items():
         for seed in ft_seeds:
             rows.setdefault(cand["row"], []).append(
-                (key, seed, res["tune"][key][f"ft{seed}"]["test_top1"]))
+                (key, seed, res["tune"][key][f"ft{seed}{tag}"]["test_top1"]))
     order = [*SEARCHES, "paper", "uniform", "tp-global"]
+    how = ("labels only" if distill is None else
+           f"distilled from the unpruned network, alpha {distill.alpha:g}, temperature "
+           f"{distill.temperature:g}")
     lines = [f"Final fine-tune: {args.epochs} epoch(s) on {args.train_size} training images, "
-             f"lr {args.lr} cosine, fine-tune seeds {ft_seeds}; test top-1 on the held-out "
-             "test half", "",
+             f"lr {args.lr} cosine, {how}, fine-tune seeds {ft_seeds}; test top-1 on the "
+             "held-out test half", "",
              "| row | runs | test top-1 mean ± std | per run | proxy top-1 (val) | FLOPs | "
              "vs uniform | vs tp-global |", "|---|---|---|---|---|---|---|---|"]
     summary = {}
@@ -218,8 +256,8 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path) ->
                  f"search seed): {np.mean(extra):.0f} s extra per search seed")
     text = "\n".join(lines)
     print(text)
-    (out / "report.md").write_text(text + "\n")
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / f"report{tag}.md").write_text(text + "\n")
+    (out / f"report{tag}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

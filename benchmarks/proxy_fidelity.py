@@ -16,6 +16,10 @@ and the least-squares start, on a subset).
 
 Results are saved per configuration as they come (``results.json`` under ``--out``), so a killed
 run resumes where it stopped. Prints figures; asserts nothing.
+
+``--distill ALPHA`` (``--distill-temperature T``, 4): the truth's fine-tunes distil from the
+unpruned network (:mod:`searchprune.distill`); results and report then go to
+``results-kd<ALPHA>-T<T>.json`` and ``report-kd<ALPHA>-T<T>.*`` in the same ``--out``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from searchprune.config import PROXIES, load_config  # noqa: E402
+from searchprune.distill import Distiller, distill_config, frozen_teacher  # noqa: E402
 from searchprune.engine import PruningEngine  # noqa: E402
+from searchprune.errors import ConfigError  # noqa: E402
 from searchprune.finetune import FinetuneSettings  # noqa: E402
 from searchprune.search._band_random import BandRandomSampler  # noqa: E402
 from searchprune.train import fit  # noqa: E402
@@ -58,11 +64,13 @@ def score(net, split, device, batch_size=500) -> tuple[float, float]:
 
 
 def finetune(engine, widths, start: str, epochs: int, seed: int, s: FinetuneSettings,
-             train_set, device) -> float:
-    """Test top-1 after ``epochs`` of the shared recipe from the ``start`` proxy's weights."""
+             train_set, device, loss: Distiller | None = None) -> float:
+    """Test top-1 after ``epochs`` of the shared recipe from the ``start`` proxy's weights
+    (``loss``: distillation, else labels only)."""
     net = engine.build(widths, proxy=start)
     fit(net, train_set, epochs=epochs, lr=s.lr, momentum=s.momentum,
-        weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=seed)
+        weight_decay=s.weight_decay, batch_size=s.batch_size, device=device, seed=seed,
+        loss_fn=loss)
     return score(net, engine.data.test, device)[0]
 
 
@@ -96,6 +104,10 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=8,
                     help="configurations that also get 2E epochs and the least-squares start")
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                    help="the truth's fine-tunes distil from the unpruned network with weight "
+                         "ALPHA in [0, 1] (0: labels only, the default)")
+    ap.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
     ap.add_argument("--seed", type=int, default=0, help="configuration draws")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None,
@@ -103,6 +115,12 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default=str(ROOT / "runs/proxy_fidelity"))
     args = ap.parse_args()
+    try:
+        distill = distill_config(args.distill, args.distill_temperature,
+                                 ("--distill", "--distill-temperature"))
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    tag = "" if distill is None else f"-kd{distill.alpha:g}-T{distill.temperature:g}"
     if args.threads:
         torch.set_num_threads(args.threads)
     if not (SHARED / "data/cifar10-jpg").is_dir() and "resnet20-cifar10jpg" in args.config:
@@ -115,7 +133,7 @@ def main() -> None:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "results.json"
+    saved = out / f"results{tag}.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {}
     t0 = time.perf_counter()
     engine = PruningEngine.from_config(cfg)
@@ -132,6 +150,7 @@ def main() -> None:
     sampler = BandRandomSampler(names, p.eta, in_band, seed=args.seed)
     s = FinetuneSettings(lr=args.lr)
     train_set = engine.data.train_set(augment=True)
+    loss = Distiller(frozen_teacher(engine), distill) if distill is not None else None
     for i in range(args.n):
         key = str(i)
         if key in results:
@@ -147,12 +166,12 @@ def main() -> None:
                                      "seconds": time.perf_counter() - t}
         t = time.perf_counter()
         row["truth"] = {f"abn_E_s{sd}": finetune(engine, widths, "abn", args.epochs, sd, s,
-                                                 train_set, device) for sd in (0, 1)}
+                                                 train_set, device, loss) for sd in (0, 1)}
         if i < args.subset:
             row["truth"]["abn_2E_s0"] = finetune(engine, widths, "abn", 2 * args.epochs, 0, s,
-                                                 train_set, device)
+                                                 train_set, device, loss)
             row["truth"]["ls_E_s0"] = finetune(engine, widths, "ls", args.epochs, 0, s,
-                                               train_set, device)
+                                               train_set, device, loss)
         row["finetune_seconds"] = time.perf_counter() - t
         results[key] = row
         saved.write_text(json.dumps(results, indent=1))
@@ -160,16 +179,18 @@ def main() -> None:
               + " ".join(f"{k} {v['top1']:.2f}" for k, v in row["proxies"].items())
               + " | truth " + " ".join(f"{k} {v:.2f}" for k, v in row["truth"].items())
               + f" ({row['finetune_seconds']:.0f} s)", flush=True)
-    report(results, args, out)
+    report(results, args, out, tag)
 
 
-def report(results: dict, args, out: Path) -> None:
+def report(results: dict, args, out: Path, tag: str = "") -> None:
     rows = [results[k] for k in sorted(results, key=int)][: args.n]
     n = len(rows)
     truth = np.array([(r["truth"]["abn_E_s0"] + r["truth"]["abn_E_s1"]) / 2 for r in rows])
     rng = np.random.default_rng(0)
     lines = [f"{n} configurations, truth = test top-1 after {args.epochs} epoch(s) from the "
-             "BN-re-estimated start, mean of 2 fine-tune seeds "
+             "BN-re-estimated start"
+             + (f", distilled from the unpruned network ({tag[1:]})" if tag else "")
+             + ", mean of 2 fine-tune seeds "
              f"(range {truth.min():.2f}-{truth.max():.2f}, best {truth.max():.2f})", "",
              "| proxy | val top-1 (mean) | tau [95% CI] | rho [95% CI] | tau(-loss) | "
              "tau - tau(ls) [95% CI] | regret (points) | s / eval |",
@@ -222,8 +243,8 @@ def report(results: dict, args, out: Path) -> None:
                      f" (mean from the least-squares start {ceiling['mean_ls_start']:.2f})")
     text = "\n".join(lines)
     print(text)
-    (out / "report.md").write_text(text + "\n")
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / f"report{tag}.md").write_text(text + "\n")
+    (out / f"report{tag}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

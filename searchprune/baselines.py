@@ -128,7 +128,7 @@ def _kept_by_tp(engine, ratio: float, eta: float,
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.arange(m.num_features, dtype=m.running_mean.dtype))
-    example = engine.data.calib.x[:1].cpu()
+    example = engine.data.calib.head(1).cpu()
     round_to = engine.cfg.pruning.round_to
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(),
@@ -192,19 +192,19 @@ def tp_global(engine, *, max_steps: int = 30, problem: Problem | None = None) ->
 
 
 def sensitivity(engine, *, problem: Problem | None = None) -> BaselineConfig:
-    """Every group at the smallest keep-ratio whose drop in the sensitivity scan is within one
-    threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The scan
-    is read from the study storage; points still missing are measured first (and counted in
-    ``scan_new_evaluations``)."""
-    from searchprune.search.sensitivity import sensitivity_allocation
+    """Every group at the smallest keep-ratio whose drop in the sensitivity prior is within one
+    threshold, the threshold bisected onto the band (:mod:`searchprune.sensitivity`). The prior
+    (``sensitivity.method``: a scan or first-order estimates) is read from the study storage;
+    points still missing are measured first (and counted in ``scan_new_evaluations``); its
+    cost is recorded (``prior_cost``, ``charged_evaluations``)."""
+    from searchprune.search.sensitivity import prior_record, sensitivity_allocation
 
     problem = _problem(engine, problem)
     scan, alloc = sensitivity_allocation(problem)
     widths = engine.widths({**problem.ranges.fixed, **alloc.ratios})
     return BaselineConfig("sensitivity", widths, info={
         "threshold": alloc.threshold, "flops_ratio": alloc.flops_ratio,
-        "projected": alloc.projected, "scan_study": scan.name,
-        "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations})
+        "projected": alloc.projected, **prior_record(problem, scan)})
 
 
 BASELINES: dict[str, Callable[..., BaselineConfig]] = {"uniform": uniform, "tp-global": tp_global,

@@ -62,7 +62,9 @@ class Engine(Protocol):
     (``seconds`` collects timings); ``evaluate``: build and score it on ``split``
     (``on_chunk(images, top1)`` returning True stops early); ``evaluate_baseline``: the unpruned
     network's top-1/top-5. ``cfg``, ``data``, ``device``, ``model`` and ``seconds`` (time spent
-    preparing, by step) are plain attributes.
+    preparing, by step) are plain attributes. Optional: ``proxy_images`` (images an evaluation
+    forwards before scoring, for the sensitivity prior's cost) and ``first_order_drops`` (the
+    ``taylor`` sensitivity prior).
     """
 
     cfg: Config
@@ -108,7 +110,13 @@ def engine_for(cfg: Config, *, progress: bool = False) -> Engine:
         raise ConfigError(unknown_choice("setting", cfg.setting, sorted(ENGINES)))
     module, _, attr = ENGINES[cfg.setting].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls.from_config(cfg, progress=progress)
+    engine = cls.from_config(cfg, progress=progress)
+    # Every configuration is scored on val: decode it now, so an unreadable image stops the
+    # command before it creates or changes anything (splits are otherwise decoded when read).
+    val = getattr(getattr(engine, "data", None), "val", None)
+    if val is not None and hasattr(val, "stored"):
+        val.stored  # noqa: B018
+    return engine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,7 +159,7 @@ class SearchSpaceView:
         t = time.perf_counter()
         sp = getattr(self.data, split)
         top1, top5, seen, stopped = evaluate_chunks(
-            net, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
+            net, sp.images, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
             on_chunk=on_chunk,
         )
         seconds["evaluate"] = time.perf_counter() - t
@@ -190,7 +198,8 @@ class PruningEngine(SearchSpaceView):
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval().to(self.device)
         self.data = data
-        example = data.calib.x[:1].to(self.device)
+        # tracing needs the shape only: no image is decoded for it (`model info` decodes none)
+        example = torch.zeros(1, *data.input_shape, device=self.device)
         self.space = SearchSpace.from_model(
             self.model, example, round_to=cfg.pruning.round_to,
             prune_classifier_input=cfg.pruning.prune_classifier_input,
@@ -200,8 +209,11 @@ class PruningEngine(SearchSpaceView):
         self.scores = scores if scores is not None else self._compute_scores(cfg.pruning.criterion)
         self.seconds["scores"] = time.perf_counter() - t
         self._reconstructor: Reconstructor | None = None
-        if "ls" in proxy_steps(cfg.pruning.proxy):
+        steps = proxy_steps(cfg.pruning.proxy)
+        if "ls" in steps:
             self.reconstructor  # noqa: B018 -- the original's features, once per worker
+        if "abn" in steps and hasattr(data.calib, "stored"):
+            data.calib.stored  # noqa: B018 -- every trial reads it: decoded now, once
 
     @property
     def reconstructor(self) -> Reconstructor:
@@ -231,7 +243,8 @@ class PruningEngine(SearchSpaceView):
     def _compute_scores(self, criterion: str) -> dict[str, torch.Tensor]:
         from searchprune.criteria import cached_scores
 
-        return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
+        return cached_scores(criterion, self.model, self.space, self.data, device=self.device,
+                             model_kwargs=self.cfg.model.kwargs)
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
@@ -257,7 +270,7 @@ class PruningEngine(SearchSpaceView):
         if "abn" in steps:
             t = time.perf_counter()
             n = self.cfg.pruning.abn_images or len(self.data.calib)
-            recalibrate_bn(pruned, self.data.calib.x[:n], batch_size=self.cfg.data.batch_size,
+            recalibrate_bn(pruned, self.data.calib[:n].images, batch_size=self.cfg.data.batch_size,
                            device=self.device)
             seconds["abn"] = time.perf_counter() - t
         if "ls" in steps:
@@ -285,11 +298,32 @@ class PruningEngine(SearchSpaceView):
         result.least_squares = report.get("least_squares")
         return result
 
+    @property
+    def proxy_images(self) -> int:
+        """Calibration images the proxy forwards per evaluation (least squares: all of them;
+        BN re-estimation: ``pruning.abn_images``)."""
+        steps = proxy_steps(self.cfg.pruning.proxy)
+        n = len(self.data.calib)
+        abn = min(self.cfg.pruning.abn_images or n, n) if "abn" in steps else 0
+        return abn + (n if "ls" in steps else 0)
+
+    def first_order_drops(self, points: Sequence[tuple[str, int]], images: int | None = None,
+                          form: str = "taylor"):
+        """First-order estimates (``form``: ``taylor`` or ``taylor-sq``) of each
+        ``(group, width)`` point's drop on the first ``images`` calibration images (default
+        all), and the passes behind them (:func:`searchprune.first_order.first_order_drops`)."""
+        from searchprune.first_order import first_order_drops
+
+        calib = self.data.calib if images is None else self.data.calib[:images]
+        return first_order_drops(self.model, self.space, self.scores, calib.images, calib.y, points,
+                                 batch_size=self.cfg.data.batch_size, device=self.device,
+                                 form=form)
+
     def evaluate_baseline(self, split: str = "val") -> tuple[float, float]:
         from searchprune.evaluate import evaluate
 
         sp = getattr(self.data, split)
-        return evaluate(self.model, sp.x, sp.y, batch_size=self.cfg.data.batch_size,
+        return evaluate(self.model, sp.images, sp.y, batch_size=self.cfg.data.batch_size,
                         device=self.device)
 
 
@@ -307,4 +341,5 @@ def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:
         from searchprune.models.baseline import digits_baseline
 
         return digits_baseline(cfg.model, data, progress=progress)
-    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                       input_shape=data.input_shape)

@@ -14,6 +14,7 @@ __all__ = [
     "SearchpruneError",
     "StorageError",
     "StudyConfigMismatch",
+    "UntrustedCheckpointError",
     "did_you_mean",
     "exception_line",
     "unknown_choice",
@@ -61,6 +62,16 @@ class ModelError(SearchpruneError):
 
 class CheckpointError(SearchpruneError):
     """Missing, truncated or mismatching checkpoint file."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that only full unpickling (which can run code from the file) would load,
+    refused for want of an opt-in; ``path`` is the file, so a command can say how it allows
+    that file."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class DataError(SearchpruneError):

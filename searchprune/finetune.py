@@ -7,10 +7,11 @@ same code: training is data parallel (see :mod:`searchprune.train`), evaluation 
 every rank (identical weights, identical results) and only rank 0 writes files (and locks).
 
 Checkpoints are keyed by everything that defines a run (see :func:`run_meta`): the study's
-identity, the unpruned weights, the candidate's widths (and kept channels), the recipe and the
-number of ranks. A checkpoint written for anything else is never resumed; each is locked
-(``flock``) while it trains, and a second process asking for the same run is refused in one
-line rather than left waiting for hours: once the first ends, rerunning reuses its checkpoint.
+identity, the unpruned weights, the candidate's widths (and kept channels), the recipe (with
+distillation's settings when it is on) and the number of ranks. A checkpoint written for
+anything else is never resumed; each is locked (``flock``) while it trains, and a second
+process asking for the same run is refused in one line rather than left waiting for hours:
+once the first ends, rerunning reuses its checkpoint.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from searchprune.config import DistillConfig
 from searchprune.data._cache import atomic_save
+from searchprune.distill import Distiller, frozen_teacher
 from searchprune.errors import SearchpruneError
 from searchprune.evaluate import evaluate
 from searchprune.train import TrainConfig, distributed_world, fit, is_main_process
 
-__all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "finetune_candidates",
-           "finetune_each", "run_meta"]
+__all__ = ["Candidate", "FinetuneResult", "FinetuneSettings", "distill_record",
+           "finetune_candidates", "finetune_each", "run_meta"]
 
 META_VERSION = 1  # bump when what a checkpoint holds, or how it is trained, changes
 
@@ -57,9 +60,23 @@ class Candidate:
 @dataclass(frozen=True)
 class FinetuneSettings(TrainConfig):
     """:class:`~searchprune.train.TrainConfig` (``epochs`` for every candidate) plus
-    ``final_epochs`` for the best one; standard augmentation (crop + flip)."""
+    ``final_epochs`` for the best one; standard augmentation (crop + flip). ``distill``
+    (``alpha`` > 0): the unpruned network teaches every candidate (:mod:`searchprune.distill`);
+    None or ``alpha`` 0: labels only."""
 
     final_epochs: int = 50
+    distill: DistillConfig | None = None
+
+    @property
+    def distilling(self) -> bool:
+        return self.distill is not None and self.distill.alpha > 0.0
+
+
+def distill_record(settings: FinetuneSettings) -> dict[str, float] | None:
+    """The distillation settings as recorded with results (None: labels only)."""
+    if not settings.distilling or settings.distill is None:
+        return None
+    return dataclasses.asdict(settings.distill)
 
 
 @dataclass
@@ -94,6 +111,7 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     base = _base_meta(engine, study)
     runs = {c.key: _run(out, f"trial-{c.key}-stage1", _label(c.key, study),
                         run_meta(base, c, settings, "stage1")) for c in candidates}
+    loss = _distiller(engine, settings, settings.epochs + settings.final_epochs)
     result = FinetuneResult()
     models: dict[int, nn.Module] = {}
     with contextlib.ExitStack() as held:
@@ -102,11 +120,11 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
                 held.enter_context(_exclusive(run))
         for cand in candidates:
             model = engine.build(cand.widths)
-            before, _ = evaluate(model, data.val.x, data.val.y, device=device)
+            before, _ = evaluate(model, data.val.images, data.val.y, device=device)
             if settings.epochs > 0:
                 _fit(model, train_set, settings, settings.epochs, runs[cand.key], device,
-                     progress)
-            val1, val5 = evaluate(model, data.val.x, data.val.y, device=device)
+                     progress, loss)
+            val1, val5 = evaluate(model, data.val.images, data.val.y, device=device)
             result.candidates[cand.key] = {"val_top1_before": before, "val_top1": val1,
                                            "val_top5": val5, "epochs": settings.epochs}
             models[cand.key] = model.cpu()
@@ -116,16 +134,18 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     widths = next(c.widths for c in candidates if c.key == best)
     untuned = engine.build(widths)
     result.test_top1_before, result.test_top5_before = evaluate(
-        untuned, data.test.x, data.test.y, device=device)
+        untuned, data.test.images, data.test.y, device=device)
     model = models[best]
     final_meta = {"stage": "stage2", "after": runs[best].meta, "epochs": settings.final_epochs}
     stage2 = _run(out, f"trial-{best}-stage2", _label(best, study), final_meta)
     if settings.final_epochs > 0:
         with _exclusive(stage2):
-            _fit(model, train_set, settings, settings.final_epochs, stage2, device, progress)
+            _fit(model, train_set, settings, settings.final_epochs, stage2, device, progress,
+                 loss)
     result.best = best
-    result.val_top1, _ = evaluate(model, data.val.x, data.val.y, device=device)
-    result.test_top1, result.test_top5 = evaluate(model, data.test.x, data.test.y, device=device)
+    result.val_top1, _ = evaluate(model, data.val.images, data.val.y, device=device)
+    result.test_top1, result.test_top5 = evaluate(model, data.test.images, data.test.y,
+                                                  device=device)
     final = out / f"trial-{best}-final-{_digest(final_meta)}.pt"
     if is_main_process():  # under torchrun every rank holds the same weights; one writes
         atomic_save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best},
@@ -158,6 +178,7 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
     base_meta = _base_meta(engine, study)
     runs = [_run(out, f"{c.key}-each", _label(c.key, study),
                  run_meta(base_meta, c, settings, "each")) for c in candidates]
+    loss = _distiller(engine, settings, settings.epochs)
     base = engine.base_cost
     shape = (1, *data.input_shape)
     with contextlib.ExitStack() as held:
@@ -170,13 +191,13 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
         rows = []
         for i, (cand, run) in enumerate(zip(candidates, runs), 1):
             model = engine.build(cand.widths, keep=cand.keep)
-            before, _ = evaluate(model, data.val.x, data.val.y, device=device)
+            before, _ = evaluate(model, data.val.images, data.val.y, device=device)
             if progress:
                 _log.info("[%d/%d] fine-tuning %s", i, len(candidates), cand.key)
             if settings.epochs > 0:
-                _fit(model, train_set, settings, settings.epochs, run, device, progress)
-            val1, _ = evaluate(model, data.val.x, data.val.y, device=device)
-            test1, test5 = evaluate(model, data.test.x, data.test.y, device=device)
+                _fit(model, train_set, settings, settings.epochs, run, device, progress, loss)
+            val1, _ = evaluate(model, data.val.images, data.val.y, device=device)
+            test1, test5 = evaluate(model, data.test.images, data.test.y, device=device)
             cost = engine.cost(cand.widths)
             row: dict[str, Any] = {
                 "key": cand.key, "widths": dict(cand.widths), "epochs": settings.epochs,
@@ -210,9 +231,13 @@ def run_meta(base: Mapping[str, Any], cand: Candidate, settings: FinetuneSetting
              stage: str) -> dict[str, Any]:
     """What defines one candidate's fine-tuning: ``base`` (:func:`_base_meta`: version, study
     identity, the unpruned weights, ranks), the candidate (key, widths, kept channels) and the
-    recipe (every :class:`FinetuneSettings` field that stage uses). Plain JSON values."""
+    recipe (every :class:`FinetuneSettings` field that stage uses; ``distill`` only when it is
+    on). Plain JSON values."""
     recipe = dataclasses.asdict(settings)
     recipe.pop("final_epochs")  # stage 2's own epochs are in its meta
+    recipe["distill"] = distill_record(settings)
+    if recipe["distill"] is None:  # labels only: the key of a run from before distillation
+        recipe.pop("distill")
     return {**base, "stage": stage, "recipe": recipe, "candidate": {
         "key": cand.key, "widths": {k: int(v) for k, v in sorted(cand.widths.items())},
         "keep": _tensors_digest(cand.keep) if cand.keep is not None else None}}
@@ -290,7 +315,17 @@ def _prepare(engine, candidates: Sequence[Candidate], out_dir: str | Path):
     return out, engine.data.train_set(augment=True)
 
 
-def _fit(model, train_set, s: FinetuneSettings, epochs, run: _Run, device, progress) -> None:
+def _distiller(engine, settings: FinetuneSettings, epochs: int) -> Distiller | None:
+    """The distillation loss, its teacher a frozen copy of the unpruned network made once for
+    all candidates; None when fine-tuning on labels only (or not training at all)."""
+    if not settings.distilling or epochs <= 0:
+        return None
+    return Distiller(frozen_teacher(engine), settings.distill)  # type: ignore[arg-type]
+
+
+def _fit(model, train_set, s: FinetuneSettings, epochs, run: _Run, device, progress,
+         loss: Distiller | None = None) -> None:
     _note_stale(run)
     fit(model, train_set, **s.with_(epochs=epochs).fit_kwargs(), device=device,
-        progress=progress, checkpoint_path=run.path, checkpoint_meta=run.meta)
+        progress=progress, checkpoint_path=run.path, checkpoint_meta=run.meta,
+        loss_fn=loss, loss_parts=loss.parts if loss is not None else None)

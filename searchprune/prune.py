@@ -12,13 +12,17 @@ import copy
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from searchprune.models._layers import IndexShortcut
-from searchprune.space import SearchSpace, is_depthwise
 from searchprune.space._cost import _full_dim
+from searchprune.space._groups import is_depthwise
+
+if TYPE_CHECKING:  # the space's own exactness check builds networks with this module
+    from searchprune.space import SearchSpace
 
 __all__ = ["ModuleKeep", "module_keep", "param_keep", "prune_model"]
 

@@ -1,6 +1,7 @@
 """Run under ``torchrun --nproc_per_node K``: train the tiny net of ``test_ddp.py`` with
-:func:`searchprune.train.fit` (per-rank batch size from argv) and let rank 0 save the weights,
-the epoch records and the checkpoint; every rank writes which images it trained on."""
+:func:`searchprune.train.fit` (per-rank batch size from argv; a third argument ``distill``:
+with the distillation loss of ``test_distill.py``) and let rank 0 save the weights, the epoch
+records and the checkpoint; every rank writes which images it trained on."""
 
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ def main() -> None:
     rank, world = init_distributed("cpu")
     torch.set_num_threads(1)
     data, model = Recorded(), tiny_net()
+    loss = None
+    if sys.argv[3:] == ["distill"]:
+        from test_distill import ddp_distiller
+
+        loss = ddp_distiller()
     records = fit(model, data, epochs=EPOCHS, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                  batch_size=batch, seed=3, checkpoint_path=out / "ckpt.pt")
+                  batch_size=batch, seed=3, checkpoint_path=out / "ckpt.pt", loss_fn=loss)
     (out / f"seen-{rank}.json").write_text(json.dumps(data.seen))
     if is_main_process():
         torch.save(model.state_dict(), out / "weights.pt")

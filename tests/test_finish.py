@@ -360,6 +360,44 @@ def test_a_recreated_study_does_not_resume_the_old_ones_checkpoints(tmp_path, ca
     capsys.readouterr()
 
 
+def test_a_recreated_study_has_another_identity_and_checkpoint_key(tmp_path):
+    """A study gets a random uuid when it is created (a study system attr); fine-tune
+    checkpoints are keyed by it, so a study deleted and created again under the same name
+    gets other keys, while running the same study on keeps its key. A study created before
+    uuids keeps the old identity (the start of its first trial)."""
+    from _helpers import FakeEngine, make_cfg
+
+    from searchprune.finetune import _run
+    from searchprune.search.finishing import study_identity
+    from searchprune.search.identity import STUDY_UUID_ATTR
+    from searchprune.search.storage import get_storage
+
+    storage = get_storage(str(tmp_path / "studies.db"), heartbeat_interval=None)
+
+    def created(n_trials: int = 3) -> optuna.Study:
+        return run_study(make_cfg(tmp_path, n_trials=n_trials), engine=FakeEngine(),
+                         progress=False, storage=storage)
+
+    def key(study: optuna.Study) -> str:
+        return _run(tmp_path, "trial-0-stage1", "l", {"study": study_identity(study)}).path.name
+
+    first = created()
+    identity = study_identity(first)
+    assert set(identity) == {"name", "uuid", "config"}  # the uuid, not a time, tells it apart
+    assert identity["uuid"] == storage.get_study_system_attrs(first._study_id)[STUDY_UUID_ATTR]
+    assert study_identity(created(n_trials=4)) == identity  # the same study, run on
+    old_key = key(first)
+    optuna.delete_study(study_name="s", storage=storage)
+    second = created()
+    assert study_identity(second)["uuid"] != identity["uuid"]
+    assert key(second) != old_key
+    # a study without the attribute (an older version's): identified by its first trial
+    plain = optuna.create_study(study_name="old", storage=storage)
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert set(study_identity(plain)) == {"name", "created", "config"}
+    assert study_identity(plain)["created"] == plain.trials[0].datetime_start.isoformat()
+
+
 def test_a_second_finetune_of_the_same_run_is_refused_while_one_holds_it(stale, tmp_path,
                                                                          capsys):
     """Real: another process holds the run's lock (flock); no timing is involved, the holder

@@ -540,6 +540,86 @@ def test_export_is_atomic_and_refuses_a_non_empty_out(tuned, tmp_path, capsys, m
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
 
 
+def test_a_stored_finetuned_checkpoint_path_never_unpickles(tuned, tmp_path, capsys):
+    """The study records where its fine-tuned weights are (``finetune.checkpoint``, an
+    artifact store and id); whoever can write to the study can point them at a payload.
+    ``export`` reads them weights-only: refused in one line, the payload never runs, and no
+    flag of the command line changes that."""
+    study, db = tuned
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    plant(evil, marker)
+    positive_control(evil, marker)
+    ft = dict(study.user_attrs["finetune"])
+    ex = ["export", "--storage", str(db), "--study-name", "t", "--no-latency", "--json"]
+
+    study.set_user_attr("finetune", {**ft, "checkpoint": str(evil)})
+    assert main([*ex, "--out", "one"]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: the fine-tuned checkpoint {evil} of study 't' holds objects other than "
+        "tensors (searchprune writes tensors only), and loading it would run code from the "
+        "file; refused: fine-tune again, or pass --not-finetuned")
+    assert not marker.exists() and not (tmp_path / "b" / "one").exists()
+    assert main([*ex, "--out", "one", "--trust-checkpoint", str(evil)]) == 2  # not a way in
+    assert "loads no model.checkpoint" in one_error_line(capsys.readouterr().err)
+    assert not marker.exists()
+
+    # the artifact copy: the recorded file is gone, the stored store holds the payload
+    store = tmp_path / "store2"
+    store.mkdir()
+    shutil.copy(evil, store / "planted")
+    study.set_user_attr("finetune", {**ft, "checkpoint": str(tmp_path / "gone.pt"),
+                                     "artifact_dir": str(store), "artifact_id": "planted"})
+    assert main([*ex, "--out", "two"]) == 1
+    assert "holds objects other than tensors" in one_error_line(capsys.readouterr().err)
+    assert not marker.exists() and not (tmp_path / "b" / "two").exists()
+
+    study.set_user_attr("finetune", ft)  # positive control: the real record exports
+    assert main([*ex, "--out", "three"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["finetuned"] is True
+
+
+def test_trust_checkpoint_must_name_the_file_the_study_loads(tmp_path):
+    """``--trust-checkpoint PATH`` on finetune/export allows the stored ``model.checkpoint``
+    only when PATH is that same file (links resolved, same inode), and the file loaded is
+    then the one the user named: the stored path swapped afterwards changes nothing."""
+    from searchprune.config import Config, config_to_dict
+    from searchprune.errors import ConfigError
+    from searchprune.trust import LocalTrust, config_from_stored
+
+    mine, other = tmp_path / "mine.pt", tmp_path / "other.pt"
+    mine.write_bytes(b"mine")
+    other.write_bytes(b"other")
+    shared = tmp_path / "shared.pt"  # the path the study names: a link an attacker controls
+    shared.symlink_to(mine)
+    stored = config_to_dict(Config(model=ModelConfig(checkpoint=str(shared))))
+
+    def rebuilt(named: Path | str | None):
+        return config_from_stored(stored, "q", LocalTrust(checkpoint=named and str(named)))
+
+    assert rebuilt(None).model.trust_checkpoint is False
+    assert rebuilt(None).model.checkpoint == str(shared)
+    hard = tmp_path / "hard.pt"
+    os.link(mine, hard)
+    for named in (mine, shared, hard):
+        cfg = rebuilt(named)
+        assert cfg.model.trust_checkpoint is True
+        assert cfg.model.checkpoint == os.path.realpath(named)  # the user's file is loaded
+    with pytest.raises(ConfigError, match=rf"^--trust-checkpoint {other} is not the file "
+                                          rf"study 'q' loads: its model.checkpoint is "
+                                          rf"{shared}; pass --trust-checkpoint {shared} if "):
+        rebuilt(other)
+    with pytest.raises(ConfigError, match=r": no such file$"):
+        rebuilt(tmp_path / "missing.pt")
+    none = config_to_dict(Config())
+    with pytest.raises(ConfigError, match=r"loads no model.checkpoint; drop the flag$"):
+        config_from_stored(none, "q", LocalTrust(checkpoint=str(mine)))
+    cfg = rebuilt(mine)
+    shared.unlink()
+    shared.symlink_to(other)  # swapped after the check: the resolved file stays the user's
+    assert Path(cfg.model.checkpoint).read_bytes() == b"mine"
+
+
 # -- a killed worker ---------------------------------------------------------------------------
 def _dead_worker_identity() -> dict:
     """The identity a worker process recorded, taken from a process that has since exited."""
@@ -791,9 +871,12 @@ def test_a_stored_config_cannot_import_or_unpickle(tmp_path, kind, request, monk
 
     export = ("export", "--out", "exported", "--no-latency", "--json")
     finetune = ("finetune", "--top", "1", "--epochs", "0", "--final-epochs", "0", "--json")
-    # the owner's --trust-checkpoint on 'study run' was not kept: export has to pass its own
+    # the owner's --trust-checkpoint on 'study run' was not kept: export has to name the file
+    # (the refusal's hint adapted in issue 25: the study names the file, the user allows it)
     line = one_error_line(command(*export).stderr)
-    assert f"checkpoint {ckpt} holds objects other than tensors" in line
+    assert line == (f"error: checkpoint {ckpt} (model.checkpoint of study 'q') holds objects "
+                    "other than tensors, and loading it would run code from the file; if you "
+                    f"trust it, pass --trust-checkpoint {ckpt}")
 
     # an attacker swaps the file and marks it trusted in the stored config
     marker = tmp_path / "MARKER"
@@ -802,9 +885,25 @@ def test_a_stored_config_cannot_import_or_unpickle(tmp_path, kind, request, monk
     _stored(study, "model", trust_checkpoint=True)
     for args in (export, finetune):
         proc = command(*args)
-        assert proc.returncode == 1 and "holds objects other than tensors" in one_error_line(
+        assert proc.returncode == 1 and f"pass --trust-checkpoint {ckpt}" in one_error_line(
             proc.stderr)
         assert not marker.exists(), args
+    assert not (tmp_path / "exported").exists()
+
+    # the user allows their own file; the attacker points the stored config at another one
+    ckpt.write_bytes(benign)
+    evil = tmp_path / "evil.pt"
+    plant(evil, marker)
+    positive_control(evil, marker)
+    _stored(study, "model", checkpoint=str(evil))
+    for args in (export, finetune):
+        proc = command(*args, "--trust-checkpoint", str(ckpt))
+        assert proc.returncode == 2, proc.stderr
+        assert one_error_line(proc.stderr) == (
+            f"error: --trust-checkpoint {ckpt} is not the file study 'q' loads: its "
+            f"model.checkpoint is {evil}; pass --trust-checkpoint {evil} if you trust that file")
+        assert not marker.exists(), args
+    _stored(study, "model", checkpoint=str(ckpt), trust_checkpoint=False)
     assert not (tmp_path / "exported").exists()
 
     # module:factory strings in the stored config: refused, nothing imported
@@ -827,24 +926,31 @@ def test_a_stored_config_cannot_import_or_unpickle(tmp_path, kind, request, monk
 
     # what the user running export allows on their own command line is used
     _stored(study, "search", sampler="my_plugins:sampler")
-    proc = command(*export, "--trust-checkpoint", "--allow-factory", "my_plugins:sampler")
+    link = tmp_path / "link.pt"  # the user may name the file by another path
+    link.symlink_to(ckpt)
+    proc = command(*export, "--trust-checkpoint", str(link), "--allow-factory",
+                   "my_plugins:sampler")
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
     assert card["config"]["model"]["checkpoint"] == str(ckpt)
+    assert card["source_checkpoint"] == os.path.realpath(ckpt)  # what was loaded
     assert card["config"]["search"]["sampler"] == "my_plugins:sampler"
 
 
-def test_stored_config_is_rebuilt_under_the_users_own_permissions():
+def test_stored_config_is_rebuilt_under_the_users_own_permissions(tmp_path):
     from searchprune.config import Config, config_to_dict
     from searchprune.errors import ConfigError
     from searchprune.redact import public_config
     from searchprune.trust import LocalTrust, config_from_stored
 
-    trusted = Config(model=ModelConfig(checkpoint="/x.pt", trust_checkpoint=True))
+    x = tmp_path / "x.pt"
+    x.write_bytes(b"")
+    trusted = Config(model=ModelConfig(checkpoint=str(x), trust_checkpoint=True))
     assert "trust_checkpoint" not in public_config(trusted)["model"]  # what a study stores
     stored = config_to_dict(trusted)  # as an attacker (or an old version) would store it
     assert config_from_stored(stored, "q").model.trust_checkpoint is False
-    assert config_from_stored(stored, "q", LocalTrust(trust_checkpoint=True)
+    # the user names the file (adapted in issue 25: a bare yes is no longer enough)
+    assert config_from_stored(stored, "q", LocalTrust(checkpoint=str(x))
                               ).model.trust_checkpoint is True
     stored["search"]["sampler"] = "pkg.mod:make"
     with pytest.raises(ConfigError, match=r"^study 'q' uses search.sampler 'pkg.mod:make', a "

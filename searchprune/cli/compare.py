@@ -25,7 +25,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--samplers", help="comma list (default random,tpe,cmaes; with "
                                       "search.objective: pareto random,tpe,nsga2); "
                                       "<sampler>+warm: with search.warm_start: sensitivity, "
-                                      "the scan counted against --n-trials")
+                                      "the scan counted against --n-trials; "
+                                      "<sampler>+taylor, <sampler>+taylor-sq: warm-started "
+                                      "from a first-order prior (sensitivity.method), charged "
+                                      "its cost")
     p.add_argument("--seeds", default="3",
                    help="a count N (seeds 0..N-1) or a comma list of seeds (default 3)")
     p.add_argument("--n-trials", type=int, help="evaluated trials per study (default: the file)")

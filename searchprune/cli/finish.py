@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from searchprune.cli._output import add_trust_flag, console, emit_json, table
+from searchprune.cli._output import console, emit_json, table
 from searchprune.cli.study import load_study
 from searchprune.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
+    from searchprune.config import DistillConfig
     from searchprune.trust import LocalTrust
 
 __all__ = ["add_parser"]
@@ -47,6 +48,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                     help="with --each: also fine-tune these no-search baselines "
                     "(uniform, tp-global, sensitivity)")
     ft.add_argument("--seed", type=int, default=0, help="fine-tuning seed (0)")
+    ft.add_argument("--distill-alpha", type=float, default=None, metavar="A",
+                    help="distil from the unpruned network: weight A in [0, 1] of the "
+                         "distillation loss (default: the study's finetune.distill.alpha, 0 = "
+                         "labels only)")
+    ft.add_argument("--distill-temperature", type=float, default=None, metavar="T",
+                    help="softmax temperature of the distillation loss (default: the study's "
+                         "finetune.distill.temperature, 4)")
     ft.add_argument("--no-latency", action="store_true",
                     help="with --each: skip the latency measurement")
     _trust_flags(ft)
@@ -74,8 +82,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def _trust_flags(parser: argparse.ArgumentParser) -> None:
     """What this command may do with the study's stored config, which anyone who can write to
     the storage may have edited: import a ``package.module:factory`` it names
-    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint``)."""
-    add_trust_flag(parser)
+    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint PATH``: the
+    user names the file, the study's say-so is not enough)."""
+    parser.add_argument("--trust-checkpoint", default=None, metavar="PATH",
+                        help="load the study's model.checkpoint with full unpickling, which "
+                             "can run code from the file; PATH must be that same file (only "
+                             "for files you trust)")
     parser.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
                         help="import this package.module:factory if the study's config names "
                              "it (model, search.sampler, pruning.criterion); repeatable")
@@ -85,7 +97,7 @@ def _trust(args: argparse.Namespace) -> LocalTrust:
     from searchprune.trust import LocalTrust
 
     return LocalTrust(factories=frozenset(args.allow_factory),
-                      trust_checkpoint=bool(args.trust_checkpoint))
+                      checkpoint=args.trust_checkpoint)
 
 
 def _check_recipe(args: argparse.Namespace) -> None:
@@ -148,12 +160,14 @@ def _finetune(args: argparse.Namespace) -> int:
             if name not in BASELINES:
                 raise ConfigError(unknown_choice("baseline", name, BASELINES) + " (--baselines)")
     bounds = _bounds(args)
+    _check_distill_flags(args)
     study = load_study(args.storage, args.study_name)
+    cfg = load_study_config(study, _trust(args))
     # under torchrun: one process per rank, data parallel; rank 0 writes and reports
-    rank, _ = init_distributed(load_study_config(study, _trust(args)).device)
+    rank, _ = init_distributed(cfg.device)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
                                 weight_decay=args.weight_decay, batch_size=args.batch_size,
-                                seed=args.seed)
+                                seed=args.seed, distill=_distill(args, cfg.finetune.distill))
     out = args.out or str(Path("runs") / "finetune" / args.study_name)
     if args.each:
         return _finetune_each(args, study, trials, baselines, settings, out, bounds)
@@ -173,8 +187,35 @@ def _finetune(args: argparse.Namespace) -> int:
     console.print(
         f"best: trial {record['best_trial']} +{record['final_epochs']} epochs -> val top-1 "
         f"{record['val_top1']:.2f}%; test top-1 {record['test_top1_before']:.2f}% before "
-        f"fine-tuning, {record['test_top1']:.2f}% after\ncheckpoint: {record['checkpoint']}")
+        f"fine-tuning, {record['test_top1']:.2f}% after{_distill_note(record['distill'])}\n"
+        f"checkpoint: {record['checkpoint']}")
     return 0
+
+
+def _check_distill_flags(args: argparse.Namespace) -> None:
+    """The distillation flags given, checked before any study is opened."""
+    from searchprune.config import validate_distill
+
+    validate_distill(0.0 if args.distill_alpha is None else args.distill_alpha,
+                     1.0 if args.distill_temperature is None else args.distill_temperature,
+                     ("--distill-alpha", "--distill-temperature"))
+
+
+def _distill(args: argparse.Namespace, stored: DistillConfig) -> DistillConfig | None:
+    """The flags over the study's ``finetune.distill``; None when alpha is 0 (labels only)."""
+    from searchprune.config import DistillConfig
+
+    alpha = stored.alpha if args.distill_alpha is None else args.distill_alpha
+    temperature = (stored.temperature if args.distill_temperature is None
+                   else args.distill_temperature)
+    return DistillConfig(alpha=alpha, temperature=temperature) if alpha > 0.0 else None
+
+
+def _distill_note(distill: dict | None) -> str:
+    if not distill:
+        return ""
+    return (f" (distilled from the unpruned network: alpha {distill['alpha']:g}, temperature "
+            f"{distill['temperature']:g})")
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -185,6 +226,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int:
+    from searchprune.finetune import distill_record
     from searchprune.search.finishing import finetune_study_each
     from searchprune.train import is_main_process
 
@@ -195,7 +237,7 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
     if not is_main_process():  # under torchrun rank 0 reports
         return 0
     if args.json:
-        emit_json({"epochs": settings.epochs, "rows": rows})
+        emit_json({"epochs": settings.epochs, "distill": distill_record(settings), "rows": rows})
         return 0
     cols = ["candidate", "val before", "val after", "test after", "FLOPs", "params"]
     predicted = any("latency_ratio_predicted" in r for r in rows)
@@ -204,8 +246,8 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
     lat = not args.no_latency
     if lat:
         cols.append(f"latency meas. (batch {rows[0].get('latency_batch', 64)})")
-    table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe "
-          "(costs as ratios of the unpruned network's)",
+    table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe"
+          f"{_distill_note(distill_record(settings))} (costs as ratios of the unpruned network's)",
           cols, [[str(r["key"]), f"{r['val_top1_before']:.2f}", f"{r['val_top1']:.2f}",
                   f"{r['test_top1']:.2f}", f"{r['flops_ratio']:.3f}", f"{r['params_ratio']:.3f}"]
                  + ([f"{r['latency_ratio_predicted']:.3f}"] if predicted else [])

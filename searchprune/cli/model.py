@@ -74,7 +74,10 @@ def _info(args: argparse.Namespace) -> int:
         engine = _engine(args.config, args.eta, args.trust_checkpoint)
         space, name, eta = engine.space, engine.cfg.model.name, engine.cfg.pruning.eta
         rules = engine.cfg.pruning.groups
-        model, example = engine.model, engine.data.calib.x[:1].to(engine.device)
+        import torch
+
+        model = engine.model  # the plan needs the input's shape only: no image is decoded
+        example = torch.zeros(1, *engine.data.input_shape, device=engine.device)
     else:
         space, name, model, example = _space_for(args.model, args.num_classes)
         eta, rules = (0.3 if args.eta is None else args.eta), None
@@ -163,7 +166,7 @@ def _list(args: argparse.Namespace) -> int:
     names, tv = list_models(), sorted(torchvision_names())
     if args.json:
         emit_json({"models": names, "torchvision": tv,
-                   "also": ["cifar_resnet<6n+2>", "package.module:factory"]})
+                   "also": ["cifar_resnet<6n+2>", "timm:<name>", "package.module:factory"]})
     else:
         table("models", ["name"], [[n] for n in names])
         table("torchvision models", ["name"], [[", ".join(tv)]])

@@ -17,6 +17,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser("sensitivity", parents=[common],
                        help="prune each group alone over a grid of keep-ratios; table and plot")
     p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("--method", help="scan (evaluate every point), taylor or taylor-sq "
+                                    "(first-order estimates from one backward pass; default: "
+                                    "sensitivity.method)")
+    p.add_argument("--images", type=int, metavar="N",
+                   help="calibration images taylor and taylor-sq use (default: all)")
     p.add_argument("--points", type=int, help="keep-ratios per group, from eta up to 1 "
                                               "(default: sensitivity.points, 4)")
     p.add_argument("--ratios", metavar="LIST", help="explicit comma list of keep-ratios in "
@@ -46,9 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     from searchprune.report.sensitivity import plot_sensitivity
     from searchprune.search.problem import describe_goal, resolve_problem
     from searchprune.search.runner import open_storage
-    from searchprune.search.sensitivity import allocation_of, run_scan
+    from searchprune.search.sensitivity import allocation_of, evaluation_images, measure_prior
 
     cfg = load_config(args.config, {
+        "sensitivity.method": args.method, "sensitivity.images": args.images,
         "sensitivity.points": args.points, "sensitivity.ratios": _ratios(args.ratios),
         "sensitivity.val_images": args.val_images, "pruning.eta": args.eta,
         "pruning.proxy": args.proxy, "storage": args.storage})
@@ -60,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     engine = engine_for(cfg, progress=not args.json)
     problem = resolve_problem(cfg, engine, goal=goal)
     with _Progress(enabled=not args.json) as bar:
-        scan = run_scan(problem, storage=storage, on_point=bar.step)
+        scan = measure_prior(problem, storage=storage, on_point=bar.step)
     alloc = allocation_of(problem, scan)
     widths = engine.widths({**problem.ranges.fixed, **alloc.ratios})
     allocation = {"gamma": band.gamma, "tolerance": band.tolerance,
@@ -69,21 +75,24 @@ def _run(args: argparse.Namespace) -> int:
                   "ratios": alloc.ratios, "widths": widths}
     out = Path(args.out or Path("runs") / "sensitivity" / scan.name)
     out.mkdir(parents=True, exist_ok=True)
-    data = {**scan.to_dict(), "allocation": allocation}
+    trial = evaluation_images(engine, cfg.data.batch_size)
+    data = {**scan.to_dict(trial), "allocation": allocation}
     (out / "sensitivity.json").write_text(json.dumps(jsonable(data), indent=2) + "\n")
     png = plot_sensitivity(scan, out / "sensitivity.png")
     files = {"plot": str(png), "json": str(out / "sensitivity.json")}
     if args.json:
         emit_json({**data, "files": files})
     else:
-        _print(scan, engine, allocation, files)
+        _print(scan, engine, allocation, files, data["charged_evaluations"])
     return 0
 
 
-def _print(scan: Any, engine: Any, allocation: dict[str, Any], files: dict[str, str]) -> None:
+def _print(scan: Any, engine: Any, allocation: dict[str, Any], files: dict[str, str],
+           charged: int) -> None:
     from searchprune.sensitivity import stage_of
 
     measured = {(p.group, p.keep_ratio): p for p in scan.points}
+    estimated = scan.method != "scan"
     cols = ["group", "stage", "channels", *[f"keep {r:.3g}" for r in scan.grid],
             f"kept at gamma {allocation['gamma']:g}"]
     rows = []
@@ -91,14 +100,26 @@ def _print(scan: Any, engine: Any, allocation: dict[str, Any], files: dict[str, 
         cells = []
         for r in scan.grid:
             p = measured.get((g.name, r))
-            cells.append(f"{p.drop:+.2f} ({p.width})" if p is not None else None)
+            if p is None:
+                cells.append(None)
+                continue
+            value = f"{p.drop:.3g}" if estimated else f"{p.drop:+.2f}"
+            cells.append(f"{value} ({p.width})")
         rows.append([g.name, stage_of(g.name), g.channels, *cells,
                      f"{allocation['widths'][g.name]} ({allocation['ratios'][g.name]:.2f})"])
-    table(f"top-1 drop (points) with one group pruned to each keep-ratio (width), unpruned "
-          f"{scan.reference_top1:.2f}%", cols, rows)
+    if estimated:
+        table(f"{scan.unit} with one group pruned to each keep-ratio (width), {scan.method} "
+              "estimates", cols, rows)
+    else:
+        table(f"top-1 drop (points) with one group pruned to each keep-ratio (width), unpruned "
+              f"{scan.reference_top1:.2f}%", cols, rows)
     console.print(
         f"evaluations: {scan.evaluations} stored ({scan.new_evaluations} new) in study "
         f"'{scan.name}'" + ("" if scan.complete else " [yellow](incomplete)[/]"))
+    cost = scan.cost
+    console.print(f"cost: {cost.forward_images} images forwarded, {cost.backward_images} "
+                  f"backpropagated, {cost.seconds:.1f} s; charged {charged} evaluation(s) of a "
+                  "study")
     console.print(
         f"sensitivity allocation: drop threshold {allocation['threshold']:.3f}, FLOPs ratio "
         f"{allocation['flops_ratio']:.4f}" + ("" if allocation["in_band"] else

@@ -17,7 +17,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from searchprune.errors import CheckpointError
+from searchprune.errors import CheckpointError, UntrustedCheckpointError
 
 __all__ = ["load_checkpoint", "load_weights", "read_state_dict"]
 
@@ -36,8 +36,9 @@ def load_weights(path: Source, *, trust: bool = False) -> Any:
     weights-only unless ``trust``.
 
     Raises:
-        CheckpointError: the file is truncated or not a PyTorch file (the message names it), or
-            it holds objects that only full unpickling can restore and ``trust`` is False.
+        CheckpointError: the file is truncated or not a PyTorch file (the message names it).
+        UntrustedCheckpointError: it holds objects that only full unpickling can restore and
+            ``trust`` is False.
     """
     source, path = path, _where(path)
     unreadable = CheckpointError(
@@ -53,10 +54,10 @@ def load_weights(path: Source, *, trust: bool = False) -> Any:
         raise unreadable from None
     # A valid pickle with objects outside the weights-only allow-list: loading it fully would
     # run whatever code the file names, so only an explicit opt-in does that.
-    raise CheckpointError(
+    raise UntrustedCheckpointError(
         f"checkpoint {path} holds objects other than tensors, and loading it would run code "
         "from the file; if you trust it, set model.trust_checkpoint: true (or pass "
-        "--trust-checkpoint)"
+        "--trust-checkpoint)", str(path)
     ) from None
 
 

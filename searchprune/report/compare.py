@@ -13,10 +13,12 @@ report aggregates runs per sampler (:func:`compare_runs`):
   seeds that reach it;
 - rejected proposals (out-of-band, never evaluated) and wall time, both up to the budget.
 
-A warm-started study (``search.warm_start: sensitivity``) first spent the sensitivity scan's
-network evaluations (its ``offset``): they count against the budget, so such a run keeps only
-``budget - offset`` of its own evaluations, its curve starts at ``offset + 1`` and its
-evaluations-to-reach include the scan (equal total network evaluations).
+A warm-started study (``search.warm_start: sensitivity``) first spent its sensitivity prior (its
+``offset``: the evaluations the prior is charged, a full scan's network evaluations, a cheaper
+prior's images in evaluation equivalents; :mod:`searchprune.search.sensitivity`): they count
+against the budget, so such a run keeps only ``budget - offset`` of its own evaluations, its
+curve starts at ``offset + 1`` and its evaluations-to-reach include the prior (equal total
+cost).
 """
 
 from __future__ import annotations
@@ -71,11 +73,12 @@ def run_from_study(study: optuna.Study, sampler: str, seed: int,
     """Reduce a stored study to a :class:`Run`, counting only the trials up to (and including)
     the ``budget``-th evaluated one, so an extended study is compared on the same budget. A
     candidate the median pruner stopped is an evaluation that improves nothing (``-inf``). A
-    warm start's scan evaluations (study attr ``warm_start``) are the run's ``offset`` and are
-    taken from the budget."""
+    warm start's prior (study attr ``warm_start``: the evaluations it is charged) is the run's
+    ``offset`` and is taken from the budget."""
+    from searchprune.search.sensitivity import charged_evaluations
     from searchprune.search.trials import is_evaluated, is_multi_objective, rejected_proposals
 
-    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    offset = charged_evaluations(study.user_attrs.get("warm_start"))
     if budget is not None:
         budget = max(0, budget - offset)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -264,7 +267,7 @@ def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     for ref in c.references:
         rows.append([
             f"{ref['name']} (no search)", "-",
-            f"{ref['scan_evaluations']} scan + 1" if "scan_evaluations" in ref else "1",
+            _reference_evaluations(ref),
             f"{ref['top1']:.2f}",
             f"FLOPs {ref['flops_ratio']:.3f}, params {ref['params_ratio']:.3f}",
             "-", "-", _duration(ref["seconds_solve"] + ref["seconds_evaluate"]),
@@ -325,6 +328,14 @@ def _evaluated_text(r: SamplerRow) -> str:
     if not any(r.offsets):
         return _span(r.evaluated)
     return f"{_span(r.offsets)} scan + {_span(r.evaluated)}"
+
+
+def _reference_evaluations(ref: Mapping[str, Any]) -> str:
+    """``1``, ``45 scan + 1``, or ``1 taylor + 1`` (a prior charged in evaluations)."""
+    if "scan_evaluations" not in ref:
+        return "1"
+    charged = ref.get("charged_evaluations", ref["scan_evaluations"])
+    return f"{charged} {ref.get('prior', 'scan')} + 1"
 
 
 def _span(xs: Sequence[int]) -> str:

@@ -34,8 +34,14 @@ def plot_sensitivity(scan: Scan, path: str | Path, *, title: str | None = None) 
         ax.set_xlabel("keep-ratio of the group (others full)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
-    axes[0].set_ylabel("top-1 drop vs unpruned (points)")
-    reference = f"unpruned {scan.reference_top1:.2f}%, " if scan.reference_top1 is not None \
-        else ""
-    fig.suptitle(title or f"Per-group sensitivity ({reference}{scan.evaluations} evaluations)")
+    if scan.method == "scan":
+        axes[0].set_ylabel("top-1 drop vs unpruned (points)")
+        reference = f"unpruned {scan.reference_top1:.2f}%, " if scan.reference_top1 is not None \
+            else ""
+        spent = f"{reference}{scan.evaluations} evaluations"
+    else:
+        axes[0].set_ylabel(scan.unit)
+        spent = (f"{scan.method} estimates from {scan.cost.forward_images} images forward and "
+                 "backward")
+    fig.suptitle(title or f"Per-group sensitivity ({spent})")
     return _save(fig, path)

@@ -9,8 +9,11 @@ again finishes or extends the missing ones, and several processes may run it at 
 storage (each study stops at its budget of COMPLETE trials across all workers).
 
 A sampler named ``<sampler>+warm`` (e.g. ``tpe+warm``) is that sampler with
-``search.warm_start: sensitivity``; its study runs ``n_trials`` minus the sensitivity scan's
-evaluations, so every sampler gets the same total number of network evaluations.
+``search.warm_start: sensitivity`` (the config's ``sensitivity.method``), ``<sampler>+taylor``
+(``+taylor-sq``) the same warm-started from a cheap first-order prior (``sensitivity.method:
+taylor``, ``taylor-sq``); such a
+study runs ``n_trials`` minus the evaluations its prior is charged (a full scan's evaluations, a
+cheaper prior's images in evaluation equivalents), so every sampler gets the same total cost.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from searchprune.config import apply_overrides
+from searchprune.config import FIRST_ORDER_METHODS, apply_overrides
 from searchprune.report.compare import Run, run_from_study
 
 if TYPE_CHECKING:
@@ -60,6 +63,10 @@ def _sampler_keys(label: str) -> dict[str, str]:
     if label.endswith(WARM_SUFFIX):
         return {"search.sampler": label.removesuffix(WARM_SUFFIX),
                 "search.warm_start": "sensitivity"}
+    for method in FIRST_ORDER_METHODS:
+        if label.endswith(f"+{method}"):
+            return {"search.sampler": label.removesuffix(f"+{method}"),
+                    "search.warm_start": "sensitivity", "sensitivity.method": method}
     return {"search.sampler": label}
 
 
@@ -69,9 +76,9 @@ def _equal_total(cfg: Config, engine: Engine) -> Config:
     if cfg.search.warm_start != "sensitivity":
         return cfg
     from searchprune.search.problem import resolve_problem
-    from searchprune.search.sensitivity import scan_size
+    from searchprune.search.sensitivity import prior_charge
 
-    return _without_scan(cfg, scan_size(resolve_problem(cfg, engine)))
+    return _without_scan(cfg, prior_charge(resolve_problem(cfg, engine)))
 
 
 def run_comparison(plan: Sequence[PlannedStudy], *, storage: optuna.storages.BaseStorage,
@@ -123,7 +130,9 @@ def _is_complete(planned: PlannedStudy, storage: optuna.storages.BaseStorage
         study = optuna.load_study(study_name=planned.name, storage=storage)
     except KeyError:
         return False, 0
-    offset = int((study.user_attrs.get("warm_start") or {}).get("scan_evaluations", 0))
+    from searchprune.search.sensitivity import charged_evaluations
+
+    offset = charged_evaluations(study.user_attrs.get("warm_start"))
     return n_evaluated(study) >= max(1, planned.cfg.search.n_trials - offset), offset
 
 

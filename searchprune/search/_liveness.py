@@ -25,6 +25,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from searchprune.search.trials import REFUSED_ATTR
+
 __all__ = ["REQUEUED_ATTR", "WORKERS_ENV", "WORKER_ATTR", "drop_waiting", "identity", "is_gone",
            "reap_dead_workers", "report_remote"]
 
@@ -110,7 +112,6 @@ def drop_waiting(study: optuna.Study, reason: str) -> list[int]:
     take one (WAITING -> RUNNING, which only one process can win, under this worker's identity),
     so a trial another worker has just started is never touched.
     """
-    from searchprune.search.budget import REFUSED_ATTR  # budget imports this module
 
     storage = study._storage
     dropped = []

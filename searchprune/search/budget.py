@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from searchprune.search._liveness import reap_dead_workers, report_remote
-from searchprune.search.trials import is_evaluated, n_evaluated
+from searchprune.search.trials import REFUSED_ATTR, is_evaluated, n_evaluated
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["CLAIM_ATTR", "REFUSED_ATTR", "Budget", "StopAtBudget", "study_lock"]
 
 CLAIM_ATTR = "budget_claim"
-REFUSED_ATTR = "refused"
 Lock = Callable[[], AbstractContextManager[None]]
 _THREAD_LOCK = threading.Lock()
 

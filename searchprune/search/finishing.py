@@ -20,19 +20,21 @@ from optuna.trial import FrozenTrial, TrialState
 from searchprune.config import Config
 from searchprune.constraints import LatencySpec
 from searchprune.engine import engine_for
-from searchprune.errors import SearchpruneError
+from searchprune.errors import SearchpruneError, UntrustedCheckpointError
 from searchprune.finetune import (
     Candidate,
     FinetuneResult,
     FinetuneSettings,
+    distill_record,
     finetune_candidates,
     finetune_each,
 )
 from searchprune.redact import redact_config
+from searchprune.search.identity import study_uuid
 from searchprune.search.problem import Goal, describe_goal
 from searchprune.search.trials import best_trials, top1
 from searchprune.train import distributed_world, is_main_process
-from searchprune.trust import LocalTrust, config_from_stored
+from searchprune.trust import LocalTrust, config_from_stored, stored_checkpoint_refusal
 
 __all__ = ["ARTIFACTS_ENV", "FINETUNE_ATTR", "FINETUNE_EACH_ATTR", "default_artifact_dir",
            "export_trial", "finetune_study", "finetune_study_each", "load_study_config",
@@ -63,23 +65,34 @@ _DEFINING = ("model", "data", "pruning", "supernet", "setting")
 
 
 def study_identity(study: optuna.Study) -> dict[str, Any]:
-    """What tells this study apart from any other, whatever its storage: its name, the start
-    of its first trial (a study deleted and created again under the same name has other
-    trials) and a digest of the stored settings that decide its networks and training data."""
+    """What tells this study apart from any other, whatever its storage: its name, its
+    random uuid (:func:`~searchprune.search.identity.study_uuid`; a study deleted and created
+    again under the same name gets another; a study created before uuids: the start of its
+    first trial) and a digest of the stored settings that decide its networks and data."""
     import hashlib
     import json
 
-    first = next((t.datetime_start for t in sorted(study.get_trials(deepcopy=False),
-                                                   key=lambda t: t.number)
-                  if t.datetime_start is not None), None)
     stored = study.user_attrs.get("config") or {}
     defining = {k: stored.get(k) for k in _DEFINING}
     if isinstance(defining["model"], dict):  # how a file was allowed to load is no part of it
         defining["model"] = {k: v for k, v in defining["model"].items()
                              if k != "trust_checkpoint"}
     digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode())
+    uuid = study_uuid(study)
+    if uuid is not None:
+        return {"name": study.study_name, "uuid": uuid, "config": digest.hexdigest()[:16]}
+    first = next((t.datetime_start for t in sorted(study.get_trials(deepcopy=False),
+                                                   key=lambda t: t.number)
+                  if t.datetime_start is not None), None)
     return {"name": study.study_name, "created": first.isoformat() if first else None,
             "config": digest.hexdigest()[:16]}
+
+
+def _engine(cfg: Config, study: optuna.Study) -> Any:
+    """The engine of a stored config; refusing to unpickle its ``model.checkpoint`` names the
+    file and this command's flag (:func:`~searchprune.trust.stored_checkpoint_refusal`)."""
+    with stored_checkpoint_refusal(cfg, study.study_name):
+        return engine_for(cfg)
 
 
 def top_trials(study: optuna.Study, k: int, *, flops_min: float | None = None,
@@ -127,7 +140,7 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
     cfg = load_study_config(study, trust)
     out_dir = Path(out_dir).expanduser().resolve()
     trials = top_trials(study, top, flops_min=flops_min, flops_max=flops_max)
-    engine = engine_for(cfg)
+    engine = _engine(cfg, study)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in trials]
     result = finetune_candidates(engine, candidates, settings, out_dir, progress=progress,
                                  study=study_identity(study))
@@ -135,6 +148,7 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         "trials": {str(k): v for k, v in result.candidates.items()},
         "best_trial": result.best, "epochs": settings.epochs,
         "final_epochs": settings.final_epochs, "lr": settings.lr, "seed": settings.seed,
+        "distill": distill_record(settings),
         "world_size": distributed_world()[1], "batch_size_per_rank": settings.batch_size,
         "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
         "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
@@ -176,7 +190,7 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
     else:
         chosen = top_trials(study, top, flops_min=flops_min, flops_max=flops_max) if top > 0 \
             else []
-    engine = engine_for(cfg)
+    engine = _engine(cfg, study)
     problem = resolve_problem(cfg, engine)
     candidates = [Candidate(t.number, t.user_attrs["widths"]) for t in chosen]
     for name in baselines:
@@ -190,6 +204,7 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
                          predict_latency=table.ratio if table is not None else None,
                          progress=progress, study=study_identity(study))
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
+              "distill": distill_record(settings),
               "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
     if is_main_process():  # under torchrun rank 0 records the one result
         study.set_user_attr(FINETUNE_EACH_ATTR, record)
@@ -223,11 +238,9 @@ def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
     store. Neither found is an error, never a silent export of the un-fine-tuned weights."""
     import tempfile
 
-    from searchprune.models import load_weights
-
     path = Path(ft.get("checkpoint", ""))
     if path.is_absolute() and path.is_file():
-        return load_weights(path)["state_dict"]
+        return _tuned_weights(study, path)
     store, artifact = ft.get("artifact_dir"), ft.get("artifact_id")
     if store and artifact and Path(store).is_dir():
         from optuna.artifacts import FileSystemArtifactStore, download_artifact
@@ -240,11 +253,30 @@ def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
             except Exception:  # noqa: BLE001  # missing or unreadable: reported below
                 pass
             else:
-                return load_weights(local)["state_dict"]
+                return _tuned_weights(study, local)
     raise SearchpruneError(
         f"the fine-tuned checkpoint of study '{study.study_name}' is gone: {path} does not exist"
         + (f" and artifact {artifact} is not in {store}" if artifact else "")
         + "; pass --not-finetuned to export the searched weights, or fine-tune again")
+
+
+def _tuned_weights(study: optuna.Study, path: Path) -> dict[str, Any]:
+    """The state_dict in a fine-tuned checkpoint, read weights-only: searchprune writes tensors
+    only, so a file that needs more is refused whatever the command line says."""
+    from searchprune.models import load_weights
+
+    try:
+        state = load_weights(path)
+    except UntrustedCheckpointError:
+        raise SearchpruneError(
+            f"the fine-tuned checkpoint {path} of study '{study.study_name}' holds objects "
+            "other than tensors (searchprune writes tensors only), and loading it would run "
+            "code from the file; refused: fine-tune again, or pass --not-finetuned") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise SearchpruneError(f"the fine-tuned checkpoint {path} of study "
+                               f"'{study.study_name}' holds no state_dict; fine-tune again, "
+                               "or pass --not-finetuned")
+    return state["state_dict"]
 
 
 def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None = None,
@@ -276,7 +308,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
     if frozen is None or "widths" not in frozen.user_attrs or frozen.state != TrialState.COMPLETE:
         raise SearchpruneError(f"trial {number} of study '{study.study_name}' is not an "
                                "evaluated trial; see 'searchprune study show'")
-    engine = engine_for(cfg)
+    engine = _engine(cfg, study)
     widths = frozen.user_attrs["widths"]
     model = engine.build(widths)
     tuned = finetuned and ft.get("best_trial") == number
@@ -307,6 +339,7 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         card["accuracy"].update({k: ft[k] for k in ("val_top1", "test_top1", "test_top5",
                                                     "test_top1_before") if k in ft})
         card["accuracy"]["epochs"] = ft.get("epochs", 0) + ft.get("final_epochs", 0)
+        card["accuracy"]["distill"] = ft.get("distill")  # None: fine-tuned on labels only
     spec, table = study_latency_table(study, describe_goal(cfg), engine)
     ratios: dict[str, float] = {"flops": cost.flops / base.flops,
                                 "params": cost.params / base.params}

@@ -38,6 +38,7 @@ from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInte
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.callbacks import RUN_ENV
+from searchprune.search.identity import ensure_study_uuid
 from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.problem import (
     Goal,
@@ -64,6 +65,7 @@ RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
     "search.heartbeat_interval", "search.grace_period", "search.max_retry",
     "model.trust_checkpoint", "search.max_consecutive_failures",
+    "finetune.distill.alpha", "finetune.distill.temperature",  # fine-tuning, not the search
 })
 _log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
                                 directions=list(goal.objective.directions), load_if_exists=True,
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
+    ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker, first = _join(study, lock)
     problem = _with_latency(study, lock, problem, progress)
     if cfg.search.warm_start == "sensitivity":

@@ -12,18 +12,35 @@ unpruned network's accuracy is the study attr ``reference_top1``. Points are cla
 study lock, so a re-run (or a second worker) measures only the points still missing; a point
 left RUNNING by a killed process for longer than ``search.grace_period`` s is claimed again.
 
+``sensitivity.method: taylor`` (or ``taylor-sq``, the squared per-channel form) is the cheap
+prior: the same points' drops estimated to first order from one forward and backward pass of the
+first ``sensitivity.images`` calibration images (:mod:`searchprune.first_order`; every group at
+once, no network evaluated). It is stored in a
+study of the same kind (its own fingerprint: the method and the images, not the proxy nor the
+validation images), the points and their cost as study attrs (``estimates``, ``cost``).
+
+Every prior records its cost: images forwarded and backpropagated, and wall seconds. A study
+charges it in *evaluation equivalents*: forward-equivalent images (a backward pass counted as
+:data:`BACKWARD_COST` forwards) over the images one of its trials forwards (the proxy's
+calibration images plus every validation image), rounded up. A full scan is charged its
+evaluations exactly, a scan on ``sensitivity.val_images`` images less, a ``taylor`` prior about
+one evaluation.
+
 ``search.warm_start: sensitivity`` enqueues, once per study, the sensitivity allocation for the
 study's band and ``sensitivity.perturbations`` seeded in-band neighbours of it as the study's
-first trials (user attr ``warm_start``); the study attr ``warm_start`` records the scan, its
-evaluations and the threshold, so a report can count the scan against the budget.
+first trials (user attr ``warm_start``); the study attr ``warm_start`` records the prior, its
+evaluations, its cost, the evaluations it is charged (``charged_evaluations``) and the
+threshold, so a report can count the prior against the budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +50,7 @@ from optuna.trial import TrialState
 
 from searchprune.config import Config, config_to_dict
 from searchprune.constraints import fixed_ratios
+from searchprune.errors import ConfigError
 from searchprune.search.budget import Lock, study_lock
 from searchprune.search.storage import get_storage
 from searchprune.sensitivity import allocate_in_band, grid, perturbations, stage_of
@@ -42,14 +60,22 @@ if TYPE_CHECKING:
     from searchprune.search.problem import Problem
 
 __all__ = [
+    "BACKWARD_COST",
     "WARM_ATTR",
+    "PriorCost",
     "Scan",
     "ScanPoint",
     "allocation_of",
+    "charged_evaluations",
     "enqueue_warm_start",
+    "evaluation_images",
     "is_scan",
     "load_scan",
+    "measure_prior",
     "plan_points",
+    "prior_charge",
+    "prior_record",
+    "run_first_order",
     "run_scan",
     "scan_name",
     "scan_size",
@@ -60,18 +86,32 @@ __all__ = [
 PLAN_ATTR = "plan"
 REFERENCE_ATTR = "reference_top1"
 WARM_ATTR = "warm_start"
+METHOD_ATTR = "method"
+ESTIMATES_ATTR = "estimates"  # taylor: [[group, keep_ratio, width, channels, drop], ...]
+COST_ATTR = "cost"  # taylor: {forward_images, backward_images, seconds}
+POINT_IMAGES_ATTR = "point_images"  # scan: images one point's evaluation forwards
+REFERENCE_SECONDS_ATTR = "reference_seconds"
+# a backward pass costs about two forward passes (the gradients of the activations and of the
+# weights, here of the activations only, and the forward is run once)
+BACKWARD_COST = 2
 
 
 def _fingerprint_data(cfg: Config) -> dict[str, Any]:
-    """What a scan's drops depend on."""
+    """What a prior's drops depend on."""
     d = config_to_dict(cfg)
     # the constraints do not change a drop; the per-group bounds do (which points, which base)
     pruning = {k: v for k, v in d["pruning"].items()
                if k not in ("gamma", "tolerance", "params", "latency")}
     s = cfg.sensitivity
-    return {"model": d["model"], "data": d["data"], "pruning": pruning, "setting": cfg.setting,
+    data = {"model": d["model"], "data": d["data"], "pruning": pruning, "setting": cfg.setting,
             "supernet": d["supernet"] if cfg.setting == "scratch" else None,
-            "grid": grid(cfg.pruning.eta, s.points, s.ratios), "val_images": s.val_images}
+            "grid": grid(cfg.pruning.eta, s.points, s.ratios)}
+    if s.method == "scan":  # the scan's fingerprint predates the other methods: unchanged
+        return {**data, "val_images": s.val_images}
+    # first-order estimates see neither the proxy nor the validation images
+    data["pruning"] = {k: v for k, v in pruning.items()
+                       if k not in ("proxy", "abn_images", "reconstruction")}
+    return {**data, "method": s.method, "images": s.images}
 
 
 def scan_name(cfg: Config) -> str:
@@ -86,13 +126,39 @@ class ScanPoint:
     keep_ratio: float
     width: int
     channels: int
-    top1: float
+    top1: float | None  # None: estimated, not evaluated (method taylor)
     drop: float
+
+
+@dataclass(frozen=True)
+class PriorCost:
+    """What measuring a prior took: images forwarded, images backpropagated, wall seconds."""
+
+    forward_images: int
+    backward_images: int
+    seconds: float
+
+    @property
+    def forward_equivalent(self) -> int:
+        """Forward-equivalent images: a backward pass counted as :data:`BACKWARD_COST`."""
+        return self.forward_images + BACKWARD_COST * self.backward_images
+
+    def equivalents(self, evaluation_images: int) -> float | None:
+        """The cost in evaluations of ``evaluation_images`` images each (None: unknown)."""
+        if evaluation_images <= 0:
+            return None
+        return self.forward_equivalent / evaluation_images
+
+    def to_dict(self, evaluation_images: int) -> dict[str, Any]:
+        return {**asdict(self), "forward_equivalent_images": self.forward_equivalent,
+                "evaluation_images": evaluation_images,
+                "evaluation_equivalents": self.equivalents(evaluation_images)}
 
 
 @dataclass
 class Scan:
-    """A (possibly partial) scan: the grid, the planned points, the measured ones."""
+    """A (possibly partial) prior: the grid, the planned points, the measured (``scan``) or
+    estimated (``taylor``) ones."""
 
     name: str
     grid: list[float]
@@ -100,15 +166,47 @@ class Scan:
     planned: list[tuple[str, float, int, int]]  # (group, keep_ratio, width, channels)
     points: list[ScanPoint] = field(default_factory=list)
     new_evaluations: int = 0  # networks evaluated by this call (the reference included)
+    method: str = "scan"
+    point_images: int = 0  # scan: images one point's evaluation forwards (0: not recorded)
+    seconds: float = 0.0  # scan: wall seconds of the stored evaluations
+    estimate_cost: PriorCost | None = None  # taylor: the passes' cost
 
     @property
     def evaluations(self) -> int:
-        """Networks evaluated for the stored scan: its points and the unpruned reference."""
+        """Networks evaluated for the stored scan: its points and the unpruned reference (none
+        for an estimated prior)."""
+        if self.method != "scan":
+            return 0
         return len(self.points) + (self.reference_top1 is not None)
 
     @property
     def complete(self) -> bool:
+        if self.method != "scan":
+            return len(self.points) >= len(self.planned)
         return self.reference_top1 is not None and len(self.points) >= len(self.planned)
+
+    @property
+    def unit(self) -> str:
+        """What a drop is measured in."""
+        return {"scan": "top-1 points", "taylor": "estimated loss change (nats per image)",
+                "taylor-sq": "estimated squared loss change (nats^2 per image)"
+                }.get(self.method, "estimated drop")
+
+    @property
+    def cost(self) -> PriorCost:
+        """Images forwarded and backpropagated, and wall seconds, of the stored prior."""
+        if self.estimate_cost is not None:
+            return self.estimate_cost
+        return PriorCost(self.evaluations * self.point_images, 0, self.seconds)
+
+    def charge(self, evaluation_images: int) -> int:
+        """The evaluations a study whose trials forward ``evaluation_images`` images each is
+        charged for this prior: its forward-equivalent images over that, rounded up (a scan
+        whose images are not known: its evaluations)."""
+        eq = self.cost.equivalents(evaluation_images)
+        if eq is None or (self.method == "scan" and not self.point_images):
+            return self.evaluations
+        return math.ceil(eq - 1e-9)
 
     def curves(self) -> dict[str, list[tuple[float, float]]]:
         """Group -> ``(keep_ratio, drop)`` points, ascending, every planned group present."""
@@ -117,10 +215,13 @@ class Scan:
             out[p.group].append((p.keep_ratio, p.drop))
         return {g: sorted(c) for g, c in out.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.name, "grid": self.grid, "reference_top1": self.reference_top1,
+    def to_dict(self, evaluation_images: int = 0) -> dict[str, Any]:
+        return {"study": self.name, "method": self.method, "unit": self.unit, "grid": self.grid,
+                "reference_top1": self.reference_top1,
                 "planned": len(self.planned), "evaluations": self.evaluations,
                 "new_evaluations": self.new_evaluations, "complete": self.complete,
+                "cost": self.cost.to_dict(evaluation_images),
+                "charged_evaluations": self.charge(evaluation_images),
                 "points": [{**asdict(p), "stage": stage_of(p.group)} for p in self.points]}
 
 
@@ -184,16 +285,26 @@ def _read(study: optuna.Study) -> Scan | None:
     if PLAN_ATTR not in attrs:
         return None
     plan = [tuple(p) for p in attrs[PLAN_ATTR]]
-    points = {}
+    method = attrs.get(METHOD_ATTR, "scan")
+    if method != "scan":
+        estimated = [ScanPoint(g, r, w, c, None, d) for g, r, w, c, d in attrs[ESTIMATES_ATTR]]
+        return Scan(study.study_name, list(attrs.get("grid", [])), None, plan, estimated,
+                    method=method, estimate_cost=PriorCost(**attrs[COST_ATTR]))
+    points, seconds = {}, {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         a = t.user_attrs
-        points[(a["group"], a["width"])] = ScanPoint(a["group"], a["keep_ratio"], a["width"],
-                                                     a["channels"], a["top1"], a["drop"])
+        key = (a["group"], a["width"])
+        points[key] = ScanPoint(a["group"], a["keep_ratio"], a["width"], a["channels"],
+                                a["top1"], a["drop"])
+        if t.datetime_start is not None and t.datetime_complete is not None:
+            seconds[key] = (t.datetime_complete - t.datetime_start).total_seconds()
     order = {(g, w): i for i, (g, _, w, _) in enumerate(plan)}
     measured = sorted((p for k, p in points.items() if k in order),
                       key=lambda p: order[(p.group, p.width)])
+    spent = sum(v for k, v in seconds.items() if k in order)
     return Scan(study.study_name, list(attrs.get("grid", [])), attrs.get(REFERENCE_ATTR),
-                plan, measured)
+                plan, measured, point_images=int(attrs.get(POINT_IMAGES_ATTR, 0)),
+                seconds=spent + float(attrs.get(REFERENCE_SECONDS_ATTR, 0.0)))
 
 
 def _grid(cfg: Config) -> list[float]:
@@ -207,6 +318,100 @@ def _plan(problem: Problem) -> list[tuple[str, float, int, int]]:
 def scan_size(problem: Problem) -> int:
     """The networks a complete scan of ``problem`` evaluates: its points and the reference."""
     return len(_plan(problem)) + 1
+
+
+def evaluation_images(engine: Engine, batch_size: int, limit: int | None = None) -> int:
+    """Images one evaluation forwards: the proxy's (``engine.proxy_images``) and the
+    validation images scored (the first ``limit``, in whole batches; default all). 0 when the
+    engine does not tell (then priors are charged their network evaluations)."""
+    val = getattr(getattr(engine, "data", None), "val", None)
+    if val is None:
+        return 0
+    n = len(val)
+    if limit is not None:
+        n = min(n, math.ceil(limit / batch_size) * batch_size)
+    return int(getattr(engine, "proxy_images", 0)) + n
+
+
+def _trial_images(problem: Problem) -> int:
+    return evaluation_images(problem.engine, problem.cfg.data.batch_size)
+
+
+def _point_images(problem: Problem) -> int:
+    cfg = problem.cfg
+    return evaluation_images(problem.engine, cfg.data.batch_size, cfg.sensitivity.val_images)
+
+
+def _taylor_images(problem: Problem) -> int:
+    calib = problem.engine.data.calib
+    n = len(calib)
+    return min(problem.cfg.sensitivity.images or n, n)
+
+
+def prior_charge(problem: Problem) -> int:
+    """The evaluations a complete prior of ``problem`` will be charged (known before it is
+    measured: a scan's evaluations scaled by its images, a ``taylor`` prior's passes)."""
+    trial = _trial_images(problem)
+    if problem.cfg.sensitivity.method == "scan":
+        n, point = scan_size(problem), _point_images(problem)
+        if trial <= 0 or point <= 0:
+            return n
+        return math.ceil(n * point / trial - 1e-9)
+    images = _taylor_images(problem)
+    eq = PriorCost(images, images, 0.0).equivalents(trial)
+    return 0 if eq is None else math.ceil(eq - 1e-9)
+
+
+def charged_evaluations(info: Mapping[str, Any] | None) -> int:
+    """The evaluations a warm start or baseline record (study attr ``warm_start``, baseline
+    info) charges for its prior (records written before costs were kept: the scan's
+    evaluations)."""
+    info = info or {}
+    return int(info.get("charged_evaluations", info.get("scan_evaluations", 0)))
+
+
+def measure_prior(problem: Problem, *, storage: optuna.storages.BaseStorage | None = None,
+                  on_point: Callable[[int, int], None] | None = None) -> Scan:
+    """The problem's prior by ``sensitivity.method`` (:func:`run_scan` or
+    :func:`run_first_order`), measured now where it is missing."""
+    if problem.cfg.sensitivity.method == "scan":
+        return run_scan(problem, storage=storage, on_point=on_point)
+    return run_first_order(problem, storage=storage)
+
+
+def run_first_order(problem: Problem, *,
+                    storage: optuna.storages.BaseStorage | None = None) -> Scan:
+    """The ``taylor`` (or ``taylor-sq``) prior: every planned point's drop estimated to first
+    order from one forward and backward pass of the first ``sensitivity.images`` calibration
+    images (:mod:`searchprune.first_order`), stored once (a second process that measured it
+    too keeps the stored one)."""
+    cfg, engine = problem.cfg, problem.engine
+    estimate = getattr(engine, "first_order_drops", None)
+    if estimate is None:
+        raise ConfigError(f"sensitivity.method: {cfg.sensitivity.method} needs a pretrained "
+                          "network's engine (setting: pretrained); use sensitivity.method: scan")
+    storage = _open(cfg, storage)
+    name = scan_name(cfg)
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                load_if_exists=True)
+    stored = _read(study)
+    if stored is not None and stored.complete:  # measured once per problem, then read
+        return stored
+    plan = _plan(problem)
+    drops, passes = estimate([(g, w) for g, _, w, _ in plan], cfg.sensitivity.images,
+                             cfg.sensitivity.method)
+    cost = PriorCost(passes.images, passes.images, float(passes.seconds))
+    with study_lock(storage, name)():
+        if PLAN_ATTR not in study.user_attrs:
+            study.set_user_attr(METHOD_ATTR, cfg.sensitivity.method)
+            study.set_user_attr("grid", _grid(cfg))
+            study.set_user_attr("config", _fingerprint_data(cfg))
+            study.set_user_attr(ESTIMATES_ATTR, [[*p, float(d)] for p, d in zip(plan, drops)])
+            study.set_user_attr(COST_ATTR, asdict(cost))
+            study.set_user_attr(PLAN_ATTR, [list(p) for p in plan])  # last: it marks the prior
+    scan = _read(study)
+    assert scan is not None
+    return scan
 
 
 def run_scan(problem: Problem, *, storage: optuna.storages.BaseStorage | None = None,
@@ -227,14 +432,20 @@ def run_scan(problem: Problem, *, storage: optuna.storages.BaseStorage | None = 
             study.set_user_attr(PLAN_ATTR, [list(p) for p in plan])
             study.set_user_attr("grid", ratios)
             study.set_user_attr("config", _fingerprint_data(cfg))
+        if POINT_IMAGES_ATTR not in study.user_attrs:  # a scan stored before costs were kept
+            study.set_user_attr(METHOD_ATTR, "scan")
+            study.set_user_attr(POINT_IMAGES_ATTR, _point_images(problem))
     evaluate = _evaluator(cfg, engine)
     new = 0
     if REFERENCE_ATTR not in study.user_attrs:
+        start = time.perf_counter()
         top1 = evaluate(_base(engine, fixed))
+        seconds = time.perf_counter() - start
         new += 1
         with lock():
             if REFERENCE_ATTR not in study.user_attrs:
                 study.set_user_attr(REFERENCE_ATTR, top1)
+                study.set_user_attr(REFERENCE_SECONDS_ATTR, seconds)
     reference = float(study.user_attrs[REFERENCE_ATTR])
     full = _base(engine, fixed)
     stale = timedelta(seconds=cfg.search.grace_period)
@@ -304,11 +515,21 @@ def _claim(study: optuna.Study, lock: Lock, plan: list[tuple[str, float, int, in
 # -- the allocation and the warm start -----------------------------------------------------------
 def sensitivity_allocation(problem: Problem, *,
                            storage: optuna.storages.BaseStorage | None = None):
-    """The scan (measured now where points are missing) and the allocation for the problem's
-    band."""
+    """The prior (measured now where points are missing; ``sensitivity.method``) and the
+    allocation for the problem's band."""
     problem.goal.require_band("the sensitivity allocation")  # before any evaluation
-    scan = run_scan(problem, storage=storage)
+    scan = measure_prior(problem, storage=storage)
     return scan, allocation_of(problem, scan)
+
+
+def prior_record(problem: Problem, scan: Scan) -> dict[str, Any]:
+    """What a warm start or baseline records about its prior: the study, the method, the
+    networks it evaluated (``scan_evaluations``, ``scan_new_evaluations``), its cost and the
+    evaluations this problem's study is charged for it."""
+    trial = _trial_images(problem)
+    return {"scan_study": scan.name, "prior": scan.method,
+            "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,
+            "charged_evaluations": scan.charge(trial), "prior_cost": scan.cost.to_dict(trial)}
 
 
 def allocation_of(problem: Problem, scan: Scan):
@@ -333,8 +554,7 @@ def warm_start_configs(problem: Problem, *,
                           s.perturb_scale, cfg.search.seed, bounds=ranges.rule_bounds,
                           fixed=ranges.fixed)
     configs = ([alloc.ratios] if alloc.in_band else []) + extra
-    info = {"method": "sensitivity", "scan_study": scan.name,
-            "scan_evaluations": scan.evaluations, "scan_new_evaluations": scan.new_evaluations,
+    info = {"method": "sensitivity", **prior_record(problem, scan),
             "threshold": alloc.threshold, "allocation_flops_ratio": alloc.flops_ratio,
             "allocation_in_band": alloc.in_band, "projected": alloc.projected,
             "enqueued": len(configs), "allocation": alloc.ratios}

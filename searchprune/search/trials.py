@@ -18,7 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 from searchprune.search._band_random import REJECTED_DRAWS_ATTR
 from searchprune.search.pareto import front_trials
 
-__all__ = ["best_trials", "evaluated_trials", "in_flops_range", "is_evaluated",
+REFUSED_ATTR = "refused"  # set on a trial the budget turned away unrun (PRUNED, not evaluated)
+
+__all__ = ["REFUSED_ATTR", "best_trials", "evaluated_trials", "in_flops_range", "is_evaluated",
            "is_multi_objective", "n_evaluated", "rejected_proposals", "top1"]
 
 

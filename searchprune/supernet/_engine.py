@@ -84,6 +84,11 @@ class SupernetEngine(SearchSpaceView):
         """The allowed width nearest to ``ratio * channels`` per group."""
         return self.choices.nearest(ratios)
 
+    @property
+    def proxy_images(self) -> int:
+        """Images forwarded per evaluation before scoring: the BN recalibration's."""
+        return int(self.calib_images.shape[0])
+
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, calibrate: bool = True,
               seconds: dict[str, float] | None = None) -> nn.Module:
