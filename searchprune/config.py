@@ -242,6 +242,10 @@ class SearchConfig:
     retried."""
     max_retry: int = 2
     """How many times a trial of a dead worker is retried."""
+    max_consecutive_failures: int = 5
+    """A trial whose evaluation raises FAILs (``fail_reason``) and the study goes on; this many
+    FAILed trials in a row stop the run, every worker of it, with one line naming the last
+    trial and its error (exit 1)."""
     # ``pareto``: maximise top-1 and minimise the FLOPs ratio over ``gamma_range`` in one study
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
@@ -589,6 +593,7 @@ _POSITIVE = frozenset({
     "model.num_classes", "data.calib_size", "data.val_size", "data.test_size",
     "data.train_size", "data.image_size", "data.batch_size", "pruning.round_to",
     "pruning.reconstruction.positions_per_image", "search.n_trials", "search.grace_period",
+    "search.max_consecutive_failures",
 })
 _NON_NEGATIVE = frozenset({
     "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",

@@ -48,6 +48,8 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     images: int = 0
+    # what least squares did (Reconstructor.outcome), when the proxy has an ``ls`` step
+    least_squares: dict[str, int] | None = None
 
 
 @runtime_checkable
@@ -247,13 +249,15 @@ class PruningEngine(SearchSpaceView):
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
               keep: Mapping[str, torch.Tensor] | None = None,
-              seconds: dict[str, float] | None = None) -> nn.Module:
+              seconds: dict[str, float] | None = None,
+              report: dict[str, Any] | None = None) -> nn.Module:
         """The physically pruned network, its weights restored by ``proxy`` (default: the
         config's ``pruning.proxy``): ``abn`` re-estimates BatchNorm statistics on calibration
         images, ``ls`` rebuilds weights by least squares, ``abn+ls`` does both in that order,
         ``none`` leaves the kept weights as they are. ``keep`` (group -> kept channel indices)
         overrides the criterion's choice (a baseline that picks its own channels). ``seconds``
-        gets each step's time."""
+        gets each step's time, ``report`` what least squares did (``least_squares``: layers
+        fitted, kept, skipped, not fitted)."""
         from searchprune.bn import recalibrate_bn
         from searchprune.prune import prune_model
 
@@ -272,8 +276,10 @@ class PruningEngine(SearchSpaceView):
         if "ls" in steps:
             reconstructor = self.reconstructor
             t = time.perf_counter()
-            reconstructor.rebuild(pruned, keep)
+            errors = reconstructor.rebuild(pruned, keep)
             seconds["reconstruct"] = time.perf_counter() - t
+            if report is not None:
+                report["least_squares"] = reconstructor.outcome(errors)
         return pruned
 
     def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
@@ -285,9 +291,12 @@ class PruningEngine(SearchSpaceView):
         True stops the evaluation early (used by Optuna pruners).
         """
         seconds: dict[str, float] = {}
+        report: dict[str, Any] = {}
         widths = dict(widths)
-        pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds)
-        return self._score(pruned, widths, split, on_chunk, seconds)
+        pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds, report=report)
+        result = self._score(pruned, widths, split, on_chunk, seconds)
+        result.least_squares = report.get("least_squares")
+        return result
 
     @property
     def proxy_images(self) -> int:
