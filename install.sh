@@ -32,8 +32,8 @@ step "upgrading pip" .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: this exact version is what the project is tested with.
 step "installing torch 2.14.1 and torchvision 0.29.1 (CPU wheels are large)" \
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-step "installing searchprune and its dependencies (editable, with test tools)" \
-  .venv/bin/python -m pip install -q -e ".[test]"
+step "installing searchprune and its dependencies (editable, with test and docs tools)" \
+  .venv/bin/python -m pip install -q -e ".[test,docs]"
 echo "installed: $(.venv/bin/searchprune --version); pip's output is in $LOG"
 if [ "${SEARCHPRUNE_SKIP_QUICKSTART:-0}" != "1" ]; then
   echo "==> running the quickstart study (studies/quickstart.yaml)"

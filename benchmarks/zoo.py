@@ -8,6 +8,8 @@ in its own process:
 - the channel groups: searched / kept whole, and the most common reasons for keeping them whole;
 - ``model info``'s work (tracing, groups, cost model, exactness check): seconds and the
   process's peak memory;
+- least squares: layers it fits of those the search narrows (``ls``), and the most common
+  reasons it does not;
 - cost exactness: on 5 random configurations inside the FLOPs band 0.5 +- 0.02 (keep-ratios in
   [0.3, 1]), kept channels by L1, the analytic FLOPs/MACs/params against those counted on the
   built network (``torch.utils.flop_counter`` and parameter counts);
@@ -101,6 +103,7 @@ def one(name: str) -> dict:
     from searchprune.criteria import compute_scores
     from searchprune.errors import ModelError
     from searchprune.prune import prune_model
+    from searchprune.reconstruct import plan
     from searchprune.space import SearchSpace, count_cost
 
     torch.manual_seed(0)
@@ -123,6 +126,9 @@ def one(name: str) -> dict:
                                 / 1024)
     row["searched"], row["fixed"] = len(space.prunable), len(space.fixed)
     row["why_fixed"] = dict(Counter(g.reason for g in space.fixed).most_common(3))
+    steps = plan(model, space, x)  # what least squares does to each narrowed layer
+    row["ls"] = f"{sum(p.fitted for p in steps)}/{len(steps)}"
+    row["ls_not"] = dict(Counter(p.how for p in steps if not p.fitted).most_common(2))
     if not space.prunable:
         return {**row, "verdict": "nothing to search"}
     scores = compute_scores("l1", model, space)
@@ -179,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:22s} {row.get('size', '-'):>4} px  "
               f"{row.get('searched', '-'):>4} searched {row.get('fixed', '-'):>3} fixed  "
               f"info {row.get('info_s', '-')} s {row.get('info_peak_mb', '-')} MB  "
-              f"exact {row.get('exact', '-')}  {row['verdict']}"
+              f"ls {row.get('ls', '-')}  exact {row.get('exact', '-')}  {row['verdict']}"
               + (f": {row['why']}" if row.get("why") else ""), flush=True)
         for reason, count in row.get("why_fixed", {}).items():
             print(f"{'':26s}{count} x {reason}")
+        for reason, count in row.get("ls_not", {}).items():
+            print(f"{'':26s}least squares not on {count}: {reason}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     verdicts = Counter(r["verdict"] for r in rows)

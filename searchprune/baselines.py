@@ -190,7 +190,7 @@ def _kept_by_tp(engine, ratio: float, eta: float,
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.arange(m.num_features, dtype=m.running_mean.dtype))
-    example = engine.data.calib.x[:1].cpu()
+    example = engine.data.calib.head(1).cpu()
     round_to = engine.cfg.pruning.round_to
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(),

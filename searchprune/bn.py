@@ -4,8 +4,13 @@ docs/algorithms.md §5)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from searchprune.data._bundle import Images
 
 __all__ = ["bn_layers", "recalibrate_bn"]
 
@@ -14,7 +19,7 @@ def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
+def recalibrate_bn(model: nn.Module, images: torch.Tensor | Images, *, batch_size: int = 256,
                    device: str | torch.device = "cpu") -> nn.Module:
     """Recompute every BN layer's running statistics on ``images`` and return ``model`` in eval
     mode.

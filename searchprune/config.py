@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 VAL_SOURCES = ("train", "test")
-# How a pruned candidate's weights are restored before it is scored (README, "Proxies").
+# How a pruned candidate's weights are restored before it is scored (docs/how-to/proxies.md).
 PROXIES = ("ls", "abn", "abn+ls", "none")
 DEFAULT_PROXY = "ls"
 # A study stored before ``pruning.proxy`` existed was scored with least squares.
@@ -68,16 +68,43 @@ class ModelConfig:
     """Which network to prune.
 
     ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model name, or ``package.module:factory``.
+    classification model name, ``timm:<name>`` (a timm model; ``pip install searchprune[timm]``)
+    or ``package.module:factory``. ``kwargs``: more constructor arguments of a torchvision, timm
+    or factory model (plain YAML values, e.g. ``{aux_logits: false}``).
     """
 
     name: str = "digits_resnet8"
+    """``cifar_resnet<6n+2>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
+    classification model, ``timm:<name>`` (any timm model; needs ``pip install
+    'searchprune[timm]'``, else one line says so), or ``package.module:factory`` (called with
+    ``num_classes`` and ``in_channels`` if it accepts them)."""
     num_classes: int | None = None
+    """Override the class count (default: from the data)."""
     checkpoint: str | None = None
+    """A state_dict file (``module.`` prefixes and ``{"state_dict": ...}`` wrappers are handled);
+    read weights-only: tensors and plain containers, no code runs."""
     shortcut: str = "projection"
+    """CIFAR ResNets: ``pad`` (option A, parameter-free; the ``../shared`` checkpoints) or
+    ``projection`` (1x1 conv + BN, the paper's numbers)."""
     pretrained: bool = False
+    """torchvision weights enum ``DEFAULT`` (downloads; needs a network); timm: its pretrained
+    weights, from the Hugging Face cache or the network (offline and not cached: one line);
+    without it, random init."""
     # Full unpickling of ``checkpoint`` (it can run code from the file): only for trusted files.
     trust_checkpoint: bool = False
+    """Allow full unpickling of ``model.checkpoint`` (files that also hold other objects, e.g. an
+    ``argparse.Namespace``); unpickling can run code from the file, so only for files you
+    trust. Also ``--trust-checkpoint`` on ``study run``, ``model eval/info``, ``criteria``,
+    ``compare``. Without it such a file is refused: ``error: checkpoint F holds objects other
+    than tensors, and loading it would run code from the file; ...`` (exit 1). Never stored
+    with a study: ``finetune`` and ``export`` unpickle the study's ``model.checkpoint`` only
+    with ``--trust-checkpoint F`` naming that same file (links resolved)."""
+    kwargs: dict[str, Any] | None = None
+    """Keyword arguments for the model's constructor (a torchvision builder, ``timm:<name>`` or a
+    ``package.module:factory``), e.g. ``{aux_logits: false}`` for googlenet or ``{image_size:
+    32}`` for a ViT; plain YAML values only. Arguments searchprune sets itself
+    (``num_classes``, ``in_channels``, ``weights``, ``pretrained``) and ones that load weights
+    from a path (``checkpoint_path``, ``pretrained_cfg``, ``cache_dir``) are refused."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +112,35 @@ class DataConfig:
     """Where images come from and how the fixed, seeded splits are drawn."""
 
     name: str = "digits"
+    """``digits``, ``cifar10``, ``cifar100`` or ``imagefolder``. A split (calib, val, test) is
+    decoded when a command first reads it (``model info`` decodes none; ``model eval`` only its
+    split) and kept as stored, uint8, normalised batch by batch to the same floats."""
     root: str | None = None
+    """The dataset folder. ImageFolder: ``root/train`` and ``root/test`` (or ``root/val``), at
+    least two classes, the same class folders with images in both; an image PIL cannot read
+    stops the run with ``error: cannot read image FILE: ...``."""
     download: bool = False
+    """Let torchvision download CIFAR."""
     calib_size: int = 512
+    """Calibration images (from train) for reconstruction and data-driven criteria."""
     val_size: int = 400
+    """Validation images that rank candidates."""
     val_from: str = "train"
+    """``train``: a seeded hold-out of train; ``test``: a seeded half of the official test split
+    (the other half stays test). Use ``test`` for checkpoints trained on all of train (see the
+    how-to "Your data and your model")."""
     test_size: int | None = None
+    """Cap on test images (final reports only); default all."""
     train_size: int | None = None
+    """Cap on training images: a seeded subset (training from scratch on a CPU); default all."""
     image_size: int | None = None
+    """Resize the shorter side to this size and center-crop a square (default: the native size).
+    The model runs once on a blank image of this size when it is built; a size it cannot take is
+    one line (set another size, or pass the size through ``model.kwargs``)."""
     seed: int = 0
+    """The split seed."""
     batch_size: int = 256
+    """Evaluation batch size."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +149,15 @@ class ReconstructionConfig:
     ``abn+ls`` proxies."""
 
     ridge: float = 1e-4
+    """Ridge ``alpha``; lambda = alpha·trace(G)/n'."""
     positions_per_image: int = 32
+    """Spatial positions sampled per image and layer."""
     intercept: bool = True
+    """Fit ``X z + c``."""
     guard: bool = True
+    """Keep X = I where the fit does not beat identity on held-out columns."""
     holdout_fraction: float = 0.1
+    """Calibration images held out for that check."""
 
 
 @dataclass(frozen=True)
@@ -123,21 +174,46 @@ class PruningConfig:
     """
 
     gamma: float | None = 0.5
+    """Fraction of FLOPs **kept** (the band's centre); ``null``: no FLOPs band, ``pruning.params``
+    or ``pruning.latency`` must then limit the search."""
     tolerance: float = 0.02
+    """Band half-width T: accept ``|ratio − gamma| <= T``. A band that meets the reachable FLOPs
+    ratios in one point only (e.g. ``gamma: 1.0, tolerance: 0``) is refused before any trial,
+    with the reachable range."""
     eta: float = 0.3
+    """Smallest keep-ratio per group."""
     criterion: str = "l1"
+    """Which channels go: ``l1``, ``l2``, ``gm``, ``te``, ``es``, ``kl`` (the criterion registry),
+    or ``package.module:factory`` returning a ``searchprune.criteria.Criterion``."""
     proxy: str = DEFAULT_PROXY
+    """How a candidate's weights are restored before it is scored: ``ls``, ``abn``, ``abn+ls``,
+    ``none`` (see the how-to "Proxies")."""
     abn_images: int | None = None
+    """Images ``abn`` and ``abn+ls`` re-estimate BN statistics on (default: all calibration
+    images)."""
     round_to: int = 1
+    """Widths rounded to this multiple (at least one unit)."""
     prune_classifier_input: bool = False
+    """Also prune the residual stream that feeds the classifier."""
     reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    """Layer-wise least squares, used by the ``ls`` and ``abn+ls`` proxies."""
     # Per-group keep-ratio bounds: ``{pattern: {min: r, max: r} | {fixed: r}}`` (constraints.py).
     groups: dict[str, Any] | None = None
+    """Per-group keep-ratio bounds: glob patterns over group names (``*`` matches dots) mapped to
+    ``{min: r, max: r}`` or ``{fixed: r}``; a group's range is ``[eta, 1]`` intersected with
+    every pattern that matches it."""
     # The params ratio: ``{max: r}`` or ``{target: r, tolerance: t}`` (constraints.py).
     params: dict[str, Any] | None = None
+    """A limit on the params ratio, checked before any network is built: ``{max: r}`` or
+    ``{target: r, tolerance: t}``."""
     # The latency: ``{max: r}``, ``{target: r, tolerance: t}`` or ``{max_ms: x}`` plus
     # ``batch_size``, ``threads``, ``dtype``, ``measure`` (constraints.latency_spec; latency.py).
     latency: dict[str, Any] | None = None
+    """A limit on the predicted CPU latency, checked before any network is built: ``{max: r}`` or
+    ``{target: r, tolerance: t}`` (ratios of the unpruned network's latency) or ``{max_ms:
+    x}``; with ``batch_size`` (64), ``threads`` (2), ``dtype`` (``float32`` or ``bfloat16``)
+    and ``measure`` (``true``: time every evaluated trial's network). Without a limit it only
+    predicts and measures."""
 
 
 @dataclass(frozen=True)
@@ -145,25 +221,54 @@ class SearchConfig:
     """The Optuna side: sampler, budget of evaluated trials, seed, early stopping."""
 
     sampler: str = "random"
+    """``random``, ``tpe``, ``cmaes``, ``gp``, ``qmc``, ``nsga2`` (the sampler registry), or
+    ``package.module:factory``: a function of a ``SamplerContext`` returning an Optuna sampler
+    (give it ``projects = True`` to have proposals projected onto the band); imported by every
+    worker."""
     n_trials: int = 30
+    """**Evaluated** (in-band) trials to reach, across all workers."""
     seed: int = 0
+    """The sampler seed."""
     study_name: str | None = None
+    """The study's name (default: the config file's stem)."""
     pruner: str = "none"
+    """``none``, or ``median``: report top-1 after each validation batch (``data.batch_size``
+    images) and stop candidates below the median of earlier ones; a stopped candidate counts
+    toward ``n_trials``."""
     heartbeat_interval: int = 30
+    """Seconds between a running trial's heartbeats (RDB storages): dead-worker detection."""
     grace_period: int = 120
+    """Seconds of silence after which a running trial is marked FAIL by the next worker and
+    retried."""
     max_retry: int = 2
+    """How many times a trial of a dead worker is retried."""
+    max_consecutive_failures: int = 5
+    """A trial whose evaluation raises FAILs (``fail_reason``) and the study goes on; this many
+    FAILed trials in a row stop the run, every worker of it, with one line naming the last
+    trial and its error (exit 1)."""
     # ``pareto``: maximise top-1 and minimise the FLOPs ratio over ``gamma_range`` in one study
     # (search/pareto.py); ``pruning.gamma`` and ``pruning.tolerance`` are then unused.
     objective: str = "single"
+    """``single``, or ``pareto``: maximise top-1 and minimise a cost ratio in one study (samplers
+    ``random``, ``tpe``, ``nsga2``, ``gp``, ``qmc``; not ``cmaes``; ``search.pruner`` must be
+    ``none``)."""
     gamma_range: list[float] | None = None
+    """``[lo, hi]``: the FLOPs-ratio range of a ``pareto`` study."""
     # the Pareto study's second objective: ``flops``, ``params`` or ``latency`` (predicted)
     pareto_cost: str = "flops"
+    """What a ``pareto`` study minimises: ``flops``, ``params`` or ``latency`` (the predicted
+    latency ratio)."""
     # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
     # perturbations of it (searchprune/search/sensitivity.py)
     warm_start: str = "none"
-    # ``{top_k: k, images: n}``: re-score the top-k trials on images disjoint from validation,
-    # calibration and test, and pick by that (searchprune/confirmation.py)
+    """``none``, or ``sensitivity``: the first trials are the sensitivity allocation and its
+    perturbations (single-objective only)."""
     confirm: dict[str, Any] | None = None
+    """``{top_k: k, images: n}``: after the search, re-score the ``top_k`` trials by validation
+    top-1 (default 5) on ``images`` confirmation images, disjoint from validation, calibration,
+    test and the training images, and pick by that (``searchprune/confirmation.py``: with
+    ``data.val_from: test`` the validation half's unused images, default all; with ``train`` a
+    hold-out drawn before the built-in baseline is trained, default ``data.val_size``)."""
 
 
 @dataclass(frozen=True)
@@ -179,12 +284,20 @@ class SensitivityConfig:
     """
 
     method: str = "scan"
+    """How the prior is measured: ``scan`` (evaluate every point), ``taylor`` or ``taylor-sq``
+    (first-order estimates from one forward and backward pass; pretrained networks only)."""
     images: int | None = None
+    """Calibration images ``taylor``/``taylor-sq`` backpropagate (default all)."""
     points: int = 4
+    """Keep-ratios per group in the scan, evenly spaced from ``eta`` up to (not including) 1."""
     ratios: list[float] | None = None
+    """Explicit scan keep-ratios in ``[eta, 1)`` (replace ``points``)."""
     val_images: int | None = None
+    """Validation images per scan point (whole batches of ``data.batch_size``); default all."""
     perturbations: int = 3
+    """The warm start's extra in-band trials around the allocation."""
     perturb_scale: float = 0.15
+    """The sigma of their log-normal noise (each keep-ratio times ``exp(N(0, perturb_scale))``)."""
 
 
 @dataclass(frozen=True)
@@ -192,20 +305,36 @@ class SupernetConfig:
     """Setting 2: a slimmable supernet trained from scratch."""
 
     width_multiple: int = 8
+    """Allowed widths are multiples of this."""
     min_ratio: float = 0.4
+    """Smallest allowed width as a fraction of a group's channels."""
     epochs: int = 10
+    """Supernet training epochs (cosine schedule)."""
     batch_size: int = 128
+    """Training batch size (supernet, top-k fine-tuning, retraining)."""
     lr: float = 0.1
+    """SGD learning rate (top-k fine-tuning uses a tenth)."""
     weight_decay: float = 5e-4
+    """SGD weight decay."""
     num_random: int = 3
+    """Random sub-networks per step besides the full one."""
     sandwich: bool = False
+    """US-Nets rule: the smallest sub-network is one of the ``num_random``."""
     inplace_distill: bool = True
+    """Sub-networks learn from the full network's softmax."""
     bn_calib_images: int = 1000
+    """Training images that recalibrate BN of every evaluated sub-network."""
     checkpoint: str | None = None
+    """Where the trained supernet is saved and loaded (default
+    ``runs/supernet/<stem>/supernet.pt``)."""
     seed: int = 0
+    """Initialisation, sampling and data-order seed."""
     top_k: int = 5
+    """``supernet rank --train-top-k``: candidates fine-tuned."""
     finetune_epochs: int = 5
+    """Epochs of top-k fine-tuning from supernet weights."""
     retrain_epochs: int = 50
+    """Epochs of retraining the best from scratch."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +344,11 @@ class DistillConfig:
     softmax(student / T))``. ``alpha: 0`` (the default) fine-tunes on labels alone."""
 
     alpha: float = 0.0
+    """Weight of the distillation loss in [0, 1]: loss = (1 - alpha)·CE(labels) +
+    alpha·T²·KL(softmax(teacher/T) ‖ softmax(student/T)); 0 = labels only. Used by ``finetune``
+    (and ``--each``); flag ``--distill-alpha``."""
     temperature: float = 4.0
+    """T of that loss, > 0; flag ``--distill-temperature``."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +356,7 @@ class FinetuneConfig:
     """Defaults of ``searchprune finetune`` for this study (its flags override them)."""
 
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation from the unpruned network while fine-tuning."""
 
 
 @dataclass(frozen=True)
@@ -230,16 +364,31 @@ class Config:
     """A whole study: model, data, pruning, search, storage."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which network to prune."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where images come from; the seeded splits."""
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    """The FLOPs band, bounds, limits, criterion and proxy."""
     search: SearchConfig = field(default_factory=SearchConfig)
+    """The Optuna side: sampler, budget, seed, early stopping, objective."""
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    """Setting ``scratch``: the slimmable supernet."""
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+    """The per-group sensitivity scan and the warm start."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Defaults of ``searchprune finetune``."""
     setting: str = "pretrained"
+    """``pretrained`` (prune a trained network), or ``scratch``: search a trained slimmable
+    supernet (see ``supernet.*``)."""
     storage: str | None = None
+    """SQLite path or any Optuna storage URL (default ``$SEARCHPRUNE_STORAGE``, else
+    ``studies/searchprune.db``). A SQLite path under a regular file, or in a folder that is not
+    writable, is a one-line error (exit 1)."""
     device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one this machine
+    lacks is refused before anything runs."""
     source: str | None = None
+    """Set by searchprune: the study file the config was read from (not written by hand)."""
 
     def validate(self) -> Config:
         """Check value ranges; raise :class:`ConfigError` with a one-line fix."""
@@ -283,6 +432,7 @@ class Config:
         d = self.data
         if d.val_from not in VAL_SOURCES:
             raise ConfigError(unknown_choice("data.val_from", d.val_from, VAL_SOURCES))
+        check_model_kwargs(self.model.kwargs)
         if self.model.shortcut not in ("pad", "projection"):
             raise ConfigError(unknown_choice("model.shortcut", self.model.shortcut,
                                              ("pad", "projection")))
@@ -298,6 +448,53 @@ class Config:
                               "pretrained (a trained network to take gradients of); use "
                               "method: scan")
         return self
+
+
+# Constructor arguments searchprune sets itself, and the key that sets each; weights come only
+# through model.pretrained or model.checkpoint (its trust rules), never a path or URL in kwargs.
+_SET_ELSEWHERE = {"num_classes": "model.num_classes", "weights": "model.pretrained",
+                  "pretrained": "model.pretrained", "in_channels": "the data's channels",
+                  "in_chans": "the data's channels", "checkpoint_path": "model.checkpoint",
+                  "pretrained_cfg": "model.pretrained or model.checkpoint",
+                  "pretrained_cfg_overlay": "model.pretrained or model.checkpoint",
+                  "cache_dir": "model.pretrained (timm's own cache)"}
+
+
+def check_model_kwargs(kwargs: Any) -> None:
+    """``model.kwargs`` is a mapping of argument names to plain YAML values (null, booleans,
+    numbers, strings, and lists or mappings of them); one-line :class:`ConfigError` if not."""
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"model.kwargs must be a mapping of constructor arguments "
+                          f"(name: value), got {kwargs!r}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"model.kwargs: {key!r} is not an argument name")
+        if key in _SET_ELSEWHERE:
+            raise ConfigError(f"model.kwargs.{key} is set by searchprune; use "
+                              f"{_SET_ELSEWHERE[key]} instead")
+        bad = _not_plain(value)
+        if bad is not None:
+            raise ConfigError(f"model.kwargs.{key} must be null, true/false, a number, a "
+                              f"string, or a list or mapping of them; got {bad!r}")
+
+
+def _not_plain(value: Any) -> Any:
+    """The first part of ``value`` that is not a plain YAML value, or None."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            return value
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return value
+    return next((bad for bad in map(_not_plain, items) if bad is not None), None)
 
 
 def validate_study_name(name: str) -> str:
@@ -405,6 +602,7 @@ _POSITIVE = frozenset({
     "model.num_classes", "data.calib_size", "data.val_size", "data.test_size",
     "data.train_size", "data.image_size", "data.batch_size", "pruning.round_to",
     "pruning.reconstruction.positions_per_image", "search.n_trials", "search.grace_period",
+    "search.max_consecutive_failures",
 })
 _NON_NEGATIVE = frozenset({
     "data.seed", "search.seed", "search.heartbeat_interval", "search.max_retry", "supernet.seed",
@@ -525,8 +723,13 @@ def upgrade_stored(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """The fully resolved config as plain JSON-able data (stored with every study)."""
-    return dataclasses.asdict(cfg)
+    """The fully resolved config as plain JSON-able data (stored with every study). An unset
+    ``model.kwargs`` is left out, so a config without it reads (and fingerprints) as before
+    the key existed."""
+    data = dataclasses.asdict(cfg)
+    if not data["model"].get("kwargs"):
+        data["model"].pop("kwargs", None)
+    return data
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:

@@ -48,6 +48,8 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     images: int = 0
+    # what least squares did (Reconstructor.outcome), when the proxy has an ``ls`` step
+    least_squares: dict[str, int] | None = None
 
 
 @runtime_checkable
@@ -108,7 +110,13 @@ def engine_for(cfg: Config, *, progress: bool = False) -> Engine:
         raise ConfigError(unknown_choice("setting", cfg.setting, sorted(ENGINES)))
     module, _, attr = ENGINES[cfg.setting].partition(":")
     cls = getattr(importlib.import_module(module), attr)
-    return cls.from_config(cfg, progress=progress)
+    engine = cls.from_config(cfg, progress=progress)
+    # Every configuration is scored on val: decode it now, so an unreadable image stops the
+    # command before it creates or changes anything (splits are otherwise decoded when read).
+    val = getattr(getattr(engine, "data", None), "val", None)
+    if val is not None and hasattr(val, "stored"):
+        val.stored  # noqa: B018
+    return engine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,7 +159,7 @@ class SearchSpaceView:
         t = time.perf_counter()
         sp = getattr(self.data, split)
         top1, top5, seen, stopped = evaluate_chunks(
-            net, sp.x, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
+            net, sp.images, sp.y, batch_size=self.cfg.data.batch_size, device=self.device,
             on_chunk=on_chunk,
         )
         seconds["evaluate"] = time.perf_counter() - t
@@ -190,7 +198,8 @@ class PruningEngine(SearchSpaceView):
         self.device = device or resolve_device(cfg.device)
         self.model = model.eval().to(self.device)
         self.data = data
-        example = data.calib.x[:1].to(self.device)
+        # tracing needs the shape only: no image is decoded for it (`model info` decodes none)
+        example = torch.zeros(1, *data.input_shape, device=self.device)
         self.space = SearchSpace.from_model(
             self.model, example, round_to=cfg.pruning.round_to,
             prune_classifier_input=cfg.pruning.prune_classifier_input,
@@ -200,8 +209,11 @@ class PruningEngine(SearchSpaceView):
         self.scores = scores if scores is not None else self._compute_scores(cfg.pruning.criterion)
         self.seconds["scores"] = time.perf_counter() - t
         self._reconstructor: Reconstructor | None = None
-        if "ls" in proxy_steps(cfg.pruning.proxy):
+        steps = proxy_steps(cfg.pruning.proxy)
+        if "ls" in steps:
             self.reconstructor  # noqa: B018 -- the original's features, once per worker
+        if "abn" in steps and hasattr(data.calib, "stored"):
+            data.calib.stored  # noqa: B018 -- every trial reads it: decoded now, once
 
     @property
     def reconstructor(self) -> Reconstructor:
@@ -232,18 +244,21 @@ class PruningEngine(SearchSpaceView):
     def _compute_scores(self, criterion: str) -> dict[str, torch.Tensor]:
         from searchprune.criteria import cached_scores
 
-        return cached_scores(criterion, self.model, self.space, self.data, device=self.device)
+        return cached_scores(criterion, self.model, self.space, self.data, device=self.device,
+                             model_kwargs=self.cfg.model.kwargs)
 
     # -- per trial ----------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int], *, proxy: str | None = None,
               keep: Mapping[str, torch.Tensor] | None = None,
-              seconds: dict[str, float] | None = None) -> nn.Module:
+              seconds: dict[str, float] | None = None,
+              report: dict[str, Any] | None = None) -> nn.Module:
         """The physically pruned network, its weights restored by ``proxy`` (default: the
         config's ``pruning.proxy``): ``abn`` re-estimates BatchNorm statistics on calibration
         images, ``ls`` rebuilds weights by least squares, ``abn+ls`` does both in that order,
         ``none`` leaves the kept weights as they are. ``keep`` (group -> kept channel indices)
         overrides the criterion's choice (a baseline that picks its own channels). ``seconds``
-        gets each step's time."""
+        gets each step's time, ``report`` what least squares did (``least_squares``: layers
+        fitted, kept, skipped, not fitted)."""
         from searchprune.bn import recalibrate_bn
         from searchprune.prune import prune_model
 
@@ -256,14 +271,16 @@ class PruningEngine(SearchSpaceView):
         if "abn" in steps:
             t = time.perf_counter()
             n = self.cfg.pruning.abn_images or len(self.data.calib)
-            recalibrate_bn(pruned, self.data.calib.x[:n], batch_size=self.cfg.data.batch_size,
+            recalibrate_bn(pruned, self.data.calib[:n].images, batch_size=self.cfg.data.batch_size,
                            device=self.device)
             seconds["abn"] = time.perf_counter() - t
         if "ls" in steps:
             reconstructor = self.reconstructor
             t = time.perf_counter()
-            reconstructor.rebuild(pruned, keep)
+            errors = reconstructor.rebuild(pruned, keep)
             seconds["reconstruct"] = time.perf_counter() - t
+            if report is not None:
+                report["least_squares"] = reconstructor.outcome(errors)
         return pruned
 
     def evaluate(self, widths: Mapping[str, int], *, split: str = "val",
@@ -275,9 +292,12 @@ class PruningEngine(SearchSpaceView):
         True stops the evaluation early (used by Optuna pruners).
         """
         seconds: dict[str, float] = {}
+        report: dict[str, Any] = {}
         widths = dict(widths)
-        pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds)
-        return self._score(pruned, widths, split, on_chunk, seconds)
+        pruned = self.build(widths, proxy=proxy, keep=keep, seconds=seconds, report=report)
+        result = self._score(pruned, widths, split, on_chunk, seconds)
+        result.least_squares = report.get("least_squares")
+        return result
 
     @property
     def proxy_images(self) -> int:
@@ -296,7 +316,7 @@ class PruningEngine(SearchSpaceView):
         from searchprune.first_order import first_order_drops
 
         calib = self.data.calib if images is None else self.data.calib[:images]
-        return first_order_drops(self.model, self.space, self.scores, calib.x, calib.y, points,
+        return first_order_drops(self.model, self.space, self.scores, calib.images, calib.y, points,
                                  batch_size=self.cfg.data.batch_size, device=self.device,
                                  form=form)
 
@@ -304,7 +324,7 @@ class PruningEngine(SearchSpaceView):
         from searchprune.evaluate import evaluate
 
         sp = getattr(self.data, split)
-        return evaluate(self.model, sp.x, sp.y, batch_size=self.cfg.data.batch_size,
+        return evaluate(self.model, sp.images, sp.y, batch_size=self.cfg.data.batch_size,
                         device=self.device)
 
 
@@ -322,4 +342,5 @@ def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:
         from searchprune.models.baseline import digits_baseline
 
         return digits_baseline(cfg.model, data, progress=progress)
-    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0],
+                       input_shape=data.input_shape)

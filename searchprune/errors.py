@@ -16,6 +16,7 @@ __all__ = [
     "StudyConfigMismatch",
     "UntrustedCheckpointError",
     "did_you_mean",
+    "exception_line",
     "unknown_choice",
 ]
 
@@ -30,6 +31,15 @@ def unknown_choice(what: str, value: object, valid: Iterable[str]) -> str:
     """``unknown <what> '<value>' (did you mean 'x'?); choose one of: a, b, c``."""
     names = list(valid)
     return f"unknown {what} '{value}'{did_you_mean(value, names)}; choose one of: {', '.join(names)}"
+
+
+def exception_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (``(no message)`` when it is empty), at most ``limit``
+    characters: how a failed trial or a last-resort error names its cause in one line."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    text = f"{type(exc).__name__}: {first or '(no message)'}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class SearchpruneError(Exception):

@@ -1,18 +1,23 @@
-"""Top-1 / top-5 accuracy of a classifier on in-memory tensors."""
+"""Top-1 / top-5 accuracy of a classifier on in-memory images (a float tensor, or a split's
+:class:`~searchprune.data.Images`, normalised batch by batch)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from searchprune.data._bundle import Images
 
 __all__ = ["evaluate", "evaluate_chunks"]
 
 
 def evaluate_chunks(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     y: torch.Tensor,
     *,
     batch_size: int = 512,
@@ -52,7 +57,7 @@ def evaluate_chunks(
 
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     y: torch.Tensor,
     *,
     batch_size: int = 512,

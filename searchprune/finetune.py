@@ -120,11 +120,11 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
                 held.enter_context(_exclusive(run))
         for cand in candidates:
             model = engine.build(cand.widths)
-            before, _ = evaluate(model, data.val.x, data.val.y, device=device)
+            before, _ = evaluate(model, data.val.images, data.val.y, device=device)
             if settings.epochs > 0:
                 _fit(model, train_set, settings, settings.epochs, runs[cand.key], device,
                      progress, loss)
-            val1, val5 = evaluate(model, data.val.x, data.val.y, device=device)
+            val1, val5 = evaluate(model, data.val.images, data.val.y, device=device)
             result.candidates[cand.key] = {"val_top1_before": before, "val_top1": val1,
                                            "val_top5": val5, "epochs": settings.epochs}
             models[cand.key] = model.cpu()
@@ -134,7 +134,7 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
     widths = next(c.widths for c in candidates if c.key == best)
     untuned = engine.build(widths)
     result.test_top1_before, result.test_top5_before = evaluate(
-        untuned, data.test.x, data.test.y, device=device)
+        untuned, data.test.images, data.test.y, device=device)
     model = models[best]
     final_meta = {"stage": "stage2", "after": runs[best].meta, "epochs": settings.final_epochs}
     stage2 = _run(out, f"trial-{best}-stage2", _label(best, study), final_meta)
@@ -143,8 +143,9 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
             _fit(model, train_set, settings, settings.final_epochs, stage2, device, progress,
                  loss)
     result.best = best
-    result.val_top1, _ = evaluate(model, data.val.x, data.val.y, device=device)
-    result.test_top1, result.test_top5 = evaluate(model, data.test.x, data.test.y, device=device)
+    result.val_top1, _ = evaluate(model, data.val.images, data.val.y, device=device)
+    result.test_top1, result.test_top5 = evaluate(model, data.test.images, data.test.y,
+                                                  device=device)
     final = out / f"trial-{best}-final-{_digest(final_meta)}.pt"
     if is_main_process():  # under torchrun every rank holds the same weights; one writes
         atomic_save({"state_dict": model.state_dict(), "widths": dict(widths), "trial": best},
@@ -190,13 +191,13 @@ def finetune_each(engine, candidates: Sequence[Candidate], settings: FinetuneSet
         rows = []
         for i, (cand, run) in enumerate(zip(candidates, runs), 1):
             model = engine.build(cand.widths, keep=cand.keep)
-            before, _ = evaluate(model, data.val.x, data.val.y, device=device)
+            before, _ = evaluate(model, data.val.images, data.val.y, device=device)
             if progress:
                 _log.info("[%d/%d] fine-tuning %s", i, len(candidates), cand.key)
             if settings.epochs > 0:
                 _fit(model, train_set, settings, settings.epochs, run, device, progress, loss)
-            val1, _ = evaluate(model, data.val.x, data.val.y, device=device)
-            test1, test5 = evaluate(model, data.test.x, data.test.y, device=device)
+            val1, _ = evaluate(model, data.val.images, data.val.y, device=device)
+            test1, test5 = evaluate(model, data.test.images, data.test.y, device=device)
             cost = engine.cost(cand.widths)
             row: dict[str, Any] = {
                 "key": cand.key, "widths": dict(cand.widths), "epochs": settings.epochs,

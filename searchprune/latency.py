@@ -17,7 +17,10 @@ The table is built once per (model signature, machine, batch, threads, dtype):
   prunable axis, from 1/8 of the channels to all of them): median of ``repeats`` runs after
   ``warmup`` runs on a random batch, with ``torch.set_num_threads(threads)`` (restored after).
   Each axis is made non-decreasing (running maximum) so a wider layer never predicts faster.
-- a unit's latency at any widths is the bilinear interpolation of its shape's grid (exact at
+- a unit's input and output channel counts at any widths are the cost model's linear forms
+  (:meth:`~searchprune.space.SearchSpace.channel_form`: a layer reading a concatenation of
+  several groups, or part of one, has exactly the channels of the built network); its
+  latency is the bilinear interpolation of its shape's grid at those counts (exact at
   grid points; MACs are bilinear in the channel counts, so the grid only has to catch what is
   not: vector-width steps, memory effects). Widths below the first grid point take its value.
 - the rest of the network (residual adds, shortcuts, pooling, the stem's input, Python
@@ -63,7 +66,7 @@ __all__ = ["TABLE_ATTR", "VERSION", "LatencyModel", "LatencyTable", "build_table
            "cpu_threads", "latency_for_engine", "machine_id", "network_of", "stored_table",
            "study_latency", "table_key", "time_forward"]
 
-VERSION = 1
+VERSION = 2  # 2: a unit's axes are the cost model's linear channel forms
 TABLE_ATTR = "latency_table:"  # + key: a study system attribute holding the table's JSON
 GRID_POINTS = 6
 FIT_NETS = 8
@@ -116,10 +119,11 @@ def machine_id() -> str:
 
 
 # -- units and shapes --------------------------------------------------------------------------
-def _grid(full: int, points: int) -> list[int]:
-    """Channel counts from 1/8 of ``full`` to ``full`` (``points`` of them, deduplicated)."""
+def _grid(full: int, points: int, unit: int = 1) -> list[int]:
+    """Channel counts from 1/8 of ``full`` to ``full`` (``points`` of them, multiples of
+    ``unit``, deduplicated)."""
     fractions = np.linspace(0.125, 1.0, max(2, points))
-    return sorted({max(1, int(round(f * full))) for f in fractions})
+    return sorted({max(unit, int(round(f * full / unit)) * unit) for f in fractions})
 
 
 def _plain_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -134,7 +138,8 @@ def _plain_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def _find_units(model: nn.Module, example: torch.Tensor, space: SearchSpace,
                 grid: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Units (conv/linear + following BN + activation) and their distinct shapes, from one
-    hooked forward pass; each unit records the prunable group of each axis that varies."""
+    hooked forward pass; each unit records, for each axis that varies, the linear form of
+    its channel count in the searched widths (:func:`_varying_axes`)."""
     names = {m: n for n, m in model.named_modules() if not list(m.children())}
     calls: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
 
@@ -144,12 +149,6 @@ def _find_units(model: nn.Module, example: torch.Tensor, space: SearchSpace,
 
     with forward_hooks(names, hook), torch.no_grad():
         model(example)
-    prunable = {g.name for g in space.prunable}
-    out_of, in_of = {}, {}
-    for g in space.groups:
-        for m in g.members:
-            (out_of if m.role == "out" else in_of)[m.module] = g.name if g.name in prunable \
-                else None
     units: list[dict[str, Any]] = []
     shapes: list[dict[str, Any]] = []
     index: dict[str, int] = {}
@@ -177,16 +176,10 @@ def _find_units(model: nn.Module, example: torch.Tensor, space: SearchSpace,
                 and not list(after[1].parameters())):
             act = after[1]
         spec.update(bn=bn is not None, act=type(act).__name__ if act is not None else None)
-        g_in, g_out = in_of.get(name), out_of.get(name)
-        if spec.get("groups") == "depthwise":  # one group is both its input and its output
-            vary = [(g_out or g_in, "both", spec["cout"])] if (g_out or g_in) else []
-        elif spec.get("groups", 1) != 1:  # grouped, not depthwise: never pruned, one point
-            vary = []
-        else:
-            vary = [(g, which, spec[c]) for g, which, c in
-                    ((g_in, "in", "cin"), (g_out, "out", "cout")) if g]
-        axes = [g for g, _, _ in vary]
-        points = [_grid(full, grid) for _, _, full in vary]
+        vary = _varying_axes(space, mod, name, spec)
+        axes = [form for form, _, _ in vary]
+        unit = spec["groups"] if isinstance(spec.get("groups"), int) else 1
+        points = [_grid(full, grid, unit) for _, _, full in vary]
         spec["vary"] = [which for _, which, _ in vary]
         key = json.dumps([spec, points], sort_keys=True)
         if key not in index:
@@ -195,6 +188,43 @@ def _find_units(model: nn.Module, example: torch.Tensor, space: SearchSpace,
                            "_act": copy.deepcopy(act) if act is not None else None})
         units.append({"module": name, "bn": bn, "shape": index[key], "axes": axes})
     return units, shapes
+
+
+def _varying_axes(space: SearchSpace, mod: nn.Module, name: str, spec: Mapping[str, Any]
+                  ) -> list[tuple[list[list[Any]], str, int]]:
+    """``(form, side, full)`` of each side of a layer whose channel count depends on the
+    searched widths: ``form`` is the cost model's linear form of that count (``[[None, const],
+    [group, multiplier], ...]``), so a layer read from several groups (a concatenation) or a
+    part of one has the channel counts the built network has. A depthwise conv has one side,
+    ``both``."""
+    sides = (("both", "out", "cout"),) if spec.get("groups") == "depthwise" else (
+        ("in", "in", "cin"), ("out", "out", "cout"))
+    vary = []
+    for which, role, key in sides:
+        form = space.channel_form(mod, name, role)
+        if any(g is not None and c for g, c in form.items()):
+            vary.append(([[g, c] for g, c in form.items()], which, int(spec[key])))
+    return vary
+
+
+Axis = tuple[float, tuple[tuple[str, float], ...]]  # a channel count: const + sum coef * w_g
+
+
+def _axis(axis: str | Sequence[Sequence[Any]], full: Mapping[str, int]) -> Axis:
+    """A stored axis, a group name (that group's width) or a linear form ``[[None, const],
+    [group, coef], ...]``, as ``(const, ((group, coef), ...))``."""
+    if isinstance(axis, str):
+        return 0.0, ((axis, 1.0),)
+    const = sum(float(c) for g, c in axis if g is None)
+    return const, tuple((str(g), float(c)) for g, c in axis if g is not None and c)
+
+
+def _axis_value(axis: Axis, widths: Mapping[str, int], full: Mapping[str, int]) -> float:
+    """An axis's channel count at ``widths`` (groups not given keep all their channels)."""
+    value, terms = axis
+    for g, c in terms:
+        value += c * widths.get(g, full[g])
+    return value
 
 
 def _unit_module(shape: dict[str, Any], cin: int, cout: int, dtype: torch.dtype) -> nn.Module:
@@ -264,7 +294,8 @@ class LatencyTable:
 
     ``data`` keys: ``version``, ``key``, ``settings``, ``machine``, ``shapes`` (``spec``,
     ``points`` per varying axis, ``ms`` nested by axis), ``units`` (``module``, ``bn``,
-    ``shape``, ``axes``: the prunable group of each varying axis), ``full`` (each group's
+    ``shape``, ``axes``: per varying axis, its channel count as ``[[null, constant],
+    [group, multiplier], ...]``, or a group name: that group's width), ``full`` (each group's
     channels), ``fit`` (``alpha``, ``beta`` and the fitting networks), ``holdout`` (networks
     not fitted on: measured and predicted ms), ``measured_base_ms``, ``build_seconds``,
     ``measurements``.
@@ -276,7 +307,8 @@ class LatencyTable:
         self.alpha = float(data["fit"]["alpha"])
         self.beta = float(data["fit"]["beta"])
         shapes = data["shapes"]
-        self._units = [(u["axes"], shapes[u["shape"]]["points"], shapes[u["shape"]]["ms"])
+        self._units = [([_axis(a, self.full) for a in u["axes"]], shapes[u["shape"]]["points"],
+                        shapes[u["shape"]]["ms"])
                        for u in data["units"]]
         self.base_ms = self.predict_ms({})
 
@@ -291,6 +323,20 @@ class LatencyTable:
     def measured_base_ms(self) -> float:
         return float(self.data["measured_base_ms"])
 
+    def layer_shapes(self, widths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Each timed layer's (input, output) channels at ``widths``: those of the built
+        network (the cost model's channel counts)."""
+        out = {}
+        for u in self.data["units"]:
+            s = self.data["shapes"][u["shape"]]["spec"]
+            cin, cout = s["cin"], s["cout"]
+            for axis, which in zip(u["axes"], s["vary"], strict=True):
+                value = int(round(_axis_value(_axis(axis, self.full), widths, self.full)))
+                cin = value if which in ("in", "both") else cin
+                cout = value if which in ("out", "both") else cout
+            out[u["module"]] = (cin, cout)
+        return out
+
     def layer_ms(self, widths: Mapping[str, int]) -> float:
         """The interpolated units alone (no fitted remainder)."""
         total = 0.0
@@ -298,11 +344,11 @@ class LatencyTable:
             if not axes:
                 total += ms
                 continue
-            i, t = _locate(points[0], widths.get(axes[0], self.full[axes[0]]))
+            i, t = _locate(points[0], _axis_value(axes[0], widths, self.full))
             if len(axes) == 1:
                 total += ms[i] if t == 0.0 else (1 - t) * ms[i] + t * ms[i + 1]
                 continue
-            j, u = _locate(points[1], widths.get(axes[1], self.full[axes[1]]))
+            j, u = _locate(points[1], _axis_value(axes[1], widths, self.full))
             r0, r1 = ms[i], ms[i + 1] if len(points[0]) > 1 else ms[i]
             c1 = j + 1 if len(points[1]) > 1 else j
             total += ((1 - t) * ((1 - u) * r0[j] + u * r0[c1])
@@ -336,12 +382,11 @@ def table_key(model: nn.Module, space: SearchSpace, input_shape: Sequence[int],
 
 
 def network_of(model: nn.Module, space: SearchSpace, widths: Mapping[str, int]) -> nn.Module:
-    """The network of ``widths`` (the first channels of each group: weights do not matter)."""
+    """The network of ``widths`` (the first channels of each group, or of each conv-group:
+    weights do not matter)."""
     from searchprune.prune import prune_model
 
-    keep = {n: torch.arange(int(w)) for n, w in widths.items()
-            if int(w) < space.group(n).channels}
-    return prune_model(model, space, keep)
+    return prune_model(model, space, space.first_indices(widths))
 
 
 def _net_ms(model: nn.Module, space: SearchSpace, input_shape: Sequence[int],

@@ -13,15 +13,24 @@ study at a fixed, seeded subset of spatial positions.
 Residual blocks: the last BN's target is the original pre-activation sum minus the pruned
 shortcut (identity and index-map shortcuts); with a 1x1-conv+BN projection shortcut, ``[X_b, X_r]``
 are fitted jointly on the stacked branch and shortcut features, the intercept going to the branch.
+
+Linear layers the search narrows (an MLP's linears, channels first or last) are re-solved
+from their kept inputs: ``min ||T - (W' x + b')||^2`` with ``T`` the original layer's
+output, when the calibration set gives more samples (images x positions) than kept inputs; the
+model's output layer is left as it is. :func:`plan` says, for every layer the search narrows,
+whether and how it is fitted, or why not (``searchprune model info`` shows it);
+:meth:`Reconstructor.outcome` counts what one rebuild did (a trial records it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from searchprune.config import ReconstructionConfig
@@ -29,7 +38,8 @@ from searchprune.models._layers import IndexShortcut
 from searchprune.prune import module_keep
 from searchprune.space import SearchSpace, is_depthwise
 
-__all__ = ["Reconstructor", "find_residual_blocks", "find_sites", "merge_affine"]
+__all__ = ["LayerPlan", "Reconstructor", "find_linear_sites", "find_residual_blocks",
+           "find_sites", "merge_affine", "plan"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +94,111 @@ def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
         for h in handles:
             h.remove()
     return sites
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What least squares does to one layer the search narrows: ``fitted`` and ``how``, or
+    not fitted and why (``how``)."""
+
+    layer: str
+    kind: str  # the module's type
+    fitted: bool
+    how: str
+
+
+def find_linear_sites(model: nn.Module, space: SearchSpace, example: torch.Tensor
+                      ) -> tuple[list[str], dict[str, str]]:
+    """Linear layers whose channels the search narrows and that can be re-solved, in
+    execution order, and the others with the reason (called several times, never called as a
+    module, the model's output)."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(mod, inp, out):
+        name = names[mod]
+        calls[name] = calls.get(name, 0) + 1
+        if name not in outputs:
+            order.append(name)
+        outputs[name] = out
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with torch.no_grad():
+            result = model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    skipped = {}
+    narrowed = {name for mod, name in names.items()
+                if _searched(space, mod, name, "in") or _searched(space, mod, name, "out")}
+    for name in names.values():
+        if name not in narrowed:
+            continue
+        if calls.get(name, 0) == 0:
+            skipped[name] = ("not called as a module (its parent computes with its weight, as "
+                             "MultiheadAttention does)")
+        elif calls[name] > 1:
+            skipped[name] = f"called {calls[name]} times per forward pass"
+        elif outputs[name] is result:
+            skipped[name] = "the model's output layer (its targets would be the logits)"
+    return [n for n in order if n in narrowed and n not in skipped], skipped
+
+
+def _searched(space: SearchSpace, mod: nn.Module, name: str, role: str) -> bool:
+    """Whether the search can narrow the ``role`` channels of layer ``name``."""
+    return any(g is not None and c for g, c in space.channel_form(mod, name, role).items())
+
+
+def plan(model: nn.Module, space: SearchSpace, example: torch.Tensor) -> list[LayerPlan]:
+    """For every conv and linear layer whose channels the search narrows (and every layer
+    fitted anyway), in module order: whether least squares fits it and how, or why not. The
+    same sites :class:`Reconstructor` fits."""
+    sites, blocks, linear, skipped = _all_sites(model, space, example)
+    out: dict[str, LayerPlan] = {}
+    for s in sites:
+        block = blocks.get(s.bn)
+        how = ("depthwise conv + BatchNorm: a scale per channel" if s.depthwise else
+               f"grouped conv + BatchNorm: outputs remixed per conv-group ({s.groups})"
+               if s.groups > 1 else "conv + BatchNorm: outputs remixed")
+        if block is not None:
+            how += f"; fitted to residual block {block.name}'s sum"
+            if block.kind == "projection" and block.shortcut_conv is not None:
+                out[block.shortcut_conv] = LayerPlan(
+                    block.shortcut_conv, type(model.get_submodule(block.shortcut_conv)).__name__,
+                    True, f"projection shortcut: fitted jointly with {s.conv}")
+        out[s.conv] = LayerPlan(s.conv, type(model.get_submodule(s.conv)).__name__, True, how)
+    for name in linear:
+        out[name] = LayerPlan(name, type(model.get_submodule(name)).__name__, True,
+                              "linear: weights re-solved on its kept inputs (when the "
+                              "calibration images give more samples than kept inputs)")
+    for name, mod in model.named_modules():
+        if name in out or not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        if not (_searched(space, mod, name, "in") or _searched(space, mod, name, "out")):
+            continue
+        why = skipped.get(name)
+        if why is None:
+            why = ("no BatchNorm2d right after it (a fit is merged into a conv and its "
+                   "BatchNorm)" if isinstance(mod, nn.Conv2d)
+                   else "only Conv2d layers followed by a BatchNorm2d are fitted")
+        out[name] = LayerPlan(name, type(mod).__name__, False, why)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(out.values(), key=lambda p: order[p.layer])
+
+
+def _all_sites(model: nn.Module, space: SearchSpace, example: torch.Tensor
+               ) -> tuple[list[Site], dict[str, Block], list[str], dict[str, str]]:
+    """The conv sites (projection shortcuts' BNs excluded: fitted with their block), the
+    residual blocks by last BN, the linear sites and the linears left out with why."""
+    sites = find_sites(model, example)
+    fitted = {s.bn for s in sites}
+    blocks = {b.last_bn: b for b in find_residual_blocks(model) if b.last_bn in fitted}
+    skip = {b.shortcut_bn for b in blocks.values() if b.kind == "projection"}
+    linear, skipped = find_linear_sites(model, space, example)
+    return [s for s in sites if s.bn not in skip], blocks, linear, skipped
 
 
 def find_residual_blocks(model: nn.Module) -> list[Block]:
@@ -167,13 +282,10 @@ class Reconstructor:
         self.calib_x = calib_x.to(self.device)
         self.seed = seed
         self.batch_size = batch_size
-        self.sites = find_sites(model, self.calib_x[:1])
-        self.blocks = {b.last_bn: b for b in find_residual_blocks(model)}
-        fitted = {s.bn for s in self.sites}
-        self.blocks = {k: b for k, b in self.blocks.items() if k in fitted}
-        skip = {b.shortcut_bn for b in self.blocks.values() if b.kind == "projection"}
-        self.sites = [s for s in self.sites if s.bn not in skip]
-        self._positions: dict[int, torch.Tensor] = {}
+        self.sites, self.blocks, self.linear_sites, _ = _all_sites(model, space,
+                                                                   self.calib_x[:1])
+        self.n_not_fitted = sum(not p.fitted for p in plan(model, space, self.calib_x[:1]))
+        self._positions: dict[object, torch.Tensor] = {}
         n = self.calib_x.shape[0]
         self.n_fit = n - int(round(n * rcfg.holdout_fraction)) if n > 1 else n
         self.targets = self._capture(model)
@@ -190,6 +302,18 @@ class Reconstructor:
             self._positions[hw] = pos
         return t.flatten(2)[:, :, pos].permute(1, 0, 2).reshape(t.shape[1], -1)
 
+    def _gather_last(self, t: torch.Tensor) -> torch.Tensor:
+        """A linear layer's ``(N, ..., C) -> (C, N*P)`` at fixed positions among its tokens."""
+        flat = t.reshape(t.shape[0], -1, t.shape[-1])
+        n = flat.shape[1]
+        pos = self._positions.get(("tokens", n))
+        if pos is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + n + 7)
+            p = min(self.rcfg.positions_per_image, n)
+            pos = torch.randperm(n, generator=g)[:p].sort().values.to(t.device)
+            self._positions[("tokens", n)] = pos
+        return flat[:, pos, :].permute(2, 0, 1).reshape(t.shape[-1], -1)
+
     # -- once per study ----------------------------------------------------------------------
     def _capture(self, model: nn.Module) -> dict[str, torch.Tensor]:
         store: dict[str, list[torch.Tensor]] = {}
@@ -205,8 +329,15 @@ class Reconstructor:
                 store.setdefault(key, []).append(self._gather(inp[0]).float())
             return hook
 
+        def linear_saver(key):
+            def hook(mod, inp, out):
+                store.setdefault(key, []).append(self._gather_last(out).float())
+            return hook
+
         for s in self.sites:
             handles.append(model.get_submodule(s.bn).register_forward_hook(saver(s.bn)))
+        for name in self.linear_sites:
+            handles.append(model.get_submodule(name).register_forward_hook(linear_saver(name)))
         for b in self.blocks.values():
             key = "shortcut:" + b.last_bn
             if b.kind == "identity":
@@ -231,7 +362,8 @@ class Reconstructor:
         ``prune_model(model, space, keep)``: ``keep`` (kept channel indices per group, as given
         to :func:`prune_model`) says which original output channels each layer still has.
 
-        Returns the relative holdout error (fitted / identity) per site.
+        Returns the relative holdout error (fitted / unfitted) per site (conv sites by their
+        BN, linear sites by name); a linear site with too few samples is left out.
         """
         per_module = module_keep(self.space, keep)
         shortcut_out: dict[str, torch.Tensor] = {}
@@ -254,10 +386,21 @@ class Reconstructor:
                 return self._fit_site(pruned, s, out, target, shortcut_out.pop(s.bn, None), errors)
             return hook
 
+        def linear_hook(name: str):
+            def hook(mod, inp, out):
+                kept = per_module.get(name)
+                target = self.targets[name]
+                if kept is not None and kept.out is not None:
+                    target = target[kept.out.to(target.device)]
+                return self._fit_linear(mod, name, inp[0], out, target, errors)
+            return hook
+
         for b in self.blocks.values():
             handles.append(pruned.get_submodule(b.name).register_forward_pre_hook(block_pre(b)))
         for s in self.sites:
             handles.append(pruned.get_submodule(s.bn).register_forward_hook(site_hook(s)))
+        for name in self.linear_sites:
+            handles.append(pruned.get_submodule(name).register_forward_hook(linear_hook(name)))
         pruned.eval()
         try:
             with torch.no_grad():
@@ -266,6 +409,35 @@ class Reconstructor:
             for h in handles:
                 h.remove()
         return errors
+
+    def outcome(self, errors: Mapping[str, float]) -> dict[str, int]:
+        """What one :meth:`rebuild` did (its ``errors``): layers ``fitted``, ``kept`` as they
+        were (the fit did no better on held-out images), ``skipped`` (a linear layer with
+        fewer samples than kept inputs) and ``not_fitted`` (no fit applies, see :func:`plan`)."""
+        worse = sum(1 for e in errors.values() if e >= 1.0) if self.rcfg.guard else 0
+        return {"fitted": len(errors) - worse, "kept": worse,
+                "skipped": sum(1 for n in self.linear_sites if n not in errors),
+                "not_fitted": self.n_not_fitted}
+
+    def _fit_linear(self, mod: nn.Linear, name: str, x: torch.Tensor, out: torch.Tensor,
+                    target: torch.Tensor, errors: dict[str, float]) -> torch.Tensor:
+        """Re-solve ``mod`` on its kept inputs ``x`` (input-side least squares), merge, and
+        return its corrected output; unchanged with too few samples or a worse fit."""
+        z = self._gather_last(x)
+        cols = self.n_fit * (z.shape[1] // self.calib_x.shape[0])
+        rcfg = self.rcfg if mod.bias is not None else dataclasses.replace(self.rcfg,
+                                                                          intercept=False)
+        if cols <= z.shape[0] + int(rcfg.intercept):
+            return out
+        X, c, rel = _solve(z, target, cols, rcfg, base=self._gather_last(out))
+        errors[name] = rel
+        if rel >= 1.0 and self.rcfg.guard:
+            return out
+        with torch.no_grad():
+            mod.weight.copy_(X.to(mod.weight.dtype))
+            if mod.bias is not None:
+                mod.bias.copy_(c.to(mod.bias.dtype))
+        return F.linear(x, mod.weight, mod.bias)
 
     def _fit_site(self, pruned, s: Site, out, target, shortcut, errors):
         block = self.blocks.get(s.bn)

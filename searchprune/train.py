@@ -50,7 +50,7 @@ def accuracy(
     model: nn.Module, split: Split, batch_size: int = 512, device: str | torch.device = "cpu"
 ) -> tuple[float, float]:
     """(top-1, top-5) in percent of ``model`` on an in-memory split."""
-    return evaluate(model, split.x, split.y, batch_size=batch_size, device=device)
+    return evaluate(model, split.images, split.y, batch_size=batch_size, device=device)
 
 
 def distributed_world() -> tuple[int, int]:

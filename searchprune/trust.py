@@ -80,7 +80,8 @@ def _allowed_checkpoint(stored: str | None, named: str | None, study_name: str) 
 def stored_factories(data: Mapping[str, Any]) -> dict[str, str]:
     """The ``package.module:factory`` strings of a config dict, by dotted key: a value of a
     :data:`FACTORY_KEYS` key with a ``:`` that is not a registered name (registered names
-    come from code already imported, not from the config)."""
+    come from code already imported, not from the config) nor a ``timm:<name>`` model (a model
+    timm registered, built by timm, nothing imported by name)."""
     from searchprune.criteria import available as criteria
     from searchprune.models import list_models
     from searchprune.search.samplers import available_samplers
@@ -92,6 +93,8 @@ def stored_factories(data: Mapping[str, Any]) -> dict[str, str]:
         section, leaf = key.split(".")
         node = data.get(section)
         value = node.get(leaf) if isinstance(node, Mapping) else None
+        if key == "model.name" and isinstance(value, str) and value.startswith("timm:"):
+            continue
         if isinstance(value, str) and ":" in value and value not in registered[key]():
             found[key] = value
     return found

@@ -5,7 +5,8 @@ copies of this script. Environment: ``FAKE_DELAY`` seconds per evaluation (defau
 ``FAKE_MARK`` a folder where each evaluation writes ``<pid>`` (holding the worker's index under
 ``--workers K``) when it starts; ``FAKE_BARRIER=N``: an evaluation starts only once ``N``
 processes have marked one; ``FAKE_HANG=I``: worker ``I`` of ``--workers K`` never ends its first
-evaluation (until it is killed).
+evaluation (until it is killed); ``FAKE_RAISE=MESSAGE``: every evaluation raises
+``RuntimeError(MESSAGE)``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class SlowEngine(FakeEngine):
         if index and index == os.environ.get("FAKE_HANG"):
             time.sleep(3600)
         time.sleep(float(os.environ.get("FAKE_DELAY", "0.1")))
+        if os.environ.get("FAKE_RAISE"):
+            raise RuntimeError(os.environ["FAKE_RAISE"])
         return super().evaluate(widths, split=split, on_chunk=on_chunk)
 
 

@@ -10,6 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEARCHPRUNE_SHARED", ROOT.parent / "shared"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# No test downloads weights: timm's pretrained models come from the Hugging Face hub (read when
+# huggingface_hub is imported, so set before any test imports timm; subprocesses inherit it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,11 @@ def _image_folders(tmp: Path) -> None:
             f"model: {{name: cifar_resnet8}}\ndata: {{name: imagefolder, root: {tmp / name}, "
             "calib_size: 2, val_size: 2}\n")
     (tmp / "corrupt" / "test" / "b" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    # Splits are decoded when a command reads them (issue 23): a study reads val, so the corrupt
+    # test image is drawn into val (seed 1 puts test image 6, b/2.png, in val's half).
+    (tmp / "corrupt.yaml").write_text(
+        f"model: {{name: cifar_resnet8}}\ndata: {{name: imagefolder, root: {tmp / 'corrupt'}, "
+        "calib_size: 2, val_size: 4, val_from: test, seed: 1}\n")
 
 
 # (id, config file, extra flags, exit code, pattern the one line must match)

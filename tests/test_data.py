@@ -124,8 +124,9 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert x.shape == (3, 8, 8) and 0 <= int(y) < 3
     assert torch.equal(load_data(cfg).val.x, bundle.val.x)
     Image.new("RGB", (9, 9)).save(tmp_path / "val" / "ant" / "odd.png")
+    mixed = load_data(DataConfig("imagefolder", root=str(tmp_path), calib_size=5, val_size=6))
     with pytest.raises(DataError, match="different sizes.*set data.image_size"):
-        load_data(DataConfig("imagefolder", root=str(tmp_path), calib_size=5, val_size=6))
+        mixed.test.x  # noqa: B018 -- splits are decoded when first read (issue 23)
 
 
 def test_imagefolder_errors(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The examples of README's "Extending searchprune", run as written there."""
+"""The examples of docs/how-to/extending.md ("Extend searchprune"), run as written there."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from searchprune.search import (
     rejected_proposals,
     run_study,
 )
+from searchprune.search.callbacks import TrialsFailing
 from searchprune.search.storage import ENV_VAR, resolve_storage_url
 
 
@@ -216,8 +217,14 @@ def test_nan_evaluation_fails_the_trial_and_the_study_goes_on(tmp_path):
 
 
 def test_an_always_nan_engine_stops(tmp_path):
-    study = run(make_cfg(tmp_path, n_trials=4), engine=FakeEngine(nan_every=1))
+    # issue 23: the run now stops with an error after search.max_consecutive_failures (5)
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(TrialsFailing, match=r"after 5 failed trials in a row .* trial 4, "
+                                            r"failed with evaluation returned top1=nan"):
+        run(make_cfg(tmp_path, n_trials=4), engine=FakeEngine(nan_every=1), storage=storage)
+    study = optuna.load_study(study_name="s", storage=storage)
     assert {t.state for t in study.get_trials()} == {TrialState.FAIL}
+    assert len(study.get_trials()) == 5
 
 
 # -- storage ---------------------------------------------------------------------------------

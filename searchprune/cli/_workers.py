@@ -7,7 +7,9 @@ storage, forwards SIGINT/SIGTERM to the workers (each abandons its trial cleanly
 their errors once (identical lines are merged). Every worker is polled (and so reaped) on every
 round, whatever the order in which they end: when one is killed outright (``kill -9``), the trial
 it left RUNNING is failed and queued again at once, so the others take it over instead of
-waiting for the heartbeat's grace period, and the parent names the dead worker on exit.
+waiting for the heartbeat's grace period, and the parent names the dead worker on exit. The
+workers share one run id, so ``search.max_consecutive_failures`` failed trials in a row stop
+them all, each naming the same last trial: the parent shows that line once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -86,13 +89,14 @@ def run_workers(cfg: Config, storage: Any, worker_args: Sequence[str], workers: 
     """Start ``workers`` processes running ``study run *worker_args`` and wait for them all."""
     from searchprune.search import ProgressCallback, derive_study_name
     from searchprune.search._liveness import WORKERS_ENV
+    from searchprune.search.callbacks import RUN_ENV
     from searchprune.search.storage import resolve_storage_url
 
     received: list[int] = []
     logs = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]
     command = [sys.executable, *LAUNCHER, "study", "run", *worker_args]
     env = {**os.environ, STORAGE_ENV: resolve_storage_url(cfg.storage),
-           WORKERS_ENV: str(workers)}
+           WORKERS_ENV: str(workers), RUN_ENV: uuid.uuid4().hex}  # one run: one failure count
     procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log,
                               env={**env, INDEX_ENV: str(i + 1)})
              for i, log in enumerate(logs)]
@@ -182,8 +186,8 @@ def _read(log: Any) -> list[str]:
 
 
 def _merge(outputs: Any) -> tuple[list[str], list[int]]:
-    """Distinct lines in first-seen order, and the trials named by the workers'
-    ``interrupted: trial N marked FAIL`` lines (the caller reports them in one line)."""
+    """Distinct lines in first-seen order, ``error:`` lines last, and the trials named by the
+    workers' ``interrupted: trial N marked FAIL`` lines (the caller reports them in one line)."""
     seen: list[str] = []
     abandoned: list[int] = []
     for lines in outputs:
@@ -195,4 +199,5 @@ def _merge(outputs: Any) -> tuple[list[str], list[int]]:
                 continue
             elif line not in seen:
                 seen.append(line)
-    return seen, abandoned
+    errors = [line for line in seen if line.startswith("error:")]
+    return [line for line in seen if line not in errors] + errors, abandoned

@@ -74,10 +74,15 @@ def _info(args: argparse.Namespace) -> int:
         engine = _engine(args.config, args.eta, args.trust_checkpoint)
         space, name, eta = engine.space, engine.cfg.model.name, engine.cfg.pruning.eta
         rules = engine.cfg.pruning.groups
+        import torch
+
+        model = engine.model  # the plan needs the input's shape only: no image is decoded
+        example = torch.zeros(1, *engine.data.input_shape, device=engine.device)
     else:
-        space, name = _space_for(args.model, args.num_classes)
+        space, name, model, example = _space_for(args.model, args.num_classes)
         eta, rules = (0.3 if args.eta is None else args.eta), None
     info = _describe(space, name, eta, rules)
+    info["least_squares"] = _least_squares(model, space, example)
     if args.json:
         emit_json(info)
     else:
@@ -88,7 +93,31 @@ def _info(args: argparse.Namespace) -> int:
               [[g["name"], g["channels"], "yes" if g["prunable"] else "no",
                 _bounds_text(info["bounds"].get(g["name"])), info["fixed"].get(g["name"], "")]
                for g in info["groups"]])
+        _print_least_squares(info["least_squares"])
     return 0
+
+
+def _print_least_squares(rows: list[dict[str, Any]]) -> None:
+    from searchprune.cli._output import console
+
+    fitted = sum(row["fitted"] for row in rows)
+    if not rows:
+        console.print("least squares: the search narrows no conv or linear layer")
+        return
+    table(f"least squares (pruning.proxy ls, abn+ls): {fitted} layers fitted, "
+          f"{len(rows) - fitted} not",
+          ["layer", "type", "fitted", "how, or why not"],
+          [[row["layer"], row["type"], "yes" if row["fitted"] else "no", row["how"]]
+           for row in rows])
+
+
+def _least_squares(model: Any, space: Any, example: Any) -> list[dict[str, Any]]:
+    """Every layer the search narrows (and every one fitted anyway): whether least squares
+    fits it and how, or why not."""
+    from searchprune.reconstruct import plan
+
+    return [{"layer": p.layer, "type": p.kind, "fitted": p.fitted, "how": p.how}
+            for p in plan(model, space, example)]
 
 
 def _bounds_text(bounds: list[float] | None) -> str:
@@ -98,7 +127,7 @@ def _bounds_text(bounds: list[float] | None) -> str:
     return f"fixed {lo:g}" if lo >= hi else f"[{lo:g}, {hi:g}]"
 
 
-def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
+def _space_for(name: str, num_classes: int) -> tuple[Any, str, Any, Any]:
     import torch
 
     from searchprune.config import ModelConfig
@@ -107,7 +136,8 @@ def _space_for(name: str, num_classes: int) -> tuple[Any, str]:
 
     shape = example_shape(name)
     model = build_model(ModelConfig(name=name), num_classes=num_classes, in_channels=shape[0])
-    return SearchSpace.from_model(model, torch.zeros(1, *shape)), name
+    example = torch.zeros(1, *shape)
+    return SearchSpace.from_model(model, example), name, model, example
 
 
 def _describe(space: Any, name: str, eta: float,
@@ -136,7 +166,7 @@ def _list(args: argparse.Namespace) -> int:
     names, tv = list_models(), sorted(torchvision_names())
     if args.json:
         emit_json({"models": names, "torchvision": tv,
-                   "also": ["cifar_resnet<6n+2>", "package.module:factory"]})
+                   "also": ["cifar_resnet<6n+2>", "timm:<name>", "package.module:factory"]})
     else:
         table("models", ["name"], [[n] for n in names])
         table("torchvision models", ["name"], [[", ".join(tv)]])

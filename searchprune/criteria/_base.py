@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class Criterion(ABC):
     """
 
     name: str = ""
+    # True when :meth:`scores` reads ``data``: only then do the calibration images (and what
+    # the bundle says of its training set) enter the score cache key, so a data-free
+    # criterion never decodes them.
     needs_data: bool = False
     version: int = 1
 
@@ -135,9 +138,12 @@ def _hash_tensor(h, t: torch.Tensor) -> None:
     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-def _data_fingerprint(h, data) -> None:
+def _data_fingerprint(h, data, needs_data: bool = True) -> None:
     if data is None:
         h.update(b"no-data")
+        return
+    if not needs_data:
+        h.update(b"data-free")
         return
     calib = getattr(data, "calib", None)
     if calib is not None:
@@ -148,11 +154,16 @@ def _data_fingerprint(h, data) -> None:
         h.update(f"{attr}={getattr(data, attr, None)!r};".encode())
 
 
-def scores_key(crit: Criterion, model: nn.Module, space: SearchSpace, data) -> str:
-    """Hash of (criterion name, version and options; model state; groups; calibration data)."""
+def scores_key(crit: Criterion, model: nn.Module, space: SearchSpace, data,
+               model_kwargs: Mapping[str, Any] | None = None) -> str:
+    """Hash of (criterion name, version and options; model state; groups; calibration data,
+    for a criterion that reads it; the model's constructor arguments when there are some: they
+    may change what the network computes without changing its weights)."""
     h = hashlib.sha256()
     h.update(json.dumps([crit.name, crit.version, crit.options()], sort_keys=True,
                         default=repr).encode())
+    if model_kwargs:
+        h.update(json.dumps({"model.kwargs": model_kwargs}, sort_keys=True).encode())
     for key, value in model.state_dict().items():
         h.update(key.encode())
         _hash_tensor(h, value)
@@ -160,7 +171,7 @@ def scores_key(crit: Criterion, model: nn.Module, space: SearchSpace, data) -> s
         h.update(f"{g.name}:{g.channels};".encode())
         for m in g.members:
             h.update(f"{m.module}/{m.role}/{m.idxs}/{m.root_idxs};".encode())
-    _data_fingerprint(h, data)
+    _data_fingerprint(h, data, crit.needs_data)
     return h.hexdigest()[:32]
 
 
@@ -176,16 +187,18 @@ def _default_cache_dir() -> Path:
 
 def cached_scores(name: str, model: nn.Module, space: SearchSpace, data=None, *,
                   device: torch.device | None = None, cache_dir: str | Path | None = None,
-                  with_seconds: bool = False, **options):
+                  with_seconds: bool = False, model_kwargs: Mapping[str, Any] | None = None,
+                  **options):
     """:func:`compute_scores`, memoised in memory and in ``<cache_dir>/scores/<key>.pt``.
 
+    ``model_kwargs``: the arguments the model was built with (``model.kwargs``), part of the key.
     ``cache_dir`` defaults to ``$SEARCHPRUNE_CACHE`` or ``~/.cache/searchprune``. Files are written
     atomically (temporary file + rename), so parallel workers can share them safely. With
     ``with_seconds`` the result is ``(scores, seconds the scores took to compute)``, the
     original computation's time even when they come from the cache.
     """
     crit = get_criterion(name, **options)
-    key = scores_key(crit, model, space, data)
+    key = scores_key(crit, model, space, data, model_kwargs)
     if key not in _MEMORY:
         _MEMORY[key] = _load_or_compute(crit, key, model, space, data, device, cache_dir)
     scores, seconds = _MEMORY[key]

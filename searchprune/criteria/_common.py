@@ -67,8 +67,8 @@ def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 
 def calib_images(data, limit: int) -> torch.Tensor:
     """The first ``limit`` calibration images (splits are stored in random order)."""
-    x = data.calib.x
-    return x[: max(1, min(limit, x.shape[0]))]
+    calib = data.calib
+    return calib.head(max(1, min(limit, len(calib))))
 
 
 def module_width(mod: nn.Module, out: bool = True) -> int:

@@ -1,4 +1,4 @@
-"""Data sets as fixed, seeded, in-memory splits: :func:`load_data` -> :class:`DataBundle`.
+"""Data sets as fixed, seeded splits: :func:`load_data` -> :class:`DataBundle`.
 
 Names: ``digits`` (scikit-learn, offline default), ``cifar10``, ``cifar100`` (torchvision) and
 ``imagefolder`` (``root/train`` and ``root/test`` or ``root/val``).
@@ -12,7 +12,7 @@ import time
 import torch
 
 from searchprune.config import DataConfig
-from searchprune.data._bundle import DataBundle, Normalise, Split, TrainSet
+from searchprune.data._bundle import DataBundle, Images, Normalise, Split, TrainSet
 from searchprune.data._cache import default_cache_dir
 from searchprune.data._images import RawImages
 from searchprune.data._sources import LOADERS, Source
@@ -21,6 +21,7 @@ from searchprune.errors import DataError, unknown_choice
 
 __all__ = [
     "DataBundle",
+    "Images",
     "Split",
     "SplitIndices",
     "TrainSet",
@@ -37,8 +38,12 @@ def list_datasets() -> list[str]:
     return sorted(LOADERS)
 
 
-def _split(raw: RawImages, indices: torch.Tensor, normalise: Normalise) -> Split:
-    return Split(normalise(raw.load(indices)), raw.labels[indices].clone())
+def _input_shape(*candidates: tuple[RawImages, torch.Tensor]) -> tuple[int, int, int]:
+    """The shape of one image (read from the first image's header: nothing is decoded)."""
+    for raw, indices in candidates:
+        if indices.numel():
+            return raw.item_shape(int(indices[0]))
+    raise DataError("the data has no calibration, validation or test images")
 
 
 def _stats(source: Source, train: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -51,10 +56,11 @@ def _stats(source: Source, train: torch.Tensor) -> tuple[tuple[float, ...], tupl
 def load_data(cfg: DataConfig, *, confirm_images: int | None = None) -> DataBundle:
     """Load ``cfg.name`` and draw its seeded splits; same config -> identical splits.
 
-    ``calib``, ``val`` and ``test`` are decoded into memory; the training set and the
-    confirmation images stay lazy. ``confirm_images``: with ``val_from: test``, how many of the
-    validation half's unused images confirm (None: all); with ``val_from: train``, how many
-    training images are held out before the training images are drawn (None: none).
+    ``calib``, ``val`` and ``test`` are decoded into memory (as stored: uint8 for photos) the
+    first time they are read, not here; the training set and the confirmation images stay
+    lazy. ``confirm_images``: with ``val_from: test``, how many of the validation half's unused
+    images confirm (None: all); with ``val_from: train``, how many training images are held
+    out before the training images are drawn (None: none).
 
     Raises:
         DataError: unknown name, missing or empty root, sizes that do not fit.
@@ -78,18 +84,19 @@ def load_data(cfg: DataConfig, *, confirm_images: int | None = None) -> DataBund
     mean, std = _stats(source, idx.train)
     normalise = Normalise(source.scale, mean, std)
     val_raw = source.train if idx.val_from == "train" else source.test
-    calib = _split(source.train, idx.calib, normalise)
-    val = _split(val_raw, idx.val, normalise)
-    test = _split(source.test, idx.test, normalise)
+    calib = Split.lazy(source.train, idx.calib, normalise)
+    val = Split.lazy(val_raw, idx.val, normalise)
+    test = Split.lazy(source.test, idx.test, normalise)
+    shape = _input_shape((val_raw, idx.val), (source.train, idx.calib), (source.test, idx.test))
     _log.info(
-        "%s: %d train, %d calib, %d val, %d test images loaded in %.1fs",
+        "%s: %d train, %d calib, %d val, %d test images found in %.1fs (decoded when used)",
         cfg.name, idx.train.numel(), len(calib), len(val), len(test),
         time.perf_counter() - start,
     )  # fmt: skip
     return DataBundle(
         name=source.name,
         num_classes=len(source.classes),
-        input_shape=tuple(val.x.shape[1:]),  # type: ignore[arg-type]
+        input_shape=shape,
         mean=mean,
         std=std,
         calib=calib,

@@ -1,4 +1,5 @@
-"""The in-memory splits a study works on, and the lazy training set."""
+"""The splits a study works on (decoded when first read, held as stored), and the lazy
+training set."""
 
 from __future__ import annotations
 
@@ -10,27 +11,98 @@ from torch.utils.data import Dataset
 
 from searchprune.data._images import RawImages
 
-__all__ = ["DataBundle", "Normalise", "Split", "TrainSet"]
+__all__ = ["DataBundle", "Images", "Normalise", "Split", "TrainSet"]
 
 
-@dataclass
+class Images:
+    """A split's images read like a float tensor, one slice at a time: ``images[a:b]`` is the
+    normalised float32 batch of stored images ``a`` to ``b`` (only that batch is converted)."""
+
+    def __init__(self, stored: torch.Tensor, normalise: Normalise | None) -> None:
+        self.stored = stored
+        self.normalise = normalise
+
+    def __len__(self) -> int:
+        return int(self.stored.shape[0])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.stored.shape
+
+    def __getitem__(self, index: slice | int | torch.Tensor) -> torch.Tensor:
+        batch = self.stored[index]
+        return batch if self.normalise is None else self.normalise(batch)
+
+
 class Split:
-    """Decoded, normalised images in memory."""
+    """One split's images and labels.
 
-    x: torch.Tensor  # float32 (N, C, H, W)
-    y: torch.Tensor  # int64 (N,)
+    Images are held as stored (uint8 for photos: a quarter of float32) and normalised when read:
+    :attr:`images` slice by slice (what evaluation and BatchNorm recalibration use), :attr:`x`
+    all at once (a new float32 tensor each time). A split from :func:`~searchprune.data.load_data`
+    decodes its images the first time they are read, so a command that never reads a split
+    never decodes it. ``Split(x, y)`` without ``normalise`` holds ``x`` as it is (already float).
+    """
+
+    def __init__(self, x: torch.Tensor | None, y: torch.Tensor,
+                 normalise: Normalise | None = None, *, source: RawImages | None = None,
+                 indices: torch.Tensor | None = None) -> None:
+        if x is None and (source is None or indices is None):
+            raise ValueError("a split needs its images or a source and indices to decode")
+        self._stored = x
+        self.y = y  # int64 (N,)
+        self.normalise = normalise
+        self._source, self._indices = source, indices
+
+    @classmethod
+    def lazy(cls, source: RawImages, indices: torch.Tensor, normalise: Normalise) -> Split:
+        """The images of ``source`` at ``indices``, decoded when first read."""
+        return cls(None, source.labels[indices].clone(), normalise, source=source,
+                   indices=indices)
+
+    @property
+    def decoded(self) -> bool:
+        return self._stored is not None
+
+    @property
+    def stored(self) -> torch.Tensor:
+        """The images as stored, ``(N, C, H, W)`` (decoded now if not yet)."""
+        if self._stored is None:
+            assert self._source is not None and self._indices is not None
+            self._stored = self._source.load(self._indices)
+        return self._stored
+
+    @property
+    def images(self) -> Images:
+        """The normalised images, converted batch by batch as they are sliced."""
+        return Images(self.stored, self.normalise)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All images normalised, float32 ``(N, C, H, W)`` (computed on each access)."""
+        return self.images[:]
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images normalised; decodes only those (and keeps none) when the split
+        is not yet decoded. Splits are in random order, so they are a random sample."""
+        if self._stored is None:
+            assert self._source is not None and self._indices is not None
+            return Images(self._source.load(self._indices[:n]), self.normalise)[:]
+        return self.images[:n]
 
     def __len__(self) -> int:
         return int(self.y.numel())
 
     def __getitem__(self, index: slice) -> Split:
-        """``split[:n]``: the first ``n`` images (splits are in random order)."""
-        return Split(self.x[index], self.y[index])
+        """``split[:n]``: the first ``n`` images (splits are in random order); decodes the
+        whole split once, so slicing it again decodes nothing."""
+        return Split(self.stored[index], self.y[index], self.normalise)
 
 
 @dataclass(frozen=True)
 class Normalise:
-    """Stored values -> ``(x / scale - mean) / std`` in float32."""
+    """Stored values -> ``(x / scale - mean) / std`` in float32, in that order, whatever the
+    batch (the same floats for an image alone or in a whole split)."""
 
     scale: float
     mean: tuple[float, ...]
@@ -40,7 +112,8 @@ class Normalise:
         shape = (-1, 1, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(shape)
         std = torch.tensor(self.std, dtype=torch.float32).view(shape)
-        return (x.float() / self.scale - mean) / std
+        out = x.to(torch.float32, copy=True)  # in place from here: one batch-sized buffer
+        return out.div_(self.scale).sub_(mean).div_(std)
 
 
 def _crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:

@@ -34,6 +34,10 @@ class RawImages:
     def item(self, index: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def item_shape(self, index: int) -> tuple[int, int, int]:
+        """``(C, H, W)`` of :meth:`item` ``(index)``, without decoding it where possible."""
+        return tuple(self.item(index).shape)  # type: ignore[return-value]
+
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         """A batch ``(N, C, H, W)`` of the images at ``indices``."""
         raise NotImplementedError
@@ -50,6 +54,11 @@ class ArrayImages(RawImages):
     def item(self, index: int) -> torch.Tensor:
         return _fit_size(self.images[index], self.image_size)
 
+    def item_shape(self, index: int) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        size = self.image_size
+        return (int(c), int(h), int(w)) if size is None else (int(c), size, size)
+
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return _fit_size(self.images[indices], self.image_size)
 
@@ -60,9 +69,21 @@ def _decode(path: str, size: int | None) -> np.ndarray:
     try:
         return _decode_file(path, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot read image {path}: {reason}; remove or replace the file"
-                        ) from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: str, exc: BaseException) -> DataError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return DataError(f"cannot read image {path}: {reason}; remove or replace the file")
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` from the file's header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _decode_file(path: str, size: int | None) -> np.ndarray:
@@ -88,6 +109,12 @@ class FileImages(RawImages):
 
     def item(self, index: int) -> torch.Tensor:
         return torch.from_numpy(_decode(self.paths[index], self.image_size)).permute(2, 0, 1)
+
+    def item_shape(self, index: int) -> tuple[int, int, int]:
+        if self.image_size is not None:
+            return (3, self.image_size, self.image_size)
+        w, h = _header_size(self.paths[index])
+        return (3, h, w)
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         paths = [self.paths[i] for i in indices.tolist()]

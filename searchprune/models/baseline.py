@@ -50,7 +50,8 @@ def _data_digest(bundle: DataBundle) -> str:
 
 
 def _cache_file(model_cfg: ModelConfig, bundle: DataBundle, cache_dir: Path) -> Path:
-    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k != "trust_checkpoint"}
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items()
+             if k != "trust_checkpoint" and not (k == "kwargs" and not v)}  # keys as before
     key = {"model": model, "data": _data_digest(bundle), "seed": bundle.seed,
            "recipe": DIGITS_RECIPE}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -94,7 +94,7 @@ def run_criteria_benchmark(cfg: Config, criteria: Sequence[str], *, n_configs: i
     for name in criteria:
         engine.scores, report.score_seconds[name] = cached_scores(
             name, engine.model, engine.space, engine.data, device=engine.device,
-            with_seconds=True)
+            with_seconds=True, model_kwargs=cfg.model.kwargs)
         ccfg = dataclasses.replace(cfg, pruning=dataclasses.replace(p, criterion=name),
                                    search=dataclasses.replace(cfg.search, sampler="random"))
         study = _study(storage, f"{study_prefix}-{name}", ccfg, configs, seed)

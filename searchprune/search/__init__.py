@@ -11,6 +11,7 @@ from searchprune.search.callbacks import (
     RecordRejections,
     StopOnFailures,
     StopOnSignal,
+    TrialsFailing,
 )
 from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.problem import (
@@ -49,6 +50,7 @@ __all__ = [
     "StopOnFailures",
     "StopOnSignal",
     "StudyInterrupted",
+    "TrialsFailing",
     "available_samplers",
     "best_trials",
     "config_diff",

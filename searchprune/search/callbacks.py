@@ -1,19 +1,24 @@
-"""Study callbacks: a progress bar for people, and the study-level rejection tally."""
+"""Study callbacks: a progress bar for people, the study-level rejection tally, and the stops
+(signal, failures in a row, rejections in a row)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from searchprune.errors import SearchpruneError
 from searchprune.search.trials import (
     best_trials,
     evaluated_trials,
+    is_evaluated,
     is_multi_objective,
     rejected_proposals,
     top1,
@@ -23,17 +28,25 @@ if TYPE_CHECKING:
     import optuna
 
     from searchprune.search._interrupt import InterruptGuard
+    from searchprune.search.budget import Lock
 
 __all__ = [
+    "FAILURE_STOP_ATTR",
     "REJECTED_PROPOSALS_ATTR",
+    "RUN_ENV",
     "ProgressCallback",
     "RecordRejections",
     "StopOnFailures",
     "StopOnRejections",
     "StopOnSignal",
+    "TrialsFailing",
+    "failure_streak",
 ]
 
 REJECTED_PROPOSALS_ATTR = "rejected_proposals"
+FAILURE_STOP_ATTR = "stopped_on_failures"
+# The id of one run of a study: ``study run --workers K`` hands its workers the same one.
+RUN_ENV = "SEARCHPRUNE_RUN_ID"
 _log = logging.getLogger(__name__)
 MAX_REJECTIONS_IN_A_ROW = 1000  # infeasible proposals before a worker gives up
 
@@ -46,18 +59,78 @@ class RecordRejections:
                             rejected_proposals(study.get_trials(deepcopy=False)))
 
 
-class StopOnFailures:
-    """Stops this worker after ``limit`` FAILed trials in a row (an engine that only yields NaN
-    would otherwise loop forever, since only COMPLETE trials count towards the budget)."""
+class TrialsFailing(SearchpruneError):
+    """``search.max_consecutive_failures`` trials in a row FAILed: the run stopped (exit 1)."""
 
-    def __init__(self, limit: int = 20) -> None:
+    def __init__(self, mark: Mapping[str, Any]) -> None:
+        self.mark = dict(mark)
+        super().__init__(
+            f"stopped after {mark['count']} failed trials in a row "
+            f"(search.max_consecutive_failures: {mark['limit']}); the last, trial "
+            f"{mark['trial']}, failed with {mark['reason']}; fix the cause (rerun with --debug "
+            "for the tracebacks) and re-run the same command to resume")
+
+
+def failure_streak(trials: Iterable[FrozenTrial], first: int = 0) -> list[FrozenTrial]:
+    """The FAILed trials (numbers >= ``first``) since the last evaluated one, in the order
+    they finished. Only failures with a reason count (an evaluation that raised or gave NaN);
+    trials interrupted by a signal or a dead worker, and proposals never evaluated (rejected,
+    refused) neither count nor break the streak."""
+    done = sorted((t for t in trials if t.number >= first and t.datetime_complete is not None),
+                  key=lambda t: (t.datetime_complete, t.number))
+    streak: list[FrozenTrial] = []
+    for t in done:
+        if is_evaluated(t):
+            streak = []
+        elif t.state == TrialState.FAIL and _failed_itself(t):
+            streak.append(t)
+    return streak
+
+
+def _failed_itself(t: FrozenTrial) -> bool:
+    reason = t.user_attrs.get("fail_reason")
+    return isinstance(reason, str) and not reason.startswith("interrupted")
+
+
+class StopOnFailures:
+    """Stops the run after ``limit`` trials in a row FAILed (:func:`failure_streak` of the trials
+    since this worker joined, those of every worker of the study, in the order they finished).
+
+    The first worker to see the streak writes the study user attr ``stopped_on_failures``
+    (under ``lock``): the run id, the count, the last trial and its reason. Every worker of the
+    same run (``run``: the id that ``study run --workers K`` hands its workers) stops at its
+    next trial, or before its first, and reports that same trial, so the parent shows one line.
+    A later run has another id and starts a fresh count. :attr:`mark` is set once it stopped.
+    """
+
+    def __init__(self, limit: int = 5, *, first: int = 0, run: str = "",
+                 lock: Lock | None = None) -> None:
         self.limit = limit
-        self.streak = 0
+        self.first = first
+        self.run = run
+        self.lock: Lock = lock or contextlib.nullcontext
+        self.mark: dict[str, Any] | None = None
+
+    def marked(self, study: optuna.Study) -> dict[str, Any] | None:
+        """This run's stop mark in ``study``, if a worker has written it."""
+        mark = study.user_attrs.get(FAILURE_STOP_ATTR)
+        return dict(mark) if isinstance(mark, Mapping) and mark.get("run") == self.run else None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
-        if self.streak >= self.limit:
-            study.stop()
+        mark = self.marked(study)
+        if mark is None:
+            streak = failure_streak(study.get_trials(deepcopy=False), self.first)
+            if len(streak) < self.limit:
+                return
+            with self.lock():
+                mark = self.marked(study)
+                if mark is None:
+                    last = streak[-1]
+                    mark = {"run": self.run, "count": len(streak), "limit": self.limit,
+                            "trial": last.number, "reason": last.user_attrs["fail_reason"]}
+                    study.set_user_attr(FAILURE_STOP_ATTR, mark)
+        self.mark = mark
+        study.stop()
 
 
 class StopOnRejections:

@@ -13,13 +13,20 @@ Every trial stores, as user attributes (the dashboard shows them; it cannot show
 ``flops``, ``flops_ratio``, ``macs``, ``params``, ``params_ratio``, ``widths``, ``feasible``,
 ``band_violation``; with a latency table (``pruning.latency`` or a latency Pareto study)
 ``latency_ms`` and ``latency_ratio`` (predicted); evaluated trials add ``top1``, ``top5`` and
-``seconds_*``, and with ``pruning.latency.measure`` the built network's
+``seconds_*`` (with least squares, ``least_squares``: how many layers it ``fitted``,
+``kept`` as they were because the fit did no better on held-out images, ``skipped`` for
+too few samples, and ``not_fitted``: no fit applies, see ``model info``), and with
+``pruning.latency.measure`` the built network's
 ``latency_ms_measured``, ``latency_ratio_measured`` and ``latency_unreliable`` (true when
 other workers share this machine, so the timing is disturbed). Out-of-band
 proposals are PRUNED without evaluation (``feasible: false``). A trial FAILs with a
 ``fail_reason`` user attr when the evaluation yields NaN/inf, when reconstruction meets NaN/inf
-features (``FloatingPointError``), or when a signal interrupts it; the study goes on (or, after a
-signal, stops cleanly). With a :class:`~searchprune.search.budget.Budget`, an in-band trial
+features (``FloatingPointError``), when anything in the trial raises (the reason is the
+exception's type and first line, logged in one line; ``--debug`` logs the traceback; storage
+errors still stop the run), or when a signal interrupts it; the study goes on (or, after a
+signal, stops cleanly; after ``search.max_consecutive_failures`` FAILs in a row, see
+:class:`~searchprune.search.callbacks.StopOnFailures`). A FAILed trial is not evaluated: it
+frees its budget slot. With a :class:`~searchprune.search.budget.Budget`, an in-band trial
 claims a slot before evaluation; a trial refused because the budget is spent is PRUNED with
 ``refused`` and never evaluated.
 """
@@ -27,6 +34,7 @@ claims a slot before evaluation; a trial refused because the budget is spent is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -37,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from searchprune.errors import ConfigError, unknown_choice
+from searchprune.errors import ConfigError, exception_line, unknown_choice
+from searchprune.redact import redact_text
 from searchprune.search._interrupt import InterruptGuard, signal_name
 from searchprune.search._liveness import WORKER_ATTR, WORKERS_ENV, identity
 from searchprune.search.band import BAND_CONSTRAINT, Gate
@@ -62,9 +71,11 @@ class Counters:
     failed: int = 0
     refused: int = 0
     interrupted: list[int] = field(default_factory=list)  # trials FAILed by a signal
+    failures: list[int] = field(default_factory=list)  # trials FAILed with a logged reason
 
 
 Value = float | tuple[float, ...]
+_log = logging.getLogger(__name__)
 
 
 def make_objective(problem: Problem, counters: Counters | None = None, *,
@@ -118,6 +129,8 @@ def make_objective(problem: Problem, counters: Counters | None = None, *,
                             else "supernet-bn")
         for key in dict.fromkeys(("build", "abn", "reconstruct", "evaluate", *result.seconds)):
             trial.set_user_attr(f"seconds_{key}", float(result.seconds.get(key, 0.0)))
+        if getattr(result, "least_squares", None) is not None:
+            trial.set_user_attr("least_squares", dict(result.least_squares))
         if not (math.isfinite(result.top1) and math.isfinite(result.top5)):
             return _fail(trial, counts, spec,
                          f"evaluation returned top1={result.top1}, top5={result.top5}")
@@ -143,14 +156,33 @@ def make_objective(problem: Problem, counters: Counters | None = None, *,
             with contextlib.suppress(Exception):  # best effort while unwinding
                 trial.set_user_attr("fail_reason", reason)
             raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            if _is_storage_error(exc):  # nothing can be recorded: the run stops (one line)
+                raise
+            return _fail(trial, counts, spec, exception_line(exc), exc)
 
     return objective
 
 
-def _fail(trial: optuna.Trial, counts: Counters, spec: ObjectiveSpec, reason: str) -> Value:
+def _is_storage_error(exc: Exception) -> bool:
+    return isinstance(exc, optuna.exceptions.StorageInternalError) or any(
+        c.__module__.startswith("sqlalchemy") for c in type(exc).__mro__)
+
+
+def _fail(trial: optuna.Trial, counts: Counters, spec: ObjectiveSpec, reason: str,
+          exc: BaseException | None = None) -> Value:
+    """Record ``reason``, log it in one line (the traceback only with ``--debug``) and return
+    the value that makes Optuna mark the trial FAIL; the study goes on."""
+    reason = redact_text(reason)
     counts.failed += 1
+    counts.failures.append(trial.number)
     trial.set_user_attr("fail_reason", reason)
-    return spec.failed()  # Optuna marks the trial FAIL and the study goes on
+    _log.warning("trial %d failed: %s", trial.number, reason)
+    if exc is not None and _log.isEnabledFor(logging.DEBUG):
+        _log.debug("trial %d traceback", trial.number, exc_info=exc)
+    return spec.failed()
 
 
 def _record_cost(trial: optuna.Trial, engine: Engine, widths: Mapping[str, int],

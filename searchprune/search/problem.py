@@ -52,8 +52,15 @@ class ObjectiveSpec:
     metric_names: tuple[str, ...]
     band: Band | None
     target: str
-    project: bool = False
+    sampler: str | None = None
     cost: str = "flops"
+
+    @property
+    def project(self) -> bool:
+        """Whether proposals are mapped onto the primary constraint first: asked by the
+        sampler, and looked up only when a search needs it (a user's ``package.module:factory``
+        sampler is imported then, not by commands that never sample, such as ``export``)."""
+        return self.sampler is not None and sampler_spec(self.sampler).projects
 
     @property
     def multi(self) -> bool:
@@ -135,15 +142,15 @@ def _objective(cfg: Config, params: Limit | None, latency: LatencySpec | None) -
                              pareto_band(cfg), f"search.gamma_range [{lo:g}, {hi:g}]",
                              cost=cost)
     p = cfg.pruning
-    projects = sampler_spec(cfg.search.sampler).projects
+    sampler = cfg.search.sampler
     if p.gamma is None:
         target = (f"pruning.latency ({latency.describe()})"
                   if latency is not None and latency.capped
                   else f"pruning.params ({params.describe() if params else None})")
         return ObjectiveSpec("single", ("maximize",), ("val_top1",), None, target,
-                             project=projects)
+                             sampler=sampler)
     return ObjectiveSpec("single", ("maximize",), ("val_top1",), Band(p.gamma, p.tolerance),
-                         f"gamma {p.gamma:g}", project=projects)
+                         f"gamma {p.gamma:g}", sampler=sampler)
 
 
 @dataclass(frozen=True, eq=False)

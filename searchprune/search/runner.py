@@ -18,7 +18,9 @@ worker joins, as the heartbeat retries a dead worker's trial.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from searchprune.redact import public_config
 from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInterrupted
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
+from searchprune.search.callbacks import RUN_ENV
 from searchprune.search.confirm import pending
 from searchprune.search.identity import ensure_study_uuid
 from searchprune.search.objective import Counters, make_objective, make_pruner
@@ -62,7 +65,7 @@ WORKERS_ATTR = "workers_joined"
 RUNTIME_KEYS = frozenset({
     "search.n_trials", "search.study_name", "storage", "source", "device",
     "search.heartbeat_interval", "search.grace_period", "search.max_retry",
-    "model.trust_checkpoint",
+    "model.trust_checkpoint", "search.max_consecutive_failures",
     "finetune.distill.alpha", "finetune.distill.temperature",  # fine-tuning, not the search
 })
 _log = logging.getLogger(__name__)
@@ -164,7 +167,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
                                 pruner=make_pruner(cfg.search.pruner))
     lock = study_lock(storage, name)
     ensure_study_uuid(study, lock)  # identifies this study, not another of its name
-    worker = _join(study, lock)
+    worker, first = _join(study, lock)
     problem = _with_latency(study, lock, problem, progress)
     if cfg.search.warm_start == "sensitivity":
         from searchprune.search.sensitivity import enqueue_warm_start
@@ -179,10 +182,17 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
                     wait_for_others=not dead_stay_running)
-    with guard.deferred():
-        _optimize(study, cfg, progress, callbacks,
-                  make_objective(problem, counters, budget=budget, guard=guard), guard)
-        tidy_up(study, lock, cfg.search.n_trials)
+    failures = cb.StopOnFailures(cfg.search.max_consecutive_failures, first=first, lock=lock,
+                                 run=os.environ.get(RUN_ENV) or uuid.uuid4().hex)
+    if failures.marked(study) is None:  # another worker of this run may have stopped it
+        with guard.deferred():
+            _optimize(study, cfg, progress, [failures, *callbacks],
+                      make_objective(problem, counters, budget=budget, guard=guard), guard,
+                      counters)
+            tidy_up(study, lock, cfg.search.n_trials)
+    mark = failures.mark or failures.marked(study)
+    if mark is not None and guard.pending is None:
+        raise cb.TrialsFailing(mark)
     if problem.goal.confirm is not None and guard.pending is None:
         with guard.deferred():  # a signal abandons the evaluation in flight, never a write
             _confirm(study, problem, lock, progress, guard)
@@ -239,8 +249,9 @@ def tidy_up(study: optuna.Study, lock: Lock, n_trials: int) -> None:
             drop_waiting(study, f"not run: the study already holds {n_trials} evaluated trials")
 
 
-def _join(study: optuna.Study, lock: Lock) -> int:
-    """This worker's index (0 for the first ever), and re-enqueue trials FAILed by a signal."""
+def _join(study: optuna.Study, lock: Lock) -> tuple[int, int]:
+    """This worker's index (0 for the first ever) and the number its trials start from
+    (its count of failures in a row starts there); re-enqueue trials FAILed by a signal."""
     with lock():
         reap_dead_workers(study)  # a worker killed on this host: FAIL and retry at once
         index = int(study.user_attrs.get(WORKERS_ATTR, 0))
@@ -252,7 +263,7 @@ def _join(study: optuna.Study, lock: Lock) -> int:
             if (t.state == TrialState.FAIL and reason.startswith("interrupted")
                     and t.number not in done and t.params):
                 study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: t.number})
-    return index
+    return index, len(trials)
 
 
 def open_storage(cfg: Config) -> optuna.storages.BaseStorage:
@@ -376,9 +387,10 @@ def _save_note(study: optuna.Study, problem: Problem) -> None:
 
 def _optimize(study: optuna.Study, cfg: Config, progress: bool,
               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
-              objective: Callable[[optuna.Trial], Any], guard: InterruptGuard) -> None:
+              objective: Callable[[optuna.Trial], Any], guard: InterruptGuard,
+              counters: Counters) -> None:
     target = cfg.search.n_trials
-    quiet = _QuietInterrupts()
+    quiet = _QuietFailures(counters)
     optuna_log = logging.getLogger("optuna.study._optimize")
     optuna_log.addFilter(quiet)
     try:
@@ -387,19 +399,20 @@ def _optimize(study: optuna.Study, cfg: Config, progress: bool,
             warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEs")
             study.optimize(objective, n_trials=None, callbacks=[
                 cb.StopOnSignal(guard), StopAtBudget(target),
-                cb.RecordRejections(), cb.StopOnFailures(), cb.StopOnRejections(), bar,
-                *callbacks,
+                cb.RecordRejections(), cb.StopOnRejections(), bar, *callbacks,
             ])
     finally:
         optuna_log.removeFilter(quiet)
 
 
-class _QuietInterrupts(logging.Filter):
-    """Optuna logs a FAILed trial with its traceback; a signal is reported in one line instead."""
+class _QuietFailures(logging.Filter):
+    """Optuna logs a FAILed trial in two lines (with its traceback or its parameters); the
+    objective has already logged it in one (a signal, or the failure's reason), so these go."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: Counters) -> None:
         super().__init__()
-        self._follow_up: str | None = None  # Optuna's second line about the same trial
+        self.counters = counters
+        self._follow_up: str | None = None  # Optuna's second line about an interrupted trial
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -407,4 +420,7 @@ class _QuietInterrupts(logging.Filter):
         if isinstance(exc, Interrupted):
             self._follow_up = message.split(" failed with")[0] + " failed with value"
             return False
-        return not (self._follow_up and message.startswith(self._follow_up))
+        if self._follow_up and message.startswith(self._follow_up):
+            return False
+        return not any(message.startswith(f"Trial {n} failed with ")
+                       for n in self.counters.failures[-2:])

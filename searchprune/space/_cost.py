@@ -22,6 +22,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from searchprune.models._layers import IndexShortcut
 from searchprune.space._groups import ChannelGroup, is_depthwise
 from searchprune.space._trace import _ACTIVATIONS, _NORMS, Call, Trace
 
-__all__ = ["Cost", "CostModel", "count_cost", "forward_hooks"]
+__all__ = ["Cost", "CostModel", "count_cost", "forward_hooks", "layer_role", "linear_form",
+           "member_cover"]
 
 Form = list[tuple[int, float]]  # (index into the width vector, 0 = the constant 1; coefficient)
 
@@ -113,17 +115,39 @@ def _full_dim(mod: nn.Module, role: str) -> int | None:
     return None
 
 
+def member_cover(groups: Sequence[ChannelGroup]
+                 ) -> dict[tuple[str, str], list[tuple[int, float, int]]]:
+    """Per (module, role): ``(group index from 1, multiplier, indices)`` of every group that
+    covers part of that layer side (its channel count is :func:`linear_form` of this)."""
+    cover: dict[tuple[str, str], list[tuple[int, float, int]]] = defaultdict(list)
+    for gi, g in enumerate(groups, start=1):
+        for m in g.members:
+            cover[(m.module, m.role)].append((gi, len(m.idxs) / g.channels, len(m.idxs)))
+    return cover
+
+
+def linear_form(full: int, cover: Sequence[tuple[Any, ...]]) -> Form:
+    """A channel count as ``const + sum mult_g * w_g``: the channels no group covers are
+    constant, each covering group adds its multiplier times its width."""
+    const = full - sum(c[2] for c in cover)
+    return [(0, float(const))] + [(gi, mult) for gi, mult, *_ in cover]
+
+
+def layer_role(mod: nn.Module, role: str) -> str:
+    """The side whose form gives a layer's ``role`` channels (a depthwise conv's input is its
+    output's)."""
+    return "out" if is_depthwise(mod) else role
+
+
 class _Forms:
     """The linear channel-count form of every (module, role), call, and bare parameter."""
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], trace: Trace) -> None:
         self.model = model
-        self.cover: dict[tuple[str, str], list[tuple[int, float, int]]] = defaultdict(list)
+        self.cover = member_cover(groups)
         self.call_cover: dict[str, list[tuple[int, float, int, int]]] = defaultdict(list)
         self.param_cover: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
         for gi, g in enumerate(groups, start=1):
-            for m in g.members:
-                self.cover[(m.module, m.role)].append((gi, len(m.idxs) / g.channels, len(m.idxs)))
             for c in g.calls:
                 self.call_cover[c.module].append(
                     (gi, len(c.idxs) / g.channels, len(c.idxs), max(c.idxs) + 1))
@@ -132,13 +156,11 @@ class _Forms:
 
     @staticmethod
     def _form(full: int, cover) -> Form:
-        const = full - sum(c[2] for c in cover)
-        return [(0, float(const))] + [(gi, mult) for gi, mult, *_ in cover]
+        return linear_form(full, cover)
 
     def module(self, name: str, role: str) -> Form:
         mod = self.model.get_submodule(name)
-        if is_depthwise(mod):
-            role = "out"
+        role = layer_role(mod, role)
         full = _full_dim(mod, role)
         if full is None:
             return [(0, 1.0)]

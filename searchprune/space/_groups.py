@@ -236,7 +236,7 @@ def _op_problem(it: _Item, trace: Trace) -> str | None:
     shapes = trace.shapes.get(fn)
     top = int(it.idxs.max()) + 1 if it.idxs.size else 0
     if isinstance(node.module, tp.ops._ReshapeOp):
-        return _reshape_problem(node, shapes, top)
+        return _reshape_problem(node, shapes, top, int(np.unique(it.idxs).size))
     if isinstance(node.module, tp.ops._ConcatOp):
         return _concat_problem(node, trace, top)
     if isinstance(node.module, (tp.ops._SplitOp, tp.ops._UnbindOp)):
@@ -255,7 +255,7 @@ def _op_problem(it: _Item, trace: Trace) -> str | None:
     return None
 
 
-def _reshape_problem(node, shapes, top: int) -> str | None:
+def _reshape_problem(node, shapes, top: int, covered: int) -> str | None:
     from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
     mapped = any(isinstance(mp, _FlattenIndexMapping)
@@ -269,7 +269,11 @@ def _reshape_problem(node, shapes, top: int) -> str | None:
     src, out = shapes
     if len(src) >= 2 and len(out) >= 2 and src[1] == out[1] and src[1] >= top:
         return None
-    channels_last = len(src) < 3 or src[1] < top
+    # channels last: dim 1 cannot hold them, or the last dim is exactly the group's channels
+    # and dim 1 is not (tokens or rows of a channels-last map outnumbering the channels; the
+    # rule the cost model reads channel dimensions by)
+    channels_last = (len(src) < 3 or src[1] < top
+                     or (src[-1] == covered and src[1] != covered))
     if src and out and src[-1] == out[-1] and src[-1] >= top and channels_last:
         return None
     return f"a reshape {tuple(src)} -> {tuple(out)} moves channels (such as a channel shuffle)"

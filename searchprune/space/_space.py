@@ -8,7 +8,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from searchprune.space._cost import Cost, CostModel, _full_dim
+from searchprune.space._cost import (
+    Cost,
+    CostModel,
+    _full_dim,
+    layer_role,
+    linear_form,
+    member_cover,
+)
 from searchprune.space._groups import ChannelGroup, discover
 from searchprune.space._trace import DEFAULT_MEMORY_GB, DEFAULT_SECONDS
 
@@ -34,6 +41,7 @@ class SearchSpace:
         self._cost = cost_model
         self._by_name = {g.name: g for g in groups}
         self.base_cost = cost_model.cost({})
+        self._cover: dict[tuple[str, str], list[tuple[int, float, int]]] | None = None
 
     @classmethod
     def from_model(cls, model: nn.Module, example: torch.Tensor, *, round_to: int = 1,
@@ -94,6 +102,33 @@ class SearchSpace:
 
     def flops_ratio(self, widths: Mapping[str, int]) -> float:
         return self.cost(widths).flops / self.base_cost.flops
+
+    def channel_form(self, module: nn.Module, name: str, role: str) -> dict[str | None, float]:
+        """The ``role`` (``in``/``out``) channel count of layer ``name`` as the cost model
+        computes it: ``{None: constant, group: multiplier}`` over the searched groups (the
+        groups kept whole are in the constant); ``module`` is that layer."""
+        if self._cover is None:
+            self._cover = member_cover(self.groups)
+        role = layer_role(module, role)
+        full = _full_dim(module, role)
+        if full is None:
+            return {None: 1.0}
+        form: dict[str | None, float] = {None: 0.0}
+        for gi, mult in linear_form(full, self._cover.get((name, role), [])):
+            g = self.groups[gi - 1] if gi else None
+            if g is None or not g.prunable:
+                form[None] += mult * (g.channels if g is not None else 1.0)
+            else:
+                form[g.name] = form.get(g.name, 0.0) + mult
+        return form
+
+    def first_indices(self, widths: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """For every group narrower than full: its first ``width`` channels, or, in a group a
+        grouped conv reads or writes, the first ``width / unit`` channels of each conv-group
+        (the slimmable supernet's sub-networks; a network whose weights do not matter)."""
+        order = {name: -torch.arange(self._by_name[name].channels, dtype=torch.float64)
+                 for name in widths}
+        return self.keep_indices(widths, order)
 
     def keep_indices(self, widths: Mapping[str, int],
                      scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

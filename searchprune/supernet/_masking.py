@@ -33,12 +33,11 @@ __all__ = ["MaskedSupernet", "first_k_keep"]
 
 
 def first_k_keep(space: SearchSpace, widths: Mapping[str, int]) -> dict[str, torch.Tensor]:
-    """``{group: arange(width)}`` for every group narrower than full (the ``prune_model`` keep)."""
-    keep = {}
-    for name, width in widths.items():
-        if int(width) < space.group(name).channels:
-            keep[name] = torch.arange(int(width))
-    return keep
+    """``{group: arange(width)}`` for every group narrower than full (the ``prune_model`` keep);
+    in a group a grouped conv reads or writes, the first ``width / n`` channels of each of its
+    ``n`` conv-groups, so every conv-group keeps as many channels and ``groups`` stays valid
+    (:meth:`~searchprune.space.SearchSpace.first_indices`)."""
+    return space.first_indices({k: int(v) for k, v in widths.items()})
 
 
 class MaskedSupernet:
@@ -98,22 +97,23 @@ class MaskedSupernet:
 
     # -- widths -------------------------------------------------------------------------------
     def set_widths(self, widths: Mapping[str, int] | None) -> None:
-        """Select the first ``widths[g]`` channels of every group (``None``: the full net)."""
+        """Select the first ``widths[g]`` channels of every group, per conv-group where a
+        grouped conv reads or writes it (:func:`first_k_keep`; ``None``: the full net)."""
         widths = {k: int(v) for k, v in (widths or {}).items()}
         for name, width in widths.items():
             group = self.space.group(name)
             if not group.prunable and width < group.channels:
                 raise ValueError(f"group '{name}' is not prunable")
+        keep = first_k_keep(self.space, widths)
         masks: dict[str, torch.Tensor] = {}
         for module, entries in self._consumers.items():
             mask = None
             for group, idxs, roots in entries:
-                k = widths.get(group, self.space.group(group).channels)
-                if k >= self.space.group(group).channels:
+                if group not in keep:
                     continue
                 if mask is None:
                     mask = torch.ones(_in_channels(self.model.get_submodule(module)))
-                mask[idxs] = (roots < k).float()
+                mask[idxs] = torch.isin(roots, keep[group]).float()
             if mask is not None:
                 masks[module] = mask
         self._masks = masks

@@ -146,12 +146,12 @@ def build_scratch_model(cfg: Config, data: DataBundle, seed: int | None = None) 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.supernet.seed if seed is None else seed)
         return build_model(model_cfg, num_classes=data.num_classes,
-                           in_channels=data.input_shape[0])
+                           in_channels=data.input_shape[0], input_shape=data.input_shape)
 
 
 def build_space(cfg: Config, model: nn.Module, data: DataBundle) -> SearchSpace:
     """The same channel groups (and FLOPs model) as the pretrained setting."""
-    return SearchSpace.from_model(model, data.calib.x[:1], round_to=cfg.pruning.round_to,
+    return SearchSpace.from_model(model, data.calib.head(1), round_to=cfg.pruning.round_to,
                                   prune_classifier_input=cfg.pruning.prune_classifier_input)
 
 

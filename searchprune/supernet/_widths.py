@@ -7,6 +7,7 @@ rounding lost more than 10 %.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,7 +47,10 @@ class WidthChoices:
     @classmethod
     def from_groups(cls, groups: Sequence[ChannelGroup], min_ratio: float,
                     multiple: int = 8) -> WidthChoices:
-        return cls({g.name: allowed_widths(g.channels, min_ratio, multiple) for g in groups})
+        """Per group, :func:`allowed_widths` in multiples of ``multiple`` and of the group's
+        conv-groups (a group a grouped conv reads keeps as many channels in each)."""
+        return cls({g.name: allowed_widths(g.channels, min_ratio, math.lcm(multiple, g.unit))
+                    for g in groups})
 
     def full(self) -> dict[str, int]:
         return {name: ws[-1] for name, ws in self.choices.items()}
