@@ -185,9 +185,8 @@ class DataBundle:
         if self._confirm is None:
             if self._confirm_raw is None or self._normalise is None or not self.confirm_size:
                 raise ValueError(f"data bundle '{self.name}' has no confirmation images")
-            idx = self._confirm_indices
-            self._confirm = Split(self._normalise(self._confirm_raw.load(idx)),
-                                  self._confirm_raw.labels[idx].clone())
+            self._confirm = Split.lazy(self._confirm_raw, self._confirm_indices,
+                                       self._normalise)
         return self._confirm
 
     @property
