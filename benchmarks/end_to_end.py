@@ -19,6 +19,12 @@ fine-tuned with the same seed).
 
     python benchmarks/end_to_end.py --out runs/end_to_end --threads 1
 
+``--baselines-at winner`` places ``uniform`` and ``tp-global`` at the exact FLOPs ratio of
+every searched configuration (each search seed's winner and the paper protocol's pick) instead
+of the band (:func:`searchprune.baselines.target_at`: within one channel); the paired
+differences then compare each configuration with the baselines at its own cost, and the FLOPs
+column lists every row's costs.
+
 ``--distill ALPHA`` (``--distill-temperature T``, 4) fine-tunes every row, the paper protocol's
 short fine-tunes included, with distillation from the unpruned network
 (:mod:`searchprune.distill`); its results are stored beside the label-only ones (same
@@ -42,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from searchprune.baselines import solve_baseline  # noqa: E402
+from searchprune.baselines import solve_baseline, target_at  # noqa: E402
 from searchprune.config import DistillConfig, apply_overrides, load_config  # noqa: E402
 from searchprune.distill import Distiller, distill_config, frozen_teacher  # noqa: E402
 from searchprune.engine import PruningEngine  # noqa: E402
@@ -94,6 +100,9 @@ def main() -> None:
                     help="distil from the unpruned network with weight ALPHA in [0, 1] (0: "
                          "labels only, the default)")
     ap.add_argument("--distill-temperature", type=float, default=4.0, metavar="T")
+    ap.add_argument("--baselines-at", choices=("band", "winner"), default="band",
+                    help="band: uniform and tp-global solved for the band (default); winner: "
+                         "at each searched configuration's exact FLOPs ratio")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs/end_to_end"))
@@ -153,11 +162,9 @@ def main() -> None:
             candidates[key] = {"row": row, "widths": top[0]["widths"], "keep": None,
                                "val_proxy": top[0]["val_proxy"],
                                "flops_ratio": top[0]["flops_ratio"]}
-    for name in ("uniform", "tp-global"):
-        b = solve_baseline(name, engine)
-        r = engine.evaluate(b.widths, keep=b.keep)
-        candidates[name] = {"row": name, "widths": b.widths, "keep": b.keep,
-                            "val_proxy": r.top1, "flops_ratio": engine.flops_ratio(b.widths)}
+    if args.baselines_at == "band":
+        for name in BASELINES:
+            candidates[name] = baseline(engine, name)
 
     # 2. the paper's protocol: short fine-tunes of the top-k, best on validation --------------
     for seed in search_seeds:
@@ -178,6 +185,15 @@ def main() -> None:
                            "extra_seconds": sum(short[f"{c['number']}{tag}"]["seconds"]
                                                 for c in top)}
 
+    if args.baselines_at == "winner":  # each baseline at each searched configuration's cost
+        from searchprune.search import resolve_problem
+
+        problem = resolve_problem(cfg, engine)
+        for key in [k for k, c in candidates.items() if c["row"] not in BASELINES]:
+            at = target_at(problem, widths=candidates[key]["widths"])
+            for name in BASELINES:
+                candidates[f"{name}@{key}"] = {**baseline(engine, name, problem, at), "at": key}
+
     # 3. the identical final fine-tune for every configuration ---------------------------------
     for key, cand in candidates.items():
         entry = res["tune"].setdefault(key, {})
@@ -192,6 +208,17 @@ def main() -> None:
                   f"{entry[name]['test_top1']:.2f} "
                   f"({entry[name]['seconds']:.0f} s)", flush=True)
     report(res, candidates, ft_seeds, args, out, distill)
+
+
+BASELINES = ("uniform", "tp-global")
+
+
+def baseline(engine, name: str, problem=None, target=None) -> dict:
+    """A no-search candidate: at the band, or at the cost ``target``."""
+    b = solve_baseline(name, engine, problem=problem, target=target)
+    r = engine.evaluate(b.widths, keep=b.keep)
+    return {"row": name, "widths": b.widths, "keep": b.keep, "val_proxy": r.top1,
+            "flops_ratio": engine.flops_ratio(b.widths)}
 
 
 def distill_settings(args) -> DistillConfig | None:
@@ -223,7 +250,9 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
            f"{distill.temperature:g}")
     lines = [f"Final fine-tune: {args.epochs} epoch(s) on {args.train_size} training images, "
              f"lr {args.lr} cosine, {how}, fine-tune seeds {ft_seeds}; test top-1 on the "
-             "held-out test half", "",
+             "held-out test half; baselines "
+             + ("at the band" if getattr(args, "baselines_at", "band") == "band" else
+                "at each searched configuration's exact FLOPs ratio (paired with it)"), "",
              "| row | runs | test top-1 mean ± std | per run | proxy top-1 (val) | FLOPs | "
              "vs uniform | vs tp-global |", "|---|---|---|---|---|---|---|---|"]
     summary = {}
@@ -233,8 +262,12 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
         cands = [c for c in candidates.values() if c["row"] == row]
         diffs = {}
         for ref in ("uniform", "tp-global"):
-            b = {seed: v for _, seed, v in rows[ref]}  # one configuration per baseline
-            paired = [v - b[seed] for _, seed, v in rows[row]]
+            # at the band: one configuration per baseline, paired by fine-tune seed; at each
+            # winner's cost: the baseline placed at that configuration, same seed
+            b = {(candidates[key].get("at"), seed): v for key, seed, v in rows[ref]}
+            paired = [v - b.get((candidates[key].get("at") or key, seed), b.get((None, seed),
+                                                                                 np.nan))
+                      for key, seed, v in rows[row]]
             diffs[ref] = (float(np.mean(paired)), float(np.std(paired, ddof=1))
                           if len(paired) > 1 else 0.0)
         summary[row] = {"runs": len(vals), "mean": float(vals.mean()),
@@ -256,6 +289,8 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
                  f"search seed): {np.mean(extra):.0f} s extra per search seed")
     text = "\n".join(lines)
     print(text)
+    if getattr(args, "baselines_at", "band") == "winner":
+        tag += "-matched"
     (out / f"report{tag}.md").write_text(text + "\n")
     (out / f"report{tag}.json").write_text(json.dumps(summary, indent=2))
 

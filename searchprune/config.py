@@ -263,6 +263,12 @@ class SearchConfig:
     warm_start: str = "none"
     """``none``, or ``sensitivity``: the first trials are the sensitivity allocation and its
     perturbations (single-objective only)."""
+    confirm: dict[str, Any] | None = None
+    """``{top_k: k, images: n}``: after the search, re-score the ``top_k`` trials by validation
+    top-1 (default 5) on ``images`` confirmation images, disjoint from validation, calibration,
+    test and the training images, and pick by that (``searchprune/confirmation.py``: with
+    ``data.val_from: test`` the validation half's unused images, default all; with ``train`` a
+    hold-out drawn before the built-in baseline is trained, default ``data.val_size``)."""
 
 
 @dataclass(frozen=True)
@@ -418,6 +424,9 @@ class Config:
         check_sampler_name(s.sampler)  # a registered name, or package.module:factory (not
         # imported here: a config read back from a study is validated too; see LocalTrust)
         _validate_objective(s)
+        from searchprune.confirmation import confirm_spec
+
+        confirm_spec(self)
         if s.study_name is not None:
             validate_study_name(s.study_name)
         d = self.data

@@ -234,9 +234,10 @@ class PruningEngine(SearchSpaceView):
     @classmethod
     def from_config(cls, cfg: Config, *, progress: bool = False) -> PruningEngine:
         """Load data and model as the config says and prepare everything done once per study."""
+        from searchprune.confirmation import holdout_images
         from searchprune.data import load_data
 
-        data = load_data(cfg.data)
+        data = load_data(cfg.data, confirm_images=holdout_images(cfg))
         model = _load_model(cfg, data, progress=progress)
         return cls(cfg, model, data)
 

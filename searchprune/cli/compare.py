@@ -42,6 +42,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--baselines", default=None, metavar="LIST",
                    help="reference rows without search, comma list of uniform, tp-global, "
                         "sensitivity")
+    p.add_argument("--baselines-at", choices=("band", "winner"), default="band",
+                   help="band: each baseline solved for the FLOPs band (default); winner: each "
+                        "baseline at the exact cost (FLOPs, or the params/latency limit) of "
+                        "each study's pick, compared pick by pick")
     p.add_argument("--force-config", action="store_true",
                    help="continue studies whose stored config differs")
     add_trust_flag(p)
@@ -84,13 +88,10 @@ def _compare(args: argparse.Namespace) -> int:
                                + ", ".join(missing[:3]) + ", ...); run it without --report-only")
     if missing and not args.json:
         console.print(f"[yellow]missing studies (left out):[/] {', '.join(missing)}")
-    references = []
-    if engine is not None:
-        from searchprune.baselines import evaluate_baselines
-
-        references = evaluate_baselines(engine, baselines)
+    references = _references(engine, baselines, runs, cfg, storage, args.baselines_at)
     comparison = compare_runs(runs, reference="random", budget=cfg.search.n_trials,
-                              references=references, cost=cfg.search.pareto_cost)
+                              references=references, cost=_primary_cost(cfg),
+                              baselines_at=args.baselines_at)
     files = _write_report(comparison, runs, Path(args.out), _baseline(plan, storage),
                           derive_study_name(cfg)) if args.out else {}
     if args.json:
@@ -115,6 +116,45 @@ def _baseline_engine(cfg: Any, names: list[str], progress: bool) -> Any:
     from searchprune.engine import engine_for
 
     return engine_for(cfg, progress=progress)
+
+
+def _primary_cost(cfg: Any) -> str:
+    from searchprune.search.problem import describe_goal
+
+    return describe_goal(cfg).primary_cost
+
+
+def _references(engine: Any, names: list[str], runs: list[Any], cfg: Any, storage: Any,
+                at: str) -> list[dict[str, Any]]:
+    """The baseline rows: at the band, or at each study's pick's exact cost (``winner``)."""
+    if engine is None:
+        return []
+    from searchprune.baselines import evaluate_baselines
+    from searchprune.search.problem import resolve_problem
+
+    problem = resolve_problem(cfg, engine)
+    if at == "band":
+        return evaluate_baselines(engine, names, problem=problem)
+    from searchprune.report.studies import baselines_at_picks
+
+    if problem.goal.primary_cost == "latency":
+        problem = problem.with_latency(_latency_table(runs, problem, storage))
+    return baselines_at_picks(engine, names, runs, problem=problem)
+
+
+def _latency_table(runs: list[Any], problem: Any, storage: Any) -> Any:
+    """The comparison's latency table (stored with its studies on this machine)."""
+    import optuna
+
+    from searchprune.search.finishing import study_latency_table
+
+    for run in runs:
+        study = optuna.load_study(study_name=run.name, storage=storage)
+        _, table = study_latency_table(study, problem.goal, problem.engine)
+        if table is not None:
+            return table
+    raise SearchpruneError("--baselines-at winner at a latency ratio needs the studies' latency "
+                           "table on this machine; run the comparison here first")
 
 
 def _list(text: str, flag: str) -> list[str]:

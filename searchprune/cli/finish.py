@@ -180,10 +180,15 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(record)
         return 0
-    rows = [[k, f"{v['val_top1_before']:.2f}", f"{v['val_top1']:.2f}", v["epochs"]]
+    confirmed = record.get("confirm_top1") or {}
+    shown = any(v is not None for v in confirmed.values())  # the study was confirmed
+    rows = [[k, f"{v['val_top1_before']:.2f}",
+             *([_pct(confirmed.get(k))] if shown else []), f"{v['val_top1']:.2f}", v["epochs"]]
             for k, v in record["trials"].items()]
-    table(f"fine-tuned top {len(rows)} of '{args.study_name}'",
-          ["trial", "val top-1 before", "val top-1 after", "epochs"], rows)
+    table(f"fine-tuned top {len(rows)} of '{args.study_name}'"
+          + (" (chosen by confirm top-1)" if shown else ""),
+          ["trial", "val top-1 before", *(["confirm top-1 before"] if shown else []),
+           "val top-1 after", "epochs"], rows)
     console.print(
         f"best: trial {record['best_trial']} +{record['final_epochs']} epochs -> val top-1 "
         f"{record['val_top1']:.2f}%; test top-1 {record['test_top1_before']:.2f}% before "
@@ -239,7 +244,9 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
     if args.json:
         emit_json({"epochs": settings.epochs, "distill": distill_record(settings), "rows": rows})
         return 0
-    cols = ["candidate", "val before", "val after", "test after", "FLOPs", "params"]
+    confirmed = any(r.get("confirm_top1") is not None for r in rows)
+    cols = ["candidate", "val before", *(["confirm before"] if confirmed else []), "val after",
+            "test after", "FLOPs", "params"]
     predicted = any("latency_ratio_predicted" in r for r in rows)
     if predicted:
         cols.append("latency pred.")
@@ -248,12 +255,17 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
         cols.append(f"latency meas. (batch {rows[0].get('latency_batch', 64)})")
     table(f"'{args.study_name}': every candidate fine-tuned {settings.epochs} epochs, same recipe"
           f"{_distill_note(distill_record(settings))} (costs as ratios of the unpruned network's)",
-          cols, [[str(r["key"]), f"{r['val_top1_before']:.2f}", f"{r['val_top1']:.2f}",
+          cols, [[str(r["key"]), f"{r['val_top1_before']:.2f}",
+                  *([_pct(r.get("confirm_top1"))] if confirmed else []), f"{r['val_top1']:.2f}",
                   f"{r['test_top1']:.2f}", f"{r['flops_ratio']:.3f}", f"{r['params_ratio']:.3f}"]
                  + ([f"{r['latency_ratio_predicted']:.3f}"] if predicted else [])
                  + ([f"{r['latency_ratio']:.3f} ({r['latency_ms']:.1f} ms)"] if lat else [])
                  for r in rows])
     return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -270,6 +282,11 @@ def _export(args: argparse.Namespace) -> int:
     console.print(f"exported trial {card['trial']} to {args.out}: FLOPs ratio "
                   f"{card['flops_ratio']:.3f}, params ratio {card['params_ratio']:.3f}; "
                   f"files: {', '.join(card['files'].values())}")
+    acc = card.get("accuracy") or {}
+    if acc.get("confirm_images"):
+        console.print(f"searched weights: val top-1 {_pct(acc.get('val_top1_search'))}%, "
+                      f"confirm top-1 {_pct(acc.get('confirm_top1_search'))}% on "
+                      f"{acc['confirm_images']} confirmation images")
     names = {"flops": "FLOPs", "params": "params", "latency_predicted": "latency (predicted)"}
     table("ratios to the unpruned network", ["cost", "ratio"],
           [[names.get(k, k.replace("latency_measured_batch", "latency (measured, batch ") + ")"),

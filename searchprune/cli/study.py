@@ -1,4 +1,4 @@
-"""``searchprune study run|show|list``."""
+"""``searchprune study run|show|list|confirm``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ _OVERRIDES = {
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     study = sub.add_parser("study", help="run and inspect searches")
-    cmds = study.add_subparsers(dest="study_command", metavar="{run,show,list}", required=True)
+    cmds = study.add_subparsers(dest="study_command", metavar="{run,show,list,confirm}",
+                                required=True)
 
     run = cmds.add_parser("run", parents=[common], help="run or continue a study")
     run.add_argument("config", metavar="CONFIG.yaml")
@@ -70,6 +71,23 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ls = cmds.add_parser("list", parents=[common], help="studies in a storage")
     ls.add_argument("--storage")
     ls.set_defaults(func=_list)
+
+    confirm = cmds.add_parser(
+        "confirm", parents=[common],
+        help="re-score a study's top-k trials on images disjoint from validation, calibration "
+             "and test; the pick becomes the best of them there")
+    confirm.add_argument("--study-name", required=True)
+    confirm.add_argument("--storage")
+    confirm.add_argument("--top-k", type=int, default=None, metavar="K",
+                         help="trials by validation top-1 to confirm (default: the study's "
+                              "search.confirm, else 5)")
+    confirm.add_argument("--images", type=int, default=None, metavar="N",
+                         help="confirmation images (default: the study's search.confirm, else "
+                              "all the validation half's images ranking did not use)")
+    from searchprune.cli.finish import _trust_flags
+
+    _trust_flags(confirm)  # the stored config is not trusted to unpickle or import
+    confirm.set_defaults(func=_confirm)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -226,14 +244,18 @@ def _show(args: argparse.Namespace) -> int:
         trials = trials[: args.top]
     plot = _plot(study, args.plot, args.plot_top) if args.plot else None
     summary = _summary(study)
+    confirmed = {r["number"]: r["confirm_top1"] for r in (summary.get("confirm") or {}).get(
+        "trials", [])}
     if args.json:
-        emit_json({**summary, "trials": [_trial(t) for t in trials],
+        emit_json({**summary, "trials": [
+            {**_trial(t), **({"confirm_top1": confirmed[t.number]} if t.number in confirmed
+                             else {})} for t in trials],
                    **({"plot": plot} if plot else {})})
     else:
         _print_summary(summary)
         front = {t["number"] for t in summary.get("front", [])}
         _print_trials(trials[:10] if args.top is None else trials,
-                      front if "front" in summary else None)
+                      front if "front" in summary else None, confirmed)
         if plot:
             console.print(f"plot: {plot}")
     return 0
@@ -302,15 +324,16 @@ def load_study(storage_url: str | None, name: str) -> Any:
 
 
 def _ranked(study: Any) -> list[Any]:
-    """The best (the Pareto front, by FLOPs ratio, for a multi-objective study), then the other
-    COMPLETE trials by validation top-1, then the rest by number."""
+    """The best (confirmed trials first, best on confirmation first; the Pareto front, by FLOPs
+    ratio, for a multi-objective study), then the other COMPLETE trials by validation top-1,
+    then the rest by number."""
     from optuna.trial import TrialState
 
-    from searchprune.search import best_trials
+    from searchprune.search.confirm import ranked_trials
     from searchprune.search.trials import is_multi_objective
 
     trials = study.get_trials(deepcopy=False)
-    first = best_trials(study)
+    first = ranked_trials(study)
     if is_multi_objective(study):
         first = sorted(first, key=lambda t: t.values[1])
     seen = {t.number for t in first}
@@ -330,12 +353,13 @@ def _trial(t: Any) -> dict[str, Any]:
 
 
 def _summary(study: Any) -> dict[str, Any]:
-    from searchprune.search import best_trials, n_evaluated
+    from searchprune.search import n_evaluated
+    from searchprune.search.confirm import ranked_trials
     from searchprune.search.trials import is_multi_objective
 
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
-    best = best_trials(study)
+    best = ranked_trials(study)
     attrs = dict(study.user_attrs)
     if isinstance(attrs.get("config"), dict):  # studies stored before passwords were removed
         attrs["config"] = redact_config(attrs["config"])
@@ -350,7 +374,34 @@ def _summary(study: Any) -> dict[str, Any]:
         out["pareto_cost"] = _pareto_cost(study)
     else:
         out["spread"] = _spread(study.user_attrs, trials)
+        confirm = _confirm_summary(study)
+        if confirm is not None:
+            out["confirm"] = confirm
     return out
+
+
+def _confirm_summary(study: Any) -> dict[str, Any] | None:
+    """The study's confirmation: where its images come from, how many, the confirmed trials
+    (pick first) with both accuracies and their cost, and the top-k by validation still not
+    confirmed (None: never confirmed)."""
+    from searchprune.search.confirm import CONFIRM_ATTR, confirmations, ranked_trials
+    from searchprune.search.trials import best_trials, top1
+
+    record = study.user_attrs.get(CONFIRM_ATTR)
+    confirmed = confirmations(study)
+    if not isinstance(record, dict) or not confirmed:
+        return None
+    top_k = int(record.get("top_k") or len(confirmed))
+    rows = [{"number": t.number, "val_top1": top1(t),
+             "confirm_top1": confirmed[t.number].top1,
+             **{k: t.user_attrs.get(k) for k in _cost_columns([t])}}
+            for t in ranked_trials(study) if t.number in confirmed]
+    by_val = best_trials(study)
+    return {"source": record.get("source"), "images": record.get("images"), "top_k": top_k,
+            "pick": rows[0]["number"] if rows else None,
+            "best_on_validation": by_val[0].number if by_val else None,
+            "trials": rows,
+            "not_confirmed": [t.number for t in by_val[:top_k] if t.number not in confirmed]}
 
 
 # The cost ratios a study may record per trial (objective.py), in the order tables show them:
@@ -439,15 +490,39 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 else "at the same FLOPs budget")
         console.print(f"best - worst: {spread[1]['val_top1'] - spread[-1]['val_top1']:.2f} "
                       f"points of val top-1 {same}")
+    if summary.get("confirm"):
+        _print_confirm(summary["confirm"], summary["study_name"])
 
 
-def _print_trials(trials: list[Any], front: set[int] | None = None) -> None:
+def _print_confirm(confirm: dict[str, Any], name: str) -> None:
+    """The confirmed trials, pick first: validation and confirmation top-1 and their costs."""
+    labels = dict(COST_RATIOS)
+    columns = [k for k, _ in COST_RATIOS if any(k in r for r in confirm["trials"])]
+    table(f"confirmation: the top {confirm['top_k']} by val top-1 re-scored on "
+          f"{confirm['images']} images ({confirm['source']}), ranked by confirm top-1",
+          ["", "trial", "val top-1", "confirm top-1", *(labels[k] for k in columns)],
+          [["pick" if i == 0 else "", r["number"], _pct(r["val_top1"]), _pct(r["confirm_top1"]),
+            *(_num(r.get(k)) for k in columns)] for i, r in enumerate(confirm["trials"])])
+    if confirm["pick"] != confirm["best_on_validation"]:
+        console.print(f"the pick is trial {confirm['pick']}, not trial "
+                      f"{confirm['best_on_validation']} (the best on validation)")
+    if confirm["not_confirmed"]:
+        console.print(f"not confirmed yet (top {confirm['top_k']} by val top-1): trials "
+                      f"{', '.join(map(str, confirm['not_confirmed']))}; run 'searchprune study "
+                      f"confirm --study-name {name}'")
+
+
+def _print_trials(trials: list[Any], front: set[int] | None = None,
+                  confirmed: dict[int, float | None] | None = None) -> None:
     """The trials table with every recorded cost ratio; with ``front`` (a Pareto study) a
-    column marks the front members."""
+    column marks the front members; with ``confirmed`` (trial -> confirmation top-1) a column
+    shows it beside validation top-1."""
     columns = _cost_columns(trials)
     labels = dict(COST_RATIOS)
-    head = ["#", "state", "val top-1", "top-5", *(labels[k] for k in columns)]
+    head = ["#", "state", "val top-1", *(["confirm top-1"] if confirmed else []), "top-5",
+            *(labels[k] for k in columns)]
     rows = [[t.number, t.state.name, _pct(t.values[0] if t.values else None),
+             *([_pct(confirmed.get(t.number))] if confirmed else []),
              _pct(t.user_attrs.get("top5")), *(_num(t.user_attrs.get(k)) for k in columns)]
             for t in trials]
     if front is not None:
@@ -464,3 +539,79 @@ def _pct(v: float | None) -> str | None:
 
 def _num(v: float | None) -> str | None:
     return None if v is None else f"{v:.4f}"
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    """``study confirm``: the top-k trials re-scored on the confirmation images (the ones not
+    confirmed yet), then the study's confirmation shown."""
+    from searchprune.search.confirm import confirm_study
+    from searchprune.search.sensitivity import is_scan
+    from searchprune.search.trials import is_multi_objective
+
+    for flag, value in (("--top-k", args.top_k), ("--images", args.images)):
+        if value is not None and not 1 <= value <= 2**31 - 1:
+            raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
+    study = load_study(args.storage, args.study_name)
+    if is_scan(study.study_name, study.user_attrs) or is_multi_objective(study):
+        raise ConfigError(f"'{study.study_name}' is not a single-objective study; confirmation "
+                          "re-ranks the best trials of one (not a Pareto front or a scan)")
+    cfg = _confirm_config(study, args)
+    from searchprune.search import StudyInterrupted, best_trials, resolve_problem
+    from searchprune.search._interrupt import InterruptGuard
+
+    if not best_trials(study):
+        raise SearchpruneError(f"study '{study.study_name}' has no evaluated trials yet; run "
+                               "'searchprune study run' first")
+    from searchprune.engine import engine_for
+    from searchprune.trust import stored_checkpoint_refusal
+
+    with stored_checkpoint_refusal(cfg, study.study_name):
+        engine = engine_for(cfg, progress=not args.json)
+    problem = resolve_problem(cfg, engine)
+    with InterruptGuard() as guard, guard.deferred():
+        try:
+            new = confirm_study(study, problem, guard=guard)
+        except KeyboardInterrupt as exc:
+            raise StudyInterrupted(getattr(exc, "signum", 2)) from None
+    summary = _confirm_summary(study)
+    if args.json:
+        emit_json({"study_name": study.study_name, "confirmed_now": [c.number for c in new],
+                   "confirm": summary})
+    elif summary is not None:
+        console.print(f"confirmed {len(new)} trial(s) now" + (
+            "" if new else " (all of the top-k were confirmed already)"))
+        _print_confirm(summary, study.study_name)
+    return 0
+
+
+def _confirm_config(study: Any, args: argparse.Namespace) -> Any:
+    """The study's stored config with ``search.confirm`` as this command asks (flags over the
+    stored ``search.confirm`` over the defaults). With ``data.val_from: train`` the
+    confirmation images are training images held out when the study was created: a study
+    created without them has none its network was not trained on."""
+    import dataclasses
+
+    from searchprune.cli.finish import _trust
+    from searchprune.confirmation import ConfirmSpec, holdout_images, parse_confirm
+    from searchprune.search.finishing import load_study_config
+
+    cfg = load_study_config(study, _trust(args))
+    stored = parse_confirm(cfg.search.confirm)
+    base = stored if stored is not None else ConfirmSpec()
+    spec = ConfirmSpec(args.top_k if args.top_k is not None else base.top_k,
+                       args.images if args.images is not None else base.images)
+    if cfg.data.val_from == "train":
+        if stored is None:
+            raise ConfigError(
+                f"study '{study.study_name}' draws validation from the training images and was "
+                "created without search.confirm, so its network was trained on every other "
+                "training image and none is left to confirm on; create the study with "
+                "search.confirm set (the images are held out before training) or with "
+                "data.val_from: test")
+        held = holdout_images(cfg, stored)
+        if args.images is not None and args.images != held:
+            raise ConfigError(f"--images: study '{study.study_name}' holds out {held} "
+                              "confirmation images (fixed when it was created); leave --images "
+                              "out")
+    search = dataclasses.replace(cfg.search, confirm=spec.to_dict())
+    return dataclasses.replace(cfg, search=search).validate()

@@ -53,11 +53,14 @@ def _stats(source: Source, train: torch.Tensor) -> tuple[tuple[float, ...], tupl
     return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
 
 
-def load_data(cfg: DataConfig) -> DataBundle:
+def load_data(cfg: DataConfig, *, confirm_images: int | None = None) -> DataBundle:
     """Load ``cfg.name`` and draw its seeded splits; same config -> identical splits.
 
     ``calib``, ``val`` and ``test`` are decoded into memory (as stored: uint8 for photos) the
-    first time they are read, not here; the training set stays lazy.
+    first time they are read, not here; the training set and the confirmation images stay
+    lazy. ``confirm_images``: with ``val_from: test``, how many of the validation half's unused
+    images confirm (None: all); with ``val_from: train``, how many training images are held
+    out before the training images are drawn (None: none).
 
     Raises:
         DataError: unknown name, missing or empty root, sizes that do not fit.
@@ -76,6 +79,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
         test_size=cfg.test_size,
         train_size=cfg.train_size,
         seed=cfg.seed,
+        confirm_size=confirm_images,
     )
     mean, std = _stats(source, idx.train)
     normalise = Normalise(source.scale, mean, std)
@@ -104,4 +108,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
         _train_raw=source.train,
         _train_indices=idx.train,
         _normalise=normalise,
+        _confirm_raw=val_raw,
+        _confirm_indices=idx.confirm,
+        confirm_from=idx.val_from,
     )

@@ -167,6 +167,27 @@ class DataBundle:
     _train_raw: RawImages | None = field(default=None, repr=False)
     _train_indices: torch.Tensor | None = field(default=None, repr=False)
     _normalise: Normalise | None = field(default=None, repr=False)
+    # confirmation images (re-score the best configurations), decoded on first use
+    _confirm_raw: RawImages | None = field(default=None, repr=False)
+    _confirm_indices: torch.Tensor | None = field(default=None, repr=False)
+    _confirm: Split | None = field(default=None, repr=False)
+    confirm_from: str = "test"  # "test": the validation half's rest; "train": a hold-out
+
+    @property
+    def confirm_size(self) -> int:
+        """Confirmation images available (none decoded yet)."""
+        return 0 if self._confirm_indices is None else int(self._confirm_indices.numel())
+
+    @property
+    def confirm(self) -> Split:
+        """The confirmation images: disjoint from ``calib``, ``val``, ``test`` and the training
+        images (see :func:`~searchprune.data.draw_splits`), decoded on first use."""
+        if self._confirm is None:
+            if self._confirm_raw is None or self._normalise is None or not self.confirm_size:
+                raise ValueError(f"data bundle '{self.name}' has no confirmation images")
+            self._confirm = Split.lazy(self._confirm_raw, self._confirm_indices,
+                                       self._normalise)
+        return self._confirm
 
     @property
     def train_size(self) -> int:

@@ -52,9 +52,9 @@ def plot_anytime(c: Comparison, path: str | Path, *, baseline: float | None = No
     if baseline is not None and c.objective != "pareto":
         ax.axhline(baseline, color="#2ca02c", linestyle=":", linewidth=1,
                    label=f"unpruned network ({baseline:.2f}%)")
-    for j, ref in enumerate(c.references):
-        ax.axhline(ref["top1"], color=_REF_COLORS[j % len(_REF_COLORS)], linestyle="-.",
-                   linewidth=1.2, label=f"{ref['name']}, no search ({ref['top1']:.2f}%)")
+    for j, (label, top1) in enumerate(c.reference_lines()):
+        ax.axhline(top1, color=_REF_COLORS[j % len(_REF_COLORS)], linestyle="-.",
+                   linewidth=1.2, label=f"{label} ({top1:.2f}%)")
     ax.set_xlabel("evaluated (in-band) trials")
     ax.set_ylabel("hypervolume of the front so far" if c.objective == "pareto"
                   else "best-so-far validation top-1 (%)")
@@ -78,8 +78,8 @@ def _zoom(ax, c: Comparison, baseline: float | None) -> None:
         highs.append(c.target)
     if baseline is not None and c.objective != "pareto":
         highs.append(baseline)
-    lows += [r["top1"] for r in c.references]
-    highs += [r["top1"] for r in c.references]
+    lows += [top1 for _, top1 in c.reference_lines()]
+    highs += [top1 for _, top1 in c.reference_lines()]
     if lows and highs:
         lo, hi = min(lows), max(highs)
         pad = 0.08 * (hi - lo) or 0.5

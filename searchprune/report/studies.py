@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from searchprune.config import Config
     from searchprune.engine import Engine
 
-__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy", "load_runs",
-           "plan_comparison", "run_comparison"]
+__all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy",
+           "baselines_at_picks", "load_runs", "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
 DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
@@ -151,3 +151,17 @@ def load_runs(plan: Sequence[PlannedStudy], storage: optuna.storages.BaseStorage
             continue
         runs.append(run_from_study(study, planned.sampler, planned.seed, budget))
     return runs, missing
+
+
+def baselines_at_picks(engine: Engine, names: Sequence[str], runs: Sequence[Run], *,
+                       problem: Any = None, metric: str | None = None) -> list[dict[str, Any]]:
+    """Every baseline placed at the exact cost of every run's pick (its best trial, the best
+    on confirmation when confirmed): rows of :func:`~searchprune.baselines.evaluate_baselines_at`
+    naming the study, sampler, seed and trial under ``at``; ``metric``: default the problem's
+    primary cost. Runs without a pick (nothing evaluated, Pareto studies) get none."""
+    from searchprune.baselines import evaluate_baselines_at
+
+    winners = [{"study": r.name, "sampler": r.sampler, "seed": r.seed,
+                "trial": r.pick["trial"], "top1": r.pick["top1"], "widths": r.pick["widths"]}
+               for r in runs if r.pick is not None and r.pick.get("widths")]
+    return evaluate_baselines_at(engine, list(names), winners, problem=problem, metric=metric)

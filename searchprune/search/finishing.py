@@ -1,8 +1,10 @@
 """After a search: fine-tune a study's best trials and export one, recording results in the study.
 
-The candidates are :func:`~searchprune.search.trials.best_trials`: the top trials by validation
-top-1 of a single-objective study, the Pareto front of a multi-objective one; either may be
-restricted to a FLOPs-ratio range (``flops_min``/``flops_max``).
+The candidates are :func:`~searchprune.search.confirm.ranked_trials`: the top trials by
+validation top-1 of a single-objective study (the confirmed ones first, best on the
+confirmation images first, when the study was confirmed: ``search.confirm``), the Pareto front
+of a multi-objective one; either may be restricted to a FLOPs-ratio range
+(``flops_min``/``flops_max``).
 
 Optuna does not let a finished trial change, so results go into the study's user attribute
 ``finetune`` (keyed by trial number) and the fine-tuned checkpoint becomes a study artifact.
@@ -30,9 +32,10 @@ from searchprune.finetune import (
     finetune_each,
 )
 from searchprune.redact import redact_config
+from searchprune.search.confirm import confirmations, ranked_trials
 from searchprune.search.identity import study_uuid
 from searchprune.search.problem import Goal, describe_goal
-from searchprune.search.trials import best_trials, top1
+from searchprune.search.trials import top1
 from searchprune.train import distributed_world, is_main_process
 from searchprune.trust import LocalTrust, config_from_stored, stored_checkpoint_refusal
 
@@ -97,8 +100,9 @@ def _engine(cfg: Config, study: optuna.Study) -> Any:
 
 def top_trials(study: optuna.Study, k: int, *, flops_min: float | None = None,
                flops_max: float | None = None) -> list[FrozenTrial]:
-    """The ``k`` best trials (front members of a Pareto study) within the FLOPs-ratio bounds."""
-    done = best_trials(study, flops_min=flops_min, flops_max=flops_max)
+    """The ``k`` best trials (front members of a Pareto study) within the FLOPs-ratio bounds;
+    confirmed trials first, best on confirmation first (:func:`ranked_trials`)."""
+    done = ranked_trials(study, flops_min=flops_min, flops_max=flops_max)
     if not done:
         bounds = ("" if flops_min is None and flops_max is None
                   else f" with a FLOPs ratio in [{flops_min or 0:g}, {flops_max or 1:g}]")
@@ -153,6 +157,8 @@ def finetune_study(study: optuna.Study, *, top: int, settings: FinetuneSettings,
         "val_top1": result.val_top1, "test_top1_before": result.test_top1_before,
         "test_top5_before": result.test_top5_before, "test_top1": result.test_top1,
         "test_top5": result.test_top5, "checkpoint": result.checkpoint,
+        "confirm_top1": {str(t.number): _confirmed(study, t.number).get("confirm_top1_search")
+                         for t in trials},
     }
     if not is_main_process():  # under torchrun rank 0 records the one result
         return result
@@ -203,6 +209,10 @@ def finetune_study_each(study: optuna.Study, *, trials: list[int] | None = None,
                          latency_threads=spec.threads if spec is not None else None,
                          predict_latency=table.ratio if table is not None else None,
                          progress=progress, study=study_identity(study))
+    confirmed = confirmations(study)
+    for row in rows:  # a confirmed trial's confirmation top-1 beside its validation top-1
+        if isinstance(row.get("key"), int) and row["key"] in confirmed:
+            row["confirm_top1"] = confirmed[row["key"]].top1
     record = {"epochs": settings.epochs, "lr": settings.lr, "seed": settings.seed,
               "distill": distill_record(settings),
               "proxy": cfg.pruning.proxy, "world_size": distributed_world()[1], "rows": rows}
@@ -231,6 +241,12 @@ def _upload(study: optuna.Study, path: str, artifact_dir: str | Path) -> str | N
     except Exception as exc:  # an artifact is a convenience; the checkpoint file exists anyway
         _log.warning("could not store the checkpoint as an artifact: %s", exc)
         return None
+
+
+def _confirmed(study: optuna.Study, number: int) -> dict[str, Any]:
+    """A confirmed trial's confirmation top-1 and images (nothing when not confirmed)."""
+    c = confirmations(study).get(number)
+    return {} if c is None else {"confirm_top1_search": c.top1, "confirm_images": c.images}
 
 
 def _finetuned_state(study: optuna.Study, ft: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +341,8 @@ def export_trial(study: optuna.Study, out_dir: str | Path, *, trial: int | None 
         "flops": cost.flops, "macs": cost.macs, "params": cost.params,
         "flops_ratio": cost.flops / base.flops, "params_ratio": cost.params / base.params,
         "base": {"flops": base.flops, "macs": base.macs, "params": base.params},
-        "accuracy": {"val_top1_search": top1(frozen), "finetuned": tuned},
+        "accuracy": {"val_top1_search": top1(frozen), **_confirmed(study, number),
+                     "finetuned": tuned},
         "config": redact_config(study.user_attrs.get("config") or {}),
         "provenance": provenance(cfg, data, **({"finetune_seed": ft.get("seed", 0)}
                                                 if tuned else {})),

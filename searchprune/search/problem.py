@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from searchprune.confirmation import ConfirmSpec, confirm_spec
 from searchprune.constraints import KeepRanges, LatencySpec, Limit, latency_spec, limit_from
 from searchprune.errors import BandError, ConfigError
 from searchprune.search.band import Band, Gate
@@ -78,14 +79,27 @@ class ObjectiveSpec:
 @dataclass(frozen=True)
 class Goal:
     """What a config asks for, read before any model is loaded: the ``objective``, the FLOPs
-    band of ``pruning.gamma`` (None when it is null), the ``pruning.params`` limit and the
+    band of ``pruning.gamma`` (None when it is null), the ``pruning.params`` limit, the
     latency table's settings (``pruning.latency``, or the defaults of a Pareto study over
-    latency; None: no table)."""
+    latency; None: no table) and the confirmation of the best trials (``search.confirm``;
+    None: the pick is the best on validation)."""
 
     objective: ObjectiveSpec
     flops_band: Band | None
     params: Limit | None
     latency: LatencySpec | None
+    confirm: ConfirmSpec | None = None
+
+    @property
+    def primary_cost(self) -> str:
+        """The cost a configuration is held to first (``flops``, ``params`` or ``latency``):
+        a Pareto study's ``search.pareto_cost``, the FLOPs band, else the primary limit."""
+        spec = self.objective
+        if spec.multi:
+            return spec.cost
+        if self.flops_band is not None:
+            return "flops"
+        return "latency" if self.latency_capped else "params"
 
     @property
     def latency_capped(self) -> bool:
@@ -112,7 +126,7 @@ def describe_goal(cfg: Config, objective: ObjectiveSpec | None = None) -> Goal:
     if objective is None:
         objective = _objective(cfg, params, latency)
     band = None if p.gamma is None else Band(p.gamma, p.tolerance)
-    return Goal(objective, band, params, table)
+    return Goal(objective, band, params, table, confirm_spec(cfg))
 
 
 def describe_objective(cfg: Config) -> ObjectiveSpec:
@@ -252,6 +266,18 @@ class Problem:
                             f"inside the reachable FLOPs ratios [{low:.4f}, {high:.4f}]: no draw "
                             f"can land in it; widen {widen} or move the band inside that range")
 
+    def check_confirm(self) -> None:
+        """With ``search.confirm``, fail fast when the data holds no confirmation image (the
+        validation half taken whole by ``data.val_size``)."""
+        if self.goal.confirm is None:
+            return
+        available = getattr(self.engine.data, "confirm_size", None)
+        if available == 0:
+            d = self.cfg.data
+            raise ConfigError(f"search.confirm has no images: data.val_size {d.val_size} takes "
+                              "the whole validation half of the test split; lower "
+                              "data.val_size")
+
     def check_limits(self) -> None:
         """Fail fast when a limit cannot be met: its ratio at the cheapest configuration (every
         group at its lowest keep-ratio) is above the limit, or at the dearest below it."""
@@ -281,4 +307,5 @@ def resolve_problem(cfg: Config, engine: Engine, *, goal: Goal | None = None,
     problem.check_band()
     if not (problem.goal.latency_capped and latency is None):
         problem.check_limits()
+    problem.check_confirm()
     return problem

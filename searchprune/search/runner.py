@@ -38,6 +38,7 @@ from searchprune.search._interrupt import Interrupted, InterruptGuard, StudyInte
 from searchprune.search._liveness import REQUEUED_ATTR, drop_waiting, reap_dead_workers
 from searchprune.search.budget import Budget, Lock, StopAtBudget, study_lock
 from searchprune.search.callbacks import RUN_ENV
+from searchprune.search.confirm import pending
 from searchprune.search.identity import ensure_study_uuid
 from searchprune.search.objective import Counters, make_objective, make_pruner
 from searchprune.search.problem import (
@@ -95,6 +96,8 @@ def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = Tru
                                   check_names=engine is None, objective=goal.objective)
     if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
         tidy_up(existing, study_lock(storage, existing.study_name), cfg.search.n_trials)
+        if goal.confirm is not None and pending(existing, goal.confirm):
+            _confirm_finished(existing, cfg, goal, engine, storage, progress)
         return existing
     counters = Counters()
     with InterruptGuard() as guard:
@@ -190,7 +193,39 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
     mark = failures.mark or failures.marked(study)
     if mark is not None and guard.pending is None:
         raise cb.TrialsFailing(mark)
+    if problem.goal.confirm is not None and guard.pending is None:
+        with guard.deferred():  # a signal abandons the evaluation in flight, never a write
+            _confirm(study, problem, lock, progress, guard)
     return study
+
+
+def _confirm(study: optuna.Study, problem: Problem, lock: Lock, progress: bool,
+             guard: InterruptGuard | None = None) -> None:
+    """``search.confirm``: the top-k trials re-scored on the confirmation images (those that
+    another worker or an earlier run has not confirmed yet)."""
+    from searchprune.search.confirm import confirm_study
+
+    spec = problem.goal.confirm
+    todo = len(pending(study, spec)) if spec is not None else 0
+    if progress and todo:
+        sys.stderr.write(f"confirming the top {spec.top_k} trials on the confirmation images "
+                         f"({todo} to evaluate)\n")
+    confirm_study(study, problem, lock=lock, guard=guard)
+
+
+def _confirm_finished(study: optuna.Study, cfg: Config, goal: Goal, engine: Engine | None,
+                      storage: optuna.storages.BaseStorage, progress: bool) -> None:
+    """Confirm a study that already holds its trials (the engine built only now)."""
+    if engine is None:
+        from searchprune.engine import engine_for
+
+        engine = engine_for(cfg, progress=progress)
+    problem = resolve_problem(cfg, engine, goal=goal)
+    with InterruptGuard() as guard, guard.deferred():
+        try:
+            _confirm(study, problem, study_lock(storage, study.study_name), progress, guard)
+        except KeyboardInterrupt as exc:
+            raise StudyInterrupted(getattr(exc, "signum", 2)) from None
 
 
 def _with_latency(study: optuna.Study, lock: Lock, problem: Problem,

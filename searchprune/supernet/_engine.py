@@ -73,7 +73,9 @@ class SupernetEngine(SearchSpaceView):
             config = cfg.source or "CONFIG.yaml"
             raise CheckpointError(f"no trained supernet at {path}; run 'searchprune supernet "
                                   f"train {config}' first (or set supernet.checkpoint)")
-        data = load_data(cfg.data)
+        from searchprune.confirmation import holdout_images
+
+        data = load_data(cfg.data, confirm_images=holdout_images(cfg))
         model = build_scratch_model(cfg, data)
         load_checkpoint(model, path, name=f"{cfg.model.name} supernet")
         _warn_if_unfinished(path, cfg)
