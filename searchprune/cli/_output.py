@@ -6,14 +6,17 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from searchprune.redact import redact_text
 
-__all__ = ["add_trust_flag", "console", "emit_json", "error", "jsonable", "table"]
+if TYPE_CHECKING:
+    from searchprune.trust import LocalTrust
+
+__all__ = ["add_stored_trust_flags", "add_trust_flag", "console", "emit_json", "error", "jsonable", "stored_trust", "table"]
 
 console = Console(stderr=True)
 
@@ -55,3 +58,24 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for row in rows:
         t.add_row(*("-" if v is None else str(v) for v in row))
     console.print(t)
+
+
+def add_stored_trust_flags(parser: Any) -> None:
+    """What this command may do with the study's stored config, which anyone who can write to
+    the storage may have edited: import a ``package.module:factory`` it names
+    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint PATH``: the
+    user names the file, the study's say-so is not enough)."""
+    parser.add_argument("--trust-checkpoint", default=None, metavar="PATH",
+                        help="load the study's model.checkpoint with full unpickling, which "
+                             "can run code from the file; PATH must be that same file (only "
+                             "for files you trust)")
+    parser.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
+                        help="import this package.module:factory if the study's config names "
+                             "it (model, search.sampler, pruning.criterion); repeatable")
+
+
+def stored_trust(args: Any) -> LocalTrust:
+    from searchprune.trust import LocalTrust
+
+    return LocalTrust(factories=frozenset(args.allow_factory),
+                      checkpoint=args.trust_checkpoint)

@@ -7,13 +7,18 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from searchprune.cli._output import console, emit_json, table
+from searchprune.cli._output import (
+    add_stored_trust_flags,
+    console,
+    emit_json,
+    stored_trust,
+    table,
+)
 from searchprune.cli.study import load_study
 from searchprune.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
     from searchprune.config import DistillConfig
-    from searchprune.trust import LocalTrust
 
 __all__ = ["add_parser"]
 
@@ -57,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                          "finetune.distill.temperature, 4)")
     ft.add_argument("--no-latency", action="store_true",
                     help="with --each: skip the latency measurement")
-    _trust_flags(ft)
+    add_stored_trust_flags(ft)
     ft.set_defaults(func=_finetune)
 
     ex = sub.add_parser("export", parents=[common],
@@ -75,29 +80,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     ex.add_argument("--not-finetuned", action="store_true",
                     help="export the searched weights even when a fine-tuned checkpoint exists")
-    _trust_flags(ex)
+    add_stored_trust_flags(ex)
     ex.set_defaults(func=_export)
-
-
-def _trust_flags(parser: argparse.ArgumentParser) -> None:
-    """What this command may do with the study's stored config, which anyone who can write to
-    the storage may have edited: import a ``package.module:factory`` it names
-    (``--allow-factory``), unpickle its ``model.checkpoint`` (``--trust-checkpoint PATH``: the
-    user names the file, the study's say-so is not enough)."""
-    parser.add_argument("--trust-checkpoint", default=None, metavar="PATH",
-                        help="load the study's model.checkpoint with full unpickling, which "
-                             "can run code from the file; PATH must be that same file (only "
-                             "for files you trust)")
-    parser.add_argument("--allow-factory", action="append", default=[], metavar="MODULE:FN",
-                        help="import this package.module:factory if the study's config names "
-                             "it (model, search.sampler, pruning.criterion); repeatable")
-
-
-def _trust(args: argparse.Namespace) -> LocalTrust:
-    from searchprune.trust import LocalTrust
-
-    return LocalTrust(factories=frozenset(args.allow_factory),
-                      checkpoint=args.trust_checkpoint)
 
 
 def _check_recipe(args: argparse.Namespace) -> None:
@@ -162,7 +146,7 @@ def _finetune(args: argparse.Namespace) -> int:
     bounds = _bounds(args)
     _check_distill_flags(args)
     study = load_study(args.storage, args.study_name)
-    cfg = load_study_config(study, _trust(args))
+    cfg = load_study_config(study, stored_trust(args))
     # under torchrun: one process per rank, data parallel; rank 0 writes and reports
     rank, _ = init_distributed(cfg.device)
     settings = FinetuneSettings(epochs=args.epochs, final_epochs=args.final_epochs, lr=args.lr,
@@ -173,7 +157,7 @@ def _finetune(args: argparse.Namespace) -> int:
         return _finetune_each(args, study, trials, baselines, settings, out, bounds)
     finetune_study(study, top=args.top, settings=settings, out_dir=out,
                    artifact_dir=args.artifact_dir or default_artifact_dir(args.storage),
-                   progress=not args.json, trust=_trust(args), **bounds)
+                   progress=not args.json, trust=stored_trust(args), **bounds)
     if rank != 0:
         return 0
     record = study.user_attrs["finetune"]
@@ -238,7 +222,7 @@ def _finetune_each(args, study, trials, baselines, settings, out, bounds) -> int
     rows = finetune_study_each(study, trials=trials, top=args.top, baselines=baselines,
                                settings=settings, out_dir=out,
                                latency_batch=None if args.no_latency else 64,
-                               progress=not args.json, trust=_trust(args), **bounds)
+                               progress=not args.json, trust=stored_trust(args), **bounds)
     if not is_main_process():  # under torchrun rank 0 reports
         return 0
     if args.json:
@@ -275,7 +259,7 @@ def _export(args: argparse.Namespace) -> int:
     study = load_study(args.storage, args.study_name)
     card = export_trial(study, args.out, trial=args.trial, latency=not args.no_latency,
                         finetuned=not args.not_finetuned, force=args.force,
-                        format=args.format, trust=_trust(args), **bounds)
+                        format=args.format, trust=stored_trust(args), **bounds)
     if args.json:
         emit_json(card)
         return 0

@@ -11,7 +11,15 @@ from collections import Counter
 from typing import Any
 
 from searchprune.cli._errors import EXIT_FAILURE
-from searchprune.cli._output import add_trust_flag, console, emit_json, error, table
+from searchprune.cli._output import (
+    add_stored_trust_flags,
+    add_trust_flag,
+    console,
+    emit_json,
+    error,
+    stored_trust,
+    table,
+)
 from searchprune.errors import ConfigError, SearchpruneError
 from searchprune.redact import redact_config, redact_url
 
@@ -84,9 +92,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     confirm.add_argument("--images", type=int, default=None, metavar="N",
                          help="confirmation images (default: the study's search.confirm, else "
                               "all the validation half's images ranking did not use)")
-    from searchprune.cli.finish import _trust_flags
 
-    _trust_flags(confirm)  # the stored config is not trusted to unpickle or import
+    add_stored_trust_flags(confirm)  # the stored config is not trusted to unpickle or import
     confirm.set_defaults(func=_confirm)
 
 
@@ -591,11 +598,10 @@ def _confirm_config(study: Any, args: argparse.Namespace) -> Any:
     created without them has none its network was not trained on."""
     import dataclasses
 
-    from searchprune.cli.finish import _trust
     from searchprune.confirmation import ConfirmSpec, holdout_images, parse_confirm
     from searchprune.search.finishing import load_study_config
 
-    cfg = load_study_config(study, _trust(args))
+    cfg = load_study_config(study, stored_trust(args))
     stored = parse_confirm(cfg.search.confirm)
     base = stored if stored is not None else ConfirmSpec()
     spec = ConfirmSpec(args.top_k if args.top_k is not None else base.top_k,
