@@ -295,23 +295,15 @@ def _threshold_at(problem: Problem, curves: Mapping[str, Any], target: CostTarge
                   iterations: int = 60) -> tuple[float, dict[str, float]]:
     """The drop threshold whose allocation's cost is closest to ``target`` (bisected: a
     higher threshold prunes more), and that allocation's keep-ratios."""
-    from searchprune.sensitivity import allocate
+    from searchprune.sensitivity import allocate, bisect_threshold
 
     engine, ranges = problem.engine, problem.ranges
-    drops = [d for c in curves.values() for _, d in c]
-    lo, hi = min([0.0, *drops]) - 1.0, max([0.0, *drops]) + 1.0
 
     def cost(t: float) -> float:
         return target.value(engine.widths({**ranges.fixed,
                                            **allocate(curves, t, ranges.rule_bounds)}))
 
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if cost(mid) >= target.ratio:
-            lo = mid
-        else:
-            hi = mid
-    t = min((lo, hi), key=lambda v: abs(cost(v) - target.ratio))
+    t = bisect_threshold(curves, cost, target.ratio, iterations)
     return t, allocate(curves, t, ranges.rule_bounds)
 
 

@@ -13,14 +13,14 @@ the FLOPs ratio lands in the band. No network is evaluated on the way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from searchprune.search.band import Band, CostModel, project_to_band
 
-__all__ = ["Allocation", "allocate", "allocate_in_band", "grid", "min_ratio", "perturbations",
+__all__ = ["Allocation", "allocate", "allocate_in_band", "bisect_threshold", "grid", "min_ratio", "perturbations",
            "stage_of"]
 
 Curve = Sequence[tuple[float, float]]
@@ -84,6 +84,22 @@ class Allocation:
     info: dict[str, float] = field(default_factory=dict)
 
 
+def bisect_threshold(curves: Mapping[str, Curve], cost: Callable[[float], float],
+                     target: float, iterations: int = 60) -> float:
+    """The drop threshold whose allocation's ``cost`` is closest to ``target``, bisected: a
+    higher threshold prunes more, so ``cost`` falls as the threshold rises."""
+    drops = [d for c in curves.values() for _, d in c]
+    lo = min([0.0, *drops]) - 1.0  # every group at 1.0 (or at a ratio that helps accuracy)
+    hi = max([0.0, *drops]) + 1.0  # every group at its smallest scanned ratio
+    for _ in range(iterations):  # cost(lo) >= target > cost(hi) where reachable
+        mid = 0.5 * (lo + hi)
+        if cost(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda t: abs(cost(t) - target))
+
+
 def allocate_in_band(model: CostModel, curves: Mapping[str, Curve], band: Band, eta: float,
                      *, bounds: Bounds | None = None, fixed: Mapping[str, float] | None = None,
                      iterations: int = 60) -> Allocation:
@@ -95,20 +111,11 @@ def allocate_in_band(model: CostModel, curves: Mapping[str, Curve], band: Band, 
     clip their ratios and ``fixed`` groups are added to every FLOPs count. The returned ratios
     are the varied groups' only."""
     fixed = dict(fixed or {})
-    drops = [d for c in curves.values() for _, d in c]
-    lo = min([0.0, *drops]) - 1.0  # every group at 1.0 (or at a ratio that helps accuracy)
-    hi = max([0.0, *drops]) + 1.0  # every group at its smallest scanned ratio
 
     def flops(t: float) -> float:
         return model.flops_ratio(model.widths({**fixed, **allocate(curves, t, bounds)}))
 
-    for _ in range(iterations):  # flops(lo) >= gamma > flops(hi) where reachable
-        mid = 0.5 * (lo + hi)
-        if flops(mid) >= band.gamma:
-            lo = mid
-        else:
-            hi = mid
-    threshold = min((lo, hi), key=lambda t: abs(flops(t) - band.gamma))
+    threshold = bisect_threshold(curves, flops, band.gamma, iterations)
     ratios = allocate(curves, threshold, bounds)
     ratio = flops(threshold)
     if band.contains(ratio):
