@@ -169,7 +169,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
     ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker, first = _join(study, lock)
     problem = _with_latency(study, lock, problem, progress)
-    if cfg.search.warm_start == "sensitivity":
+    if problem.cfg.search.warm_start == "sensitivity":  # ``auto`` resolved by the problem
         from searchprune.search.sensitivity import enqueue_warm_start
 
         enqueue_warm_start(study, problem, lock, storage)
