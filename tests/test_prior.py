@@ -310,8 +310,7 @@ def test_the_default_search_is_tpe_warm_started_from_the_first_order_prior(tmp_p
 ])
 def test_auto_means_the_warm_start_only_where_the_sampler_learns_from_it(overrides, warm,
                                                                          method):
-    cfg = apply_overrides(Config(), {"pruning.gamma": 0.5, **overrides,
-                                     "pruning.gamma": 0.5})
+    cfg = apply_overrides(Config(), {**overrides, "pruning.gamma": 0.5})
     if overrides.get("pruning.gamma") == "no band":  # an override of None changes nothing
         cfg = replace(cfg, pruning=replace(cfg.pruning, gamma=None)).validate()
     resolved = resolve_defaults(cfg)
