@@ -753,14 +753,17 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """Return ``cfg`` with dotted-key overrides applied (``{"pruning.gamma": 0.7}``); ``None`` values
     are ignored so unset command-line flags never shadow the file."""
     data = config_to_dict(cfg)
+    data["model"].setdefault("kwargs", None)  # left out when unset, yet a key to override
     for dotted, value in overrides.items():
         if value is None:
             continue
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown override '{dotted}'")
             node = node[part]
-        if leaf not in node:
+        if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"unknown override '{dotted}'")
         node[leaf] = value
     source = data.pop("source", None)
