@@ -144,7 +144,9 @@ class DataConfig:
     test_size: int | None = None
     """Cap on test images (final reports only); default all."""
     train_size: int | None = None
-    """Cap on training images: a seeded subset (training from scratch on a CPU); default all."""
+    """Cap on training images: a seeded subset, what ``finetune`` and training from scratch
+    read (e.g. a quick fine-tune on a CPU; calibration images are its first ``calib_size``);
+    default all."""
     image_size: int | None = None
     """Resize the shorter side to this size and center-crop a square (default: the native size).
     The model runs once on a blank image of this size when it is built; a size it cannot take is

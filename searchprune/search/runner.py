@@ -95,6 +95,10 @@ def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = Tru
     storage, existing = preflight(cfg, force_config=force_config, storage=storage,
                                   check_names=engine is None, objective=goal.objective)
     if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
+        config = public_config(cfg)
+        if force_config and existing.user_attrs.get(CONFIG_ATTR) != config:
+            # no trial runs, but finetune and export read the stored config: store the new one
+            existing.set_user_attr(CONFIG_ATTR, config)
         tidy_up(existing, study_lock(storage, existing.study_name), cfg.search.n_trials)
         if goal.confirm is not None and pending(existing, goal.confirm):
             _confirm_finished(existing, cfg, goal, engine, storage, progress)
