@@ -316,3 +316,16 @@ def test_auto_means_the_warm_start_only_where_the_sampler_learns_from_it(overrid
     resolved = resolve_defaults(cfg)
     assert (resolved.search.warm_start, resolved.sensitivity.method) == (warm, method)
     assert resolve_defaults(resolved) == resolved  # nothing left to resolve
+
+
+def test_the_documented_default_search_is_the_one_the_code_runs():
+    from pathlib import Path
+
+    from searchprune.config import AUTO_METHOD, LEARNING_SAMPLERS
+
+    text = (Path(__file__).resolve().parents[1] / "docs/how-to/compare.md").read_text()
+    section = text.split("## The default search")[1].split("\n## ")[0]
+    assert f"runs `{DEFAULT_SAMPLER}` with `search.warm_start: auto`" in section
+    assert f"allocation of the `{AUTO_METHOD['pretrained']}` prior" in section
+    assert DEFAULT_SAMPLER in LEARNING_SAMPLERS  # so the default is warm-started
+    assert (Config().search.warm_start, Config().sensitivity.method) == ("auto", "auto")
