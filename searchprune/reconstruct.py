@@ -13,7 +13,8 @@ parameter is ever added. Depthwise convs get a scale per channel, grouped convs 
 conv-group, as with a BN. A conv whose output is added to a residual shortcut is fitted to its
 own output, not to the sum; a conv whose output reaches the model's output through no other
 conv or linear (a final conv classifier, SqueezeNet's) is the output layer and left as it is,
-as are convs called more than once per forward pass.
+as are convs called more than once per forward pass and convs the fold would not be exact for
+(a forward that transforms the weight, e.g. a weight standardization: checked on a copy).
 
 Greedy with error feedback in one forward pass: a hook on each BN (or conv without BN) of the
 pruned net fits, merges, and returns the corrected output, so every later layer is fitted on
@@ -111,6 +112,8 @@ def _tensors(result) -> list[torch.Tensor]:
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
+    """One forward pass of one image with autograd on; the graph says which conv feeds a BN,
+    which layers are last before the output and which conv outputs are summed."""
     names = {m: n for n, m in model.named_modules()}
     produced: dict[object, str] = {}  # a Conv2d's output node -> the conv
     layer_out: dict[object, str] = {}  # any conv's or linear's output node
@@ -126,7 +129,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
             if calls[name] == 1:
                 order.append(name)
                 shapes[name] = tuple(inp[0].shape)
-        if out.grad_fn is None:  # computed under no_grad inside the model: nothing to trace
+        if getattr(out, "grad_fn", None) is None:  # under no_grad inside the model: no graph
             return
         if isinstance(mod, nn.Conv2d):
             produced[out.grad_fn] = name
@@ -213,8 +216,8 @@ def find_conv_sites(model: nn.Module, example: torch.Tensor, trace: _Trace | Non
 def _folds_exactly(conv: nn.Conv2d, shape: tuple[int, ...]) -> bool:
     """Whether :func:`merge_conv` gives ``conv'(x) = X conv(x) + c`` for this conv: checked on a
     copy with a random ``X`` (block-diagonal for a grouped conv) on a small random input with
-    the channels it was called with. False for a Conv2d subclass whose forward standardizes its weight, a
-    parametrized weight, a weight recomputed by a hook."""
+    the channels it was called with. False for a Conv2d subclass whose forward standardizes
+    its weight, a parametrized weight, a weight recomputed by a hook."""
     w = conv.weight
     g = torch.Generator().manual_seed(0)
     n, groups = conv.out_channels, conv.groups
@@ -228,8 +231,8 @@ def _folds_exactly(conv: nn.Conv2d, shape: tuple[int, ...]) -> bool:
     c = torch.randn(n, generator=g, dtype=torch.float64) if conv.bias is not None else None
     # a small map is enough (and cheap): at least the kernel's reach, at most the real size
     size = [min(full, max(8, d * (k - 1) + 1)) for full, k, d
-            in zip(shape[2:], conv.kernel_size, conv.dilation, strict=True)]
-    x = torch.randn(1, shape[1], *size, generator=g).to(device=w.device, dtype=w.dtype)
+            in zip(shape[-2:], conv.kernel_size, conv.dilation, strict=True)]
+    x = torch.randn(1, shape[-3], *size, generator=g).to(device=w.device, dtype=w.dtype)
     try:
         probe = copy.deepcopy(conv)
         with torch.no_grad():
