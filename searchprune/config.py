@@ -772,17 +772,20 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     return config_from_dict(data, source=source)
 
 
-def resolve_defaults(cfg: Config) -> Config:
+def resolve_defaults(cfg: Config, *, first_order: bool = True) -> Config:
     """``cfg`` with ``search.warm_start: auto`` and ``sensitivity.method: auto`` replaced by what
     they mean for it (the config keeps ``auto``, so overriding the sampler or the setting later
-    changes what it means)."""
+    changes what it means). ``first_order``: whether the engine can measure a first-order prior
+    (an engine of one's own may not); without it ``auto`` starts no warm start."""
     over: dict[str, str] = {}
-    if cfg.sensitivity.method == "auto":
-        over["sensitivity.method"] = AUTO_METHOD[cfg.setting]
+    method = cfg.sensitivity.method
+    if method == "auto":
+        method = over["sensitivity.method"] = AUTO_METHOD[cfg.setting]
     s = cfg.search
     if s.warm_start == "auto":
         seeded = (s.sampler in LEARNING_SAMPLERS and s.objective == "single"
-                  and cfg.pruning.gamma is not None and cfg.setting == "pretrained")
+                  and cfg.pruning.gamma is not None and cfg.setting == "pretrained"
+                  and (first_order or method not in FIRST_ORDER_METHODS))
         over["search.warm_start"] = "sensitivity" if seeded else "none"
     return apply_overrides(cfg, over) if over else cfg
 

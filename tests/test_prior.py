@@ -318,6 +318,16 @@ def test_auto_means_the_warm_start_only_where_the_sampler_learns_from_it(overrid
     assert resolve_defaults(resolved) == resolved  # nothing left to resolve
 
 
+def test_auto_starts_no_warm_start_on_an_engine_without_first_order_estimates(tmp_path):
+    cfg = make_cfg(tmp_path, "tpe", **{"search.warm_start": "auto"})
+    assert resolve_defaults(cfg, first_order=False).search.warm_start == "none"
+    assert resolve_defaults(cfg).search.warm_start == "sensitivity"
+    assert resolve_problem(cfg, FakeEngine()).cfg.search.warm_start == "none"  # no estimates
+    study = run_study(cfg, engine=FakeEngine(), progress=False,
+                      storage=optuna.storages.InMemoryStorage())
+    assert WARM_ATTR not in study.user_attrs and len(study.trials) == 5
+
+
 def test_the_documented_default_search_is_the_one_the_code_runs():
     from pathlib import Path
 

@@ -302,7 +302,7 @@ def resolve_problem(cfg: Config, engine: Engine, *, goal: Goal | None = None,
     :class:`ConfigError`, a band or limit out of reach a :class:`BandError`. A latency limit
     is checked once the table is added (:meth:`Problem.with_latency`). The problem's config
     has its ``auto`` settings resolved (:func:`~searchprune.config.resolve_defaults`)."""
-    cfg = resolve_defaults(cfg)
+    cfg = resolve_defaults(cfg, first_order=callable(getattr(engine, "first_order_drops", None)))
     ranges = KeepRanges.resolve(cfg.pruning.groups, [g.name for g in engine.groups],
                                 cfg.pruning.eta)
     problem = Problem(cfg, engine, goal if goal is not None else describe_goal(cfg), ranges,

@@ -181,7 +181,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
     study.sampler = make_sampler(cfg.search.sampler, problem.sampler_context(
         n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
         warm=warm.get("allocation") if warm else None))
-    _describe(study, problem)
+    _describe(study, problem, cfg)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
@@ -328,10 +328,11 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
     _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
 
 
-def _describe(study: optuna.Study, problem: Problem) -> None:
-    """Study user attrs (config, baseline, base cost, latency table summary), metric names and
-    a dashboard note."""
-    cfg, engine, latency = problem.cfg, problem.engine, problem.latency
+def _describe(study: optuna.Study, problem: Problem, cfg: Config) -> None:
+    """Study user attrs (config: ``cfg`` as given, its ``auto`` settings unresolved, so a
+    resumed study compares like with like; baseline, base cost, latency table summary), metric
+    names and a dashboard note."""
+    engine, latency = problem.engine, problem.latency
     attrs = study.user_attrs
     config = public_config(cfg)
     if attrs.get(CONFIG_ATTR) != config:
