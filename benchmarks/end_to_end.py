@@ -6,7 +6,9 @@ selected on. Rows (FLOPs 0.5 +- 0.02 on the ../shared ResNet-20 by default):
 
 - ``random eta=0.3``: the best of 30 evaluated band-random configurations (today's default eta),
 - ``random eta=0.5``: the same with the paper's eta (equal to gamma),
-- ``tpe``: the best of 30 evaluated band-aware TPE configurations,
+- ``tpe``: the best of 30 evaluated band-aware TPE configurations (no warm start),
+- ``default``: the best of 30 of the default search (TPE warm-started from the ``taylor-sq``
+  prior),
 - ``paper``: the paper's protocol on the ``random eta=0.3`` studies: the top-k by proxy, each
   briefly fine-tuned, the best on validation gets the final fine-tune (its short fine-tunes are
   reported as extra cost),
@@ -59,8 +61,17 @@ from searchprune.search import run_study  # noqa: E402
 from searchprune.search.finishing import top_trials  # noqa: E402
 from searchprune.train import fit  # noqa: E402
 
-SEARCHES = {"random eta=0.3": ("random", 0.3), "random eta=0.5": ("random", 0.5),
-            "tpe": ("tpe", 0.3)}
+# row -> (study name stem, config overrides); ``default``: the search a study file that names
+# no sampler runs (TPE warm-started from the taylor-sq prior, whatever the file's method)
+SEARCHES = {
+    "random eta=0.3": ("random-eta0.3", {"search.sampler": "random", "pruning.eta": 0.3}),
+    "random eta=0.5": ("random-eta0.5", {"search.sampler": "random", "pruning.eta": 0.5}),
+    "tpe": ("tpe-eta0.3", {"search.sampler": "tpe", "pruning.eta": 0.3,
+                           "search.warm_start": "none"}),
+    "default": ("default", {"search.sampler": "tpe", "pruning.eta": 0.3,
+                            "search.warm_start": "sensitivity",
+                            "sensitivity.method": "taylor-sq"}),
+}
 
 
 def tune(engine, widths, keep, epochs: float, seed: int, s: FinetuneSettings, train_set,
@@ -150,14 +161,14 @@ def main() -> None:
 
     # 1. searches and the configurations each row fine-tunes ----------------------------------
     candidates: dict[str, dict] = {}  # key -> {"row", "widths", "keep", ...}
-    for row, (sampler, eta) in SEARCHES.items():
+    for row, (stem, overrides) in SEARCHES.items():
         if row not in rows:
             continue
         for seed in search_seeds:
             key = f"{row} s{seed}"
-            name = f"e2e-{sampler}-eta{eta}-s{seed}"
-            rc = apply_overrides(cfg, {"search.sampler": sampler, "search.seed": seed,
-                                       "pruning.eta": eta, "search.study_name": name})
+            name = f"e2e-{stem}-s{seed}"
+            rc = apply_overrides(cfg, {**overrides, "search.seed": seed,
+                                       "search.study_name": name})
             if key not in res["search"]:
                 t = time.perf_counter()
                 study = run_study(rc, engine=engine, progress=False)
