@@ -304,7 +304,7 @@ class SensitivityConfig:
     """How the prior is measured: ``scan`` (evaluate every point), ``taylor`` or ``taylor-sq``
     (first-order estimates from one forward and backward pass; pretrained networks only), or
     ``auto`` (default): ``taylor-sq`` on a pretrained network, ``scan`` with ``setting:
-    scratch``."""
+    scratch`` or an engine without first-order estimates."""
     images: int | None = None
     """Calibration images ``taylor``/``taylor-sq`` backpropagate (default all)."""
     points: int = 4
@@ -776,16 +776,17 @@ def resolve_defaults(cfg: Config, *, first_order: bool = True) -> Config:
     """``cfg`` with ``search.warm_start: auto`` and ``sensitivity.method: auto`` replaced by what
     they mean for it (the config keeps ``auto``, so overriding the sampler or the setting later
     changes what it means). ``first_order``: whether the engine can measure a first-order prior
-    (an engine of one's own may not); without it ``auto`` starts no warm start."""
+    (an engine of one's own may not); without it ``sensitivity.method: auto`` is the scan and
+    ``search.warm_start: auto`` starts no warm start."""
     over: dict[str, str] = {}
-    method = cfg.sensitivity.method
+    method, cheap = cfg.sensitivity.method, True
     if method == "auto":
-        method = over["sensitivity.method"] = AUTO_METHOD[cfg.setting]
+        method = AUTO_METHOD[cfg.setting] if first_order else "scan"
+        over["sensitivity.method"], cheap = method, method in FIRST_ORDER_METHODS
     s = cfg.search
-    if s.warm_start == "auto":
+    if s.warm_start == "auto":  # never a full scan the config did not ask for
         seeded = (s.sampler in LEARNING_SAMPLERS and s.objective == "single"
-                  and cfg.pruning.gamma is not None and cfg.setting == "pretrained"
-                  and (first_order or method not in FIRST_ORDER_METHODS))
+                  and cfg.pruning.gamma is not None and cfg.setting == "pretrained" and cheap)
         over["search.warm_start"] = "sensitivity" if seeded else "none"
     return apply_overrides(cfg, over) if over else cfg
 

@@ -162,9 +162,10 @@ def test_scan_costs_are_counted_and_a_subset_scan_is_charged_less():
     trial = evaluation_images(engine, 16)
     assert full.cost.forward_images == full.evaluations * trial and full.cost.backward_images == 0
     assert full.cost.seconds > 0.0
-    assert full.charge(trial) == full.evaluations == prior_charge(resolve_problem(engine.cfg,
+    scan_cfg = apply_overrides(engine.cfg, {"sensitivity.method": "scan"})
+    assert full.charge(trial) == full.evaluations == prior_charge(resolve_problem(scan_cfg,
                                                                                   engine))
-    subset_cfg = apply_overrides(engine.cfg, {"sensitivity.val_images": 16})
+    subset_cfg = apply_overrides(scan_cfg, {"sensitivity.val_images": 16})
     subset = run_scan(resolve_problem(subset_cfg, engine), storage=storage)
     assert subset.evaluations == full.evaluations
     assert subset.cost.forward_images == subset.evaluations * 16
@@ -174,7 +175,7 @@ def test_scan_costs_are_counted_and_a_subset_scan_is_charged_less():
 
 
 def test_the_fingerprint_differs_by_method_and_taylor_ignores_what_it_never_sees(tmp_path):
-    cfg = make_cfg(tmp_path)
+    cfg = make_cfg(tmp_path, **{"sensitivity.method": "scan"})
     taylor = _taylor(cfg)
     assert scan_name(cfg) != scan_name(taylor)
     assert scan_name(taylor) != scan_name(_taylor(cfg, **{"sensitivity.images": 64}))
@@ -322,7 +323,8 @@ def test_auto_starts_no_warm_start_on_an_engine_without_first_order_estimates(tm
     cfg = make_cfg(tmp_path, "tpe", **{"search.warm_start": "auto"})
     assert resolve_defaults(cfg, first_order=False).search.warm_start == "none"
     assert resolve_defaults(cfg).search.warm_start == "sensitivity"
-    assert resolve_problem(cfg, FakeEngine()).cfg.search.warm_start == "none"  # no estimates
+    problem = resolve_problem(cfg, FakeEngine())  # an engine without first-order estimates
+    assert (problem.cfg.search.warm_start, problem.cfg.sensitivity.method) == ("none", "scan")
     study = run_study(cfg, engine=FakeEngine(), progress=False,
                       storage=optuna.storages.InMemoryStorage())
     assert WARM_ATTR not in study.user_attrs and len(study.trials) == 5
