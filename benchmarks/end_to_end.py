@@ -6,7 +6,9 @@ selected on. Rows (FLOPs 0.5 +- 0.02 on the ../shared ResNet-20 by default):
 
 - ``random eta=0.3``: the best of 30 evaluated band-random configurations (today's default eta),
 - ``random eta=0.5``: the same with the paper's eta (equal to gamma),
-- ``tpe``: the best of 30 evaluated band-aware TPE configurations,
+- ``tpe``: the best of 30 evaluated band-aware TPE configurations (no warm start),
+- ``default``: the best of 30 of the default search (TPE warm-started from the ``taylor-sq``
+  prior),
 - ``paper``: the paper's protocol on the ``random eta=0.3`` studies: the top-k by proxy, each
   briefly fine-tuned, the best on validation gets the final fine-tune (its short fine-tunes are
   reported as extra cost),
@@ -17,7 +19,7 @@ each of ``--ft-seeds``. Mean +- std per row over all its (search seed, fine-tune
 paired differences against ``uniform`` and ``tp-global`` (each run against the baseline
 fine-tuned with the same seed).
 
-    python benchmarks/end_to_end.py --out runs/end_to_end --threads 1
+    python benchmarks/end_to_end.py --out runs/end_to_end --threads 1 [--rows tpe,paper]
 
 ``--baselines-at winner`` places ``uniform`` and ``tp-global`` at the exact FLOPs ratio of
 every searched configuration (each search seed's winner and the paper protocol's pick) instead
@@ -59,8 +61,17 @@ from searchprune.search import run_study  # noqa: E402
 from searchprune.search.finishing import top_trials  # noqa: E402
 from searchprune.train import fit  # noqa: E402
 
-SEARCHES = {"random eta=0.3": ("random", 0.3), "random eta=0.5": ("random", 0.5),
-            "tpe": ("tpe", 0.3)}
+# row -> (study name stem, config overrides); ``default``: the search a study file that names
+# no sampler runs (TPE warm-started from the taylor-sq prior, whatever the file's method)
+SEARCHES = {
+    "random eta=0.3": ("random-eta0.3", {"search.sampler": "random", "pruning.eta": 0.3}),
+    "random eta=0.5": ("random-eta0.5", {"search.sampler": "random", "pruning.eta": 0.5}),
+    "tpe": ("tpe-eta0.3", {"search.sampler": "tpe", "pruning.eta": 0.3,
+                           "search.warm_start": "none"}),
+    "default": ("default", {"search.sampler": "tpe", "pruning.eta": 0.3,
+                            "search.warm_start": "sensitivity",
+                            "sensitivity.method": "taylor-sq"}),
+}
 
 
 def tune(engine, widths, keep, epochs: float, seed: int, s: FinetuneSettings, train_set,
@@ -103,10 +114,20 @@ def main() -> None:
     ap.add_argument("--baselines-at", choices=("band", "winner"), default="band",
                     help="band: uniform and tp-global solved for the band (default); winner: "
                          "at each searched configuration's exact FLOPs ratio")
+    ap.add_argument("--rows", default=",".join([*SEARCHES, "paper"]),
+                    help="the searched rows to fine-tune, a comma list of "
+                         f"{', '.join([*SEARCHES, 'paper'])} (default all; the baselines "
+                         "always)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs/end_to_end"))
     args = ap.parse_args()
+    rows = args.rows.split(",")
+    if unknown := sorted(set(rows) - {*SEARCHES, "paper"}):
+        sys.exit(f"error: --rows: unknown {', '.join(unknown)}; choose from "
+                 f"{', '.join([*SEARCHES, 'paper'])}")
+    if "paper" in rows and "random eta=0.3" not in rows:
+        rows.append("random eta=0.3")  # the paper protocol picks among its top-k
     distill = distill_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,12 +161,14 @@ def main() -> None:
 
     # 1. searches and the configurations each row fine-tunes ----------------------------------
     candidates: dict[str, dict] = {}  # key -> {"row", "widths", "keep", ...}
-    for row, (sampler, eta) in SEARCHES.items():
+    for row, (stem, overrides) in SEARCHES.items():
+        if row not in rows:
+            continue
         for seed in search_seeds:
             key = f"{row} s{seed}"
-            name = f"e2e-{sampler}-eta{eta}-s{seed}"
-            rc = apply_overrides(cfg, {"search.sampler": sampler, "search.seed": seed,
-                                       "pruning.eta": eta, "search.study_name": name})
+            name = f"e2e-{stem}-s{seed}"
+            rc = apply_overrides(cfg, {**overrides, "search.seed": seed,
+                                       "search.study_name": name})
             if key not in res["search"]:
                 t = time.perf_counter()
                 study = run_study(rc, engine=engine, progress=False)
@@ -167,7 +190,7 @@ def main() -> None:
             candidates[name] = baseline(engine, name)
 
     # 2. the paper's protocol: short fine-tunes of the top-k, best on validation --------------
-    for seed in search_seeds:
+    for seed in search_seeds if "paper" in rows else ():
         key = f"paper s{seed}"
         if key not in res["tune"]:
             res["tune"][key] = {"short": {}}
@@ -244,7 +267,7 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
         for seed in ft_seeds:
             rows.setdefault(cand["row"], []).append(
                 (key, seed, res["tune"][key][f"ft{seed}{tag}"]["test_top1"]))
-    order = [*SEARCHES, "paper", "uniform", "tp-global"]
+    order = [r for r in (*SEARCHES, "paper", "uniform", "tp-global") if r in rows]
     how = ("labels only" if distill is None else
            f"distilled from the unpruned network, alpha {distill.alpha:g}, temperature "
            f"{distill.temperature:g}")
@@ -285,8 +308,9 @@ def report(res: dict, candidates: dict, ft_seeds: list[int], args, out: Path,
     lines += ["", "Search wall times: " + ", ".join(f"{k} {v['seconds']:.0f} s"
                                                     for k, v in searches.items())]
     extra = [c.get("extra_seconds", 0) for c in candidates.values() if c["row"] == "paper"]
-    lines.append(f"Paper protocol's short fine-tunes ({args.top_k} x {args.short} epoch per "
-                 f"search seed): {np.mean(extra):.0f} s extra per search seed")
+    if extra:
+        lines.append(f"Paper protocol's short fine-tunes ({args.top_k} x {args.short} epoch "
+                     f"per search seed): {np.mean(extra):.0f} s extra per search seed")
     text = "\n".join(lines)
     print(text)
     if getattr(args, "baselines_at", "band") == "winner":

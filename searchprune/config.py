@@ -37,6 +37,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "resolve_defaults",
     "upgrade_stored",
     "validate_distill",
     "validate_study_name",
@@ -51,12 +52,23 @@ LEGACY_PROXY = "ls"
 OBJECTIVES = ("single", "pareto")
 # What a Pareto study trades accuracy against (its second objective, a ratio to minimise).
 PARETO_COSTS = ("flops", "params", "latency")
-WARM_STARTS = ("none", "sensitivity")
+# ``auto``: ``sensitivity`` where the sampler learns from seeded trials (LEARNING_SAMPLERS) and
+# the study is single-objective with a FLOPs band on a pretrained network, else ``none``.
+WARM_STARTS = ("auto", "none", "sensitivity")
+# The samplers ``search.warm_start: auto`` seeds with the sensitivity allocation: they build
+# their model from every finished trial, so the seeded trials steer what they propose next
+# (random and QMC ignore them; CMA-ES would restart its distribution from them).
+LEARNING_SAMPLERS = ("tpe", "gp")
+# What ``search.sampler`` is when a config does not say (docs/benchmarks.md: deep search).
+DEFAULT_SAMPLER = "tpe"
 # How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
 # every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
 # curves from one forward and backward pass of ``sensitivity.images`` calibration images
 # (searchprune/first_order.py).
-SENSITIVITY_METHODS = ("scan", "taylor", "taylor-sq")
+SENSITIVITY_METHODS = ("auto", "scan", "taylor", "taylor-sq")
+# ``sensitivity.method: auto``: the cheap first-order prior on a pretrained network, the scan on
+# a supernet (setting: scratch), whose gradients are not a trained network's.
+AUTO_METHOD = {"pretrained": "taylor-sq", "scratch": "scan"}
 FIRST_ORDER_METHODS = ("taylor", "taylor-sq")
 # ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -132,7 +144,9 @@ class DataConfig:
     test_size: int | None = None
     """Cap on test images (final reports only); default all."""
     train_size: int | None = None
-    """Cap on training images: a seeded subset (training from scratch on a CPU); default all."""
+    """Cap on training images: a seeded subset, what ``finetune`` and training from scratch
+    read (e.g. a quick fine-tune on a CPU; calibration images are its first ``calib_size``);
+    default all."""
     image_size: int | None = None
     """Resize the shorter side to this size and center-crop a square (default: the native size).
     The model runs once on a blank image of this size when it is built; a size it cannot take is
@@ -220,8 +234,9 @@ class PruningConfig:
 class SearchConfig:
     """The Optuna side: sampler, budget of evaluated trials, seed, early stopping."""
 
-    sampler: str = "random"
-    """``random``, ``tpe``, ``cmaes``, ``gp``, ``qmc``, ``nsga2`` (the sampler registry), or
+    sampler: str = DEFAULT_SAMPLER
+    """``tpe`` (the default: band-aware TPE, warm-started by ``warm_start: auto``), ``random``
+    (the paper's search), ``tpe``, ``cmaes``, ``gp``, ``qmc``, ``nsga2`` (the sampler registry), or
     ``package.module:factory``: a function of a ``SamplerContext`` returning an Optuna sampler
     (give it ``projects = True`` to have proposals projected onto the band); imported by every
     worker."""
@@ -260,9 +275,11 @@ class SearchConfig:
     latency ratio)."""
     # ``sensitivity``: the first trials are the sensitivity allocation and seeded in-band
     # perturbations of it (searchprune/search/sensitivity.py)
-    warm_start: str = "none"
-    """``none``, or ``sensitivity``: the first trials are the sensitivity allocation and its
-    perturbations (single-objective only)."""
+    warm_start: str = "auto"
+    """``auto`` (default), ``none``, or ``sensitivity``: the first trials are the sensitivity
+    allocation and its perturbations (single-objective only). ``auto`` is ``sensitivity`` for a
+    sampler that learns from them (``tpe``, ``gp``) on a pretrained network with a FLOPs band,
+    and ``none`` otherwise (``random`` stays the paper's unseeded search)."""
     confirm: dict[str, Any] | None = None
     """``{top_k: k, images: n}``: after the search, re-score the ``top_k`` trials by validation
     top-1 (default 5) on ``images`` confirmation images, disjoint from validation, calibration,
@@ -283,9 +300,11 @@ class SensitivityConfig:
     ``perturb_scale``: the warm start's extra trials (log-normal noise on each keep-ratio).
     """
 
-    method: str = "scan"
+    method: str = "auto"
     """How the prior is measured: ``scan`` (evaluate every point), ``taylor`` or ``taylor-sq``
-    (first-order estimates from one forward and backward pass; pretrained networks only)."""
+    (first-order estimates from one forward and backward pass; pretrained networks only), or
+    ``auto`` (default): ``taylor-sq`` on a pretrained network, ``scan`` with ``setting:
+    scratch`` or an engine without first-order estimates."""
     images: int | None = None
     """Calibration images ``taylor``/``taylor-sq`` backpropagate (default all)."""
     points: int = 4
@@ -525,15 +544,15 @@ def _validate_sensitivity(v: SensitivityConfig, s: SearchConfig, eta: float,
     """The ``sensitivity`` section and ``search.warm_start`` (one-line :class:`ConfigError`)."""
     if s.warm_start not in WARM_STARTS:
         raise ConfigError(unknown_choice("search.warm_start", s.warm_start, WARM_STARTS))
-    if s.warm_start != "none" and s.objective != "single":
+    if s.warm_start == "sensitivity" and s.objective != "single":
         raise ConfigError("search.warm_start needs search.objective: single (one FLOPs band)")
-    if s.warm_start != "none" and gamma is None:
+    if s.warm_start == "sensitivity" and gamma is None:
         raise ConfigError("search.warm_start needs a FLOPs band; set pruning.gamma (it is null)")
     if v.method not in SENSITIVITY_METHODS:
         raise ConfigError(unknown_choice("sensitivity.method", v.method, SENSITIVITY_METHODS))
     if v.images is not None and v.images < 1:
         raise ConfigError(f"sensitivity.images must be >= 1, got {v.images}")
-    if v.images is not None and v.method not in FIRST_ORDER_METHODS:
+    if v.images is not None and v.method not in (*FIRST_ORDER_METHODS, "auto"):
         raise ConfigError("sensitivity.images is read by method: taylor (or taylor-sq) only; "
                           "for a scan on fewer images set sensitivity.val_images")
     if v.points < 1:
@@ -736,18 +755,40 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """Return ``cfg`` with dotted-key overrides applied (``{"pruning.gamma": 0.7}``); ``None`` values
     are ignored so unset command-line flags never shadow the file."""
     data = config_to_dict(cfg)
+    data["model"].setdefault("kwargs", None)  # left out when unset, yet a key to override
     for dotted, value in overrides.items():
         if value is None:
             continue
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown override '{dotted}'")
             node = node[part]
-        if leaf not in node:
+        if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"unknown override '{dotted}'")
         node[leaf] = value
     source = data.pop("source", None)
     return config_from_dict(data, source=source)
+
+
+def resolve_defaults(cfg: Config, *, first_order: bool = True) -> Config:
+    """``cfg`` with ``search.warm_start: auto`` and ``sensitivity.method: auto`` replaced by what
+    they mean for it (the config keeps ``auto``, so overriding the sampler or the setting later
+    changes what it means). ``first_order``: whether the engine can measure a first-order prior
+    (an engine of one's own may not); without it ``sensitivity.method: auto`` is the scan and
+    ``search.warm_start: auto`` starts no warm start."""
+    over: dict[str, str] = {}
+    method, cheap = cfg.sensitivity.method, True
+    if method == "auto":
+        method = AUTO_METHOD[cfg.setting] if first_order else "scan"
+        over["sensitivity.method"], cheap = method, method in FIRST_ORDER_METHODS
+    s = cfg.search
+    if s.warm_start == "auto":  # never a full scan the config did not ask for
+        seeded = (s.sampler in LEARNING_SAMPLERS and s.objective == "single"
+                  and cfg.pruning.gamma is not None and cfg.setting == "pretrained" and cheap)
+        over["search.warm_start"] = "sensitivity" if seeded else "none"
+    return apply_overrides(cfg, over) if over else cfg
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:

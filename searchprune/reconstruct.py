@@ -5,10 +5,21 @@ For every conv followed by BN, in forward order, fit ``min ||T - (X z + c)||^2``
 the pruned net's BN output (pre-activation) and ``T`` the original's on the kept channels, then
 merge ``X`` and ``c`` into the conv and BN so the pruned net gets no extra parameters or compute.
 
-Greedy with error feedback in one forward pass: a hook on each BN of the pruned net fits,
-merges, and returns the corrected output, so every later layer is fitted on features that
-already carry the earlier corrections. The original network's targets are captured once per
-study at a fixed, seeded subset of spatial positions.
+A conv without a BN right after it (SqueezeNet, AlexNet, VGG without BN) is fitted the same
+way on its own output (pre-activation), ``z`` the pruned conv's output on its kept channels
+and ``T`` the original's, and folded into the conv: ``W' = X W`` over output channels,
+``b' = X b + c``; a conv without a bias is fitted without the intercept (``c = 0``), so no
+parameter is ever added. Depthwise convs get a scale per channel, grouped convs ``X`` per
+conv-group, as with a BN. A conv whose output is added to a residual shortcut is fitted to its
+own output, not to the sum; a conv whose output reaches the model's output through no other
+conv or linear (a final conv classifier, SqueezeNet's) is the output layer and left as it is,
+as are convs called more than once per forward pass and convs the fold would not be exact for
+(a forward that transforms the weight, e.g. a weight standardization: checked on a copy).
+
+Greedy with error feedback in one forward pass: a hook on each BN (or conv without BN) of the
+pruned net fits, merges, and returns the corrected output, so every later layer is fitted on
+features that already carry the earlier corrections. The original network's targets are
+captured once per study at a fixed, seeded subset of spatial positions.
 
 Residual blocks: the last BN's target is the original pre-activation sum minus the pruned
 shortcut (identity and index-map shortcuts); with a 1x1-conv+BN projection shortcut, ``[X_b, X_r]``
@@ -24,6 +35,7 @@ whether and how it is fitted, or why not (``searchprune model info`` shows it);
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -38,20 +50,27 @@ from searchprune.models._layers import IndexShortcut
 from searchprune.prune import module_keep
 from searchprune.space import SearchSpace, is_depthwise
 
-__all__ = ["LayerPlan", "Reconstructor", "find_linear_sites", "find_residual_blocks",
-           "find_sites", "merge_affine", "plan"]
+__all__ = ["LayerPlan", "Reconstructor", "find_conv_sites", "find_linear_sites",
+           "find_residual_blocks", "find_sites", "merge_affine", "merge_conv", "plan"]
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Site:
-    """A conv followed directly by a BN: where a fit happens."""
+    """A conv followed directly by a BN, or a conv without BN (``bn`` None: the fit is folded
+    into the conv's weights and bias): where a fit happens."""
 
     conv: str
-    bn: str
+    bn: str | None
     depthwise: bool
     groups: int = 1  # a grouped conv (not depthwise) is fitted per conv-group
+    summed: bool = False  # a conv without BN whose output is added to another tensor
+
+    @property
+    def key(self) -> str:
+        """The site's name in targets and errors: its BN, or the conv without one."""
+        return self.bn if self.bn is not None else self.conv
 
 
 @dataclass(frozen=True)
@@ -66,14 +85,55 @@ class Block:
     shortcut_bn: str | None = None
 
 
-def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
-    """All conv -> BN pairs, in execution order (one traced forward pass)."""
+@dataclass
+class _Trace:
+    """What one traced forward pass tells about the convs: the conv -> BN pairs, every
+    Conv2d called as a module (execution order, calls), the convs whose output reaches the
+    model's output through no other conv or linear, and those whose output is added to
+    another tensor (a residual sum)."""
+
+    bn_sites: list[Site]
+    order: list[str]
+    calls: dict[str, int]
+    shapes: dict[str, tuple[int, ...]]  # each Conv2d's input shape (one image)
+    last: set[str]
+    summed: set[str]
+
+
+def _tensors(result) -> list[torch.Tensor]:
+    """The tensors in a forward pass's result (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, Mapping):
+        return [t for v in result.values() for t in _tensors(v)]
+    if isinstance(result, (tuple, list)):
+        return [t for v in result for t in _tensors(v)]
+    return []
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> _Trace:
+    """One forward pass of one image with autograd on; the graph says which conv feeds a BN,
+    which layers are last before the output and which conv outputs are summed."""
     names = {m: n for n, m in model.named_modules()}
-    produced: dict[object, str] = {}
+    produced: dict[object, str] = {}  # a Conv2d's output node -> the conv
+    layer_out: dict[object, str] = {}  # any conv's or linear's output node
     sites: list[Site] = []
+    order: list[str] = []
+    calls: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
 
     def conv_hook(mod, inp, out):
-        produced[out.grad_fn] = names[mod]
+        name = names[mod]
+        if isinstance(mod, nn.Conv2d):
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 1:
+                order.append(name)
+                shapes[name] = tuple(inp[0].shape)
+        if getattr(out, "grad_fn", None) is None:  # under no_grad inside the model: no graph
+            return
+        if isinstance(mod, nn.Conv2d):
+            produced[out.grad_fn] = name
+        layer_out[out.grad_fn] = name
 
     def bn_pre(mod, inp):
         conv = produced.get(inp[0].grad_fn)
@@ -83,17 +143,111 @@ def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
 
     handles = []
     for mod in names:
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.BatchNorm2d):
             handles.append(mod.register_forward_pre_hook(bn_pre))
     try:
         with torch.enable_grad():
-            model(example[:1].detach().clone().requires_grad_(True))
+            result = model(example[:1].detach().clone().requires_grad_(True))
+            roots = [t.grad_fn for t in _tensors(result) if t.grad_fn is not None]
+            last, summed = set(), set()
+            seen: set[object] = set()
+            stack = list(roots)
+            while stack:  # from the output back to the first conv or linear on each path
+                fn = stack.pop()
+                if fn is None or fn in seen:
+                    continue
+                seen.add(fn)
+                if fn in layer_out:
+                    last.add(layer_out[fn])
+                    continue
+                stack.extend(f for f, _ in fn.next_functions)
+            seen, stack = set(), list(roots)
+            while stack:  # the whole graph: which conv outputs an addition reads
+                fn = stack.pop()
+                if fn is None or fn in seen:
+                    continue
+                seen.add(fn)
+                nxt = [f for f, _ in fn.next_functions]
+                if type(fn).__name__.startswith(("AddBackward", "SubBackward")):
+                    summed.update(produced[f] for f in nxt if f in produced)
+                stack.extend(nxt)
     finally:
         for h in handles:
             h.remove()
-    return sites
+    return _Trace(sites, order, calls, shapes, last, summed)
+
+
+def find_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
+    """All conv -> BN pairs, in execution order (one traced forward pass)."""
+    return _trace(model, example).bn_sites
+
+
+def find_conv_sites(model: nn.Module, example: torch.Tensor, trace: _Trace | None = None
+                    ) -> tuple[list[Site], dict[str, str]]:
+    """Conv2d layers not directly followed by a BN (fitted on their own output, folded into
+    their weights and bias), in execution order, and the ones left out with the reason
+    (called several times, never called as a module, the model's output layer, a forward
+    that transforms its weight)."""
+    trace = trace or _trace(model, example)
+    with_bn = {s.conv for s in trace.bn_sites}
+    sites, skipped = [], {}
+    for name in trace.order:
+        if name in with_bn:
+            continue
+        if trace.calls[name] > 1:
+            skipped[name] = f"called {trace.calls[name]} times per forward pass"
+        elif name in trace.last:
+            skipped[name] = "the model's output layer (its targets would be the logits)"
+        elif not _folds_exactly(model.get_submodule(name), trace.shapes[name]):
+            skipped[name] = ("a fit does not fold into its weights exactly (its forward "
+                             "transforms the weight, e.g. a weight standardization)")
+        else:
+            c = model.get_submodule(name)
+            sites.append(Site(name, None, is_depthwise(c), 1 if is_depthwise(c) else c.groups,
+                              name in trace.summed))
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d) and name not in trace.calls:
+            skipped[name] = ("not called as a module (its parent computes with its weight)")
+    return sites, skipped
+
+
+def _folds_exactly(conv: nn.Conv2d, shape: tuple[int, ...]) -> bool:
+    """Whether :func:`merge_conv` gives ``conv'(x) = X conv(x) + c`` for this conv: checked on a
+    copy with a random ``X`` (block-diagonal for a grouped conv) on a small random input with
+    the channels it was called with. False for a Conv2d subclass whose forward standardizes
+    its weight, a parametrized weight, a weight recomputed by a hook."""
+    w = conv.weight
+    g = torch.Generator().manual_seed(0)
+    n, groups = conv.out_channels, conv.groups
+    dw = is_depthwise(conv)
+    if dw:
+        X = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    else:
+        X = torch.block_diag(*(torch.eye(n // groups, dtype=torch.float64)
+                               + 0.3 * torch.randn(groups, n // groups, n // groups, generator=g,
+                                                   dtype=torch.float64)))
+    c = torch.randn(n, generator=g, dtype=torch.float64) if conv.bias is not None else None
+    # a small map is enough (and cheap): at least the kernel's reach, at most the real size
+    size = [min(full, max(8, d * (k - 1) + 1)) for full, k, d
+            in zip(shape[-2:], conv.kernel_size, conv.dilation, strict=True)]
+    x = torch.randn(1, shape[-3], *size, generator=g).to(device=w.device, dtype=w.dtype)
+    try:
+        probe = copy.deepcopy(conv)
+        with torch.no_grad():
+            y = conv(x).double()
+            merge_conv(probe, X.to(w.device), None if c is None else c.to(w.device), diagonal=dw)
+            got = probe(x).double()
+    except Exception:  # noqa: BLE001 - any failure means: do not fold into it
+        return False
+    X, y = X.to(y.device), y.flatten(2)
+    expected = (X[:, None] * y if dw else torch.einsum("ij,njp->nip", X, y))
+    if c is not None:
+        expected = expected + c.to(y.device).view(1, -1, 1)
+    tol = 1e-3 if w.dtype in (torch.float32, torch.float64) else 2e-2
+    err = (got.flatten(2) - expected).norm()
+    return bool(torch.isfinite(err)) and float(err) <= tol * float(expected.norm()) + 1e-12
 
 
 @dataclass(frozen=True)
@@ -159,6 +313,10 @@ def plan(model: nn.Module, space: SearchSpace, example: torch.Tensor) -> list[La
     sites, blocks, linear, skipped = _all_sites(model, space, example)
     out: dict[str, LayerPlan] = {}
     for s in sites:
+        if s.bn is None:
+            out[s.conv] = LayerPlan(s.conv, type(model.get_submodule(s.conv)).__name__, True,
+                                    _plain_how(model.get_submodule(s.conv), s))
+            continue
         block = blocks.get(s.bn)
         how = ("depthwise conv + BatchNorm: a scale per channel" if s.depthwise else
                f"grouped conv + BatchNorm: outputs remixed per conv-group ({s.groups})"
@@ -181,24 +339,39 @@ def plan(model: nn.Module, space: SearchSpace, example: torch.Tensor) -> list[La
             continue
         why = skipped.get(name)
         if why is None:
-            why = ("no BatchNorm2d right after it (a fit is merged into a conv and its "
-                   "BatchNorm)" if isinstance(mod, nn.Conv2d)
-                   else "only Conv2d layers followed by a BatchNorm2d are fitted")
+            why = ("no fit applies to it" if isinstance(mod, nn.Conv2d)
+                   else "only Conv2d and Linear layers are fitted")
         out[name] = LayerPlan(name, type(mod).__name__, False, why)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(out.values(), key=lambda p: order[p.layer])
 
 
+def _plain_how(conv: nn.Conv2d, s: Site) -> str:
+    """How a conv without BN is fitted, for :func:`plan`."""
+    how = ("depthwise conv without BatchNorm: a scale per channel" if s.depthwise else
+           f"grouped conv without BatchNorm: outputs remixed per conv-group ({s.groups})"
+           if s.groups > 1 else "conv without BatchNorm: outputs remixed")
+    how += (", folded into its weights and bias" if conv.bias is not None else
+            ", folded into its weights (no bias: fitted without a shift)")
+    if s.summed:
+        how += "; fitted to its own output, not to the residual sum it feeds"
+    return how
+
+
 def _all_sites(model: nn.Module, space: SearchSpace, example: torch.Tensor
                ) -> tuple[list[Site], dict[str, Block], list[str], dict[str, str]]:
-    """The conv sites (projection shortcuts' BNs excluded: fitted with their block), the
-    residual blocks by last BN, the linear sites and the linears left out with why."""
-    sites = find_sites(model, example)
+    """The conv sites, with BN (projection shortcuts' BNs excluded: fitted with their block)
+    and without, the residual blocks by last BN, the linear sites, and the convs and linears
+    left out with why."""
+    trace = _trace(model, example)
+    sites = trace.bn_sites
     fitted = {s.bn for s in sites}
     blocks = {b.last_bn: b for b in find_residual_blocks(model) if b.last_bn in fitted}
     skip = {b.shortcut_bn for b in blocks.values() if b.kind == "projection"}
-    linear, skipped = find_linear_sites(model, space, example)
-    return [s for s in sites if s.bn not in skip], blocks, linear, skipped
+    plain, skipped = find_conv_sites(model, example, trace)
+    linear, skipped_linear = find_linear_sites(model, space, example)
+    return ([s for s in sites if s.bn not in skip] + plain, blocks, linear,
+            {**skipped, **skipped_linear})
 
 
 def find_residual_blocks(model: nn.Module) -> list[Block]:
@@ -264,6 +437,28 @@ def merge_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d, X: torch.Tensor, c: torch.
         if conv.bias is not None:
             conv.bias.copy_((M @ conv.bias.double()).to(conv.bias.dtype))
         bn.bias.copy_((X @ t + c + s * mu).to(bn.bias.dtype))
+
+
+def merge_conv(conv: nn.Conv2d, X: torch.Tensor, c: torch.Tensor | None, *,
+               diagonal: bool = False) -> None:
+    """Fold ``z -> X z + c`` on a conv's outputs into its weights and bias: ``W' = X W`` (over
+    output channels), ``b' = X b + c``, so that ``conv'(x) = X conv(x) + c``. With
+    ``diagonal`` (depthwise convs) ``X`` is the vector of the diagonal. A conv without a bias
+    takes no ``c`` (it would need a parameter the pruned network does not have)."""
+    if conv.bias is None and c is not None and bool((c != 0).any()):
+        raise ValueError(f"a shift cannot be folded into a conv without a bias ({conv})")
+    dt = torch.float64
+    X = X.to(dt)
+    with torch.no_grad():
+        W = conv.weight.double()
+        if diagonal:
+            conv.weight.copy_((X.view(-1, *([1] * (W.dim() - 1))) * W).to(conv.weight.dtype))
+            b = X * conv.bias.double() if conv.bias is not None else None
+        else:
+            conv.weight.copy_(torch.einsum("ij,j...->i...", X, W).to(conv.weight.dtype))
+            b = X @ conv.bias.double() if conv.bias is not None else None
+        if b is not None:
+            conv.bias.copy_((b if c is None else b + c.to(dt)).to(conv.bias.dtype))
 
 
 def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -335,7 +530,7 @@ class Reconstructor:
             return hook
 
         for s in self.sites:
-            handles.append(model.get_submodule(s.bn).register_forward_hook(saver(s.bn)))
+            handles.append(model.get_submodule(s.key).register_forward_hook(saver(s.key)))
         for name in self.linear_sites:
             handles.append(model.get_submodule(name).register_forward_hook(linear_saver(name)))
         for b in self.blocks.values():
@@ -363,7 +558,8 @@ class Reconstructor:
         to :func:`prune_model`) says which original output channels each layer still has.
 
         Returns the relative holdout error (fitted / unfitted) per site (conv sites by their
-        BN, linear sites by name); a linear site with too few samples is left out.
+        BN, convs without BN and linear sites by name); a linear site with too few samples is
+        left out.
         """
         per_module = module_keep(self.space, keep)
         shortcut_out: dict[str, torch.Tensor] = {}
@@ -378,11 +574,13 @@ class Reconstructor:
             return hook
 
         def site_hook(s: Site):
-            def hook(bn, inp, out):
-                kept = per_module.get(s.bn)
+            def hook(mod, inp, out):
+                kept = per_module.get(s.key)
                 sel = kept.out if kept is not None and kept.out is not None else None
-                target = self.targets[s.bn]
+                target = self.targets[s.key]
                 target = target if sel is None else target[sel.to(target.device)]
+                if s.bn is None:
+                    return self._fit_conv(mod, s, out, target, errors)
                 return self._fit_site(pruned, s, out, target, shortcut_out.pop(s.bn, None), errors)
             return hook
 
@@ -398,7 +596,7 @@ class Reconstructor:
         for b in self.blocks.values():
             handles.append(pruned.get_submodule(b.name).register_forward_pre_hook(block_pre(b)))
         for s in self.sites:
-            handles.append(pruned.get_submodule(s.bn).register_forward_hook(site_hook(s)))
+            handles.append(pruned.get_submodule(s.key).register_forward_hook(site_hook(s)))
         for name in self.linear_sites:
             handles.append(pruned.get_submodule(name).register_forward_hook(linear_hook(name)))
         pruned.eval()
@@ -438,6 +636,31 @@ class Reconstructor:
             if mod.bias is not None:
                 mod.bias.copy_(c.to(mod.bias.dtype))
         return F.linear(x, mod.weight, mod.bias)
+
+    def _fit_conv(self, conv: nn.Conv2d, s: Site, out: torch.Tensor, target: torch.Tensor,
+                  errors: dict[str, float]) -> torch.Tensor:
+        """Fit ``X z + c`` on the outputs of a conv without BN, fold it into the conv's
+        weights and bias, and return the corrected output; without a bias, no intercept (a
+        bias would add parameters). No division is involved, so no channel needs an identity
+        row: a constant or all-zero output channel is resolved by the ridge (or the
+        pseudo-inverse) like any other."""
+        rcfg = self.rcfg if conv.bias is not None else dataclasses.replace(self.rcfg,
+                                                                           intercept=False)
+        z = self._gather(out)
+        cols = self.n_fit * (z.shape[1] // self.calib_x.shape[0])
+        if s.depthwise:
+            X, c, rel = _solve_diag(z.double(), target.double(), cols, rcfg)
+        elif s.groups > 1:
+            X, c, rel = _solve_blocks(z, target, cols, rcfg, s.groups)
+        else:
+            X, c, rel = _solve(z, target, cols, rcfg, base=z)
+        errors[s.conv] = rel
+        if rel >= 1.0 and self.rcfg.guard:
+            return out
+        merge_conv(conv, X, c if conv.bias is not None else None, diagonal=s.depthwise)
+        if s.depthwise:
+            return out * X.to(out.dtype).view(1, -1, 1, 1) + c.to(out.dtype).view(1, -1, 1, 1)
+        return _apply(out, X, c)
 
     def _fit_site(self, pruned, s: Site, out, target, shortcut, errors):
         block = self.blocks.get(s.bn)

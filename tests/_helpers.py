@@ -96,6 +96,8 @@ def make_cfg(tmp_path: Path, sampler: str = "random", seed: int = 0, n_trials: i
              **overrides) -> Config:
     return apply_overrides(Config(), {
         "search.sampler": sampler, "search.seed": seed, "search.n_trials": n_trials,
+        "search.warm_start": "none",  # the sampler alone unless a test asks for the warm start
+        "sensitivity.method": "scan",  # what auto is on the fake engine (no first-order)
         "search.study_name": "s", "storage": str(tmp_path / "studies.db"),
         "pruning.gamma": GAMMA, "pruning.tolerance": TOL, "pruning.eta": 0.3, **overrides,
     })

@@ -20,6 +20,7 @@ from searchprune.config import (
     Config,
     DataConfig,
     ModelConfig,
+    apply_overrides,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -231,6 +232,17 @@ def test_kwargs_are_part_of_what_identifies_a_model(tmp_path):
     keys = {_cache_file(ModelConfig(kwargs=k), bundle, tmp_path) for k in (None, {})}
     assert len(keys) == 1
     assert _cache_file(ModelConfig(kwargs={"x": 1}), bundle, tmp_path) not in keys
+
+
+def test_kwargs_can_be_overridden_where_the_config_has_none():
+    cfg = apply_overrides(Config(), {"model.name": "resnet18",
+                                     "model.kwargs": {"dropout": 0.1}})
+    assert cfg.model.kwargs == {"dropout": 0.1}
+    assert apply_overrides(cfg, {"model.kwargs": {}}).model.kwargs == {}
+    with pytest.raises(ConfigError, match="unknown override 'model.kwarg'"):
+        apply_overrides(Config(), {"model.kwarg": {"dropout": 0.1}})
+    with pytest.raises(ConfigError, match="unknown override 'model.name.x'"):
+        apply_overrides(Config(), {"model.name.x": 1})
 
 
 def test_kwargs_from_yaml(tmp_path):

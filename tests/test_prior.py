@@ -5,6 +5,7 @@ start, the baseline and the comparison that read them."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -14,7 +15,7 @@ from _nets import randomize_bn
 from optuna.trial import TrialState
 
 from searchprune.baselines import solve_baseline
-from searchprune.config import Config, apply_overrides
+from searchprune.config import DEFAULT_SAMPLER, Config, apply_overrides, resolve_defaults
 from searchprune.errors import ConfigError
 from searchprune.search import run_study
 from searchprune.search.problem import resolve_problem
@@ -161,9 +162,10 @@ def test_scan_costs_are_counted_and_a_subset_scan_is_charged_less():
     trial = evaluation_images(engine, 16)
     assert full.cost.forward_images == full.evaluations * trial and full.cost.backward_images == 0
     assert full.cost.seconds > 0.0
-    assert full.charge(trial) == full.evaluations == prior_charge(resolve_problem(engine.cfg,
+    scan_cfg = apply_overrides(engine.cfg, {"sensitivity.method": "scan"})
+    assert full.charge(trial) == full.evaluations == prior_charge(resolve_problem(scan_cfg,
                                                                                   engine))
-    subset_cfg = apply_overrides(engine.cfg, {"sensitivity.val_images": 16})
+    subset_cfg = apply_overrides(scan_cfg, {"sensitivity.val_images": 16})
     subset = run_scan(resolve_problem(subset_cfg, engine), storage=storage)
     assert subset.evaluations == full.evaluations
     assert subset.cost.forward_images == subset.evaluations * 16
@@ -173,7 +175,7 @@ def test_scan_costs_are_counted_and_a_subset_scan_is_charged_less():
 
 
 def test_the_fingerprint_differs_by_method_and_taylor_ignores_what_it_never_sees(tmp_path):
-    cfg = make_cfg(tmp_path)
+    cfg = make_cfg(tmp_path, **{"sensitivity.method": "scan"})
     taylor = _taylor(cfg)
     assert scan_name(cfg) != scan_name(taylor)
     assert scan_name(taylor) != scan_name(_taylor(cfg, **{"sensitivity.images": 64}))
@@ -235,10 +237,11 @@ def test_compare_charges_the_taylor_prior_at_equal_total_cost(tmp_path):
     from searchprune.report.studies import load_runs, plan_comparison, run_comparison
 
     engine = _known_engine(**{"storage": str(tmp_path / "s.db"), "search.n_trials": 16})
-    plan = plan_comparison(engine.cfg, ["random", "tpe+taylor", "tpe+warm"], [0], "cmp")
+    plan = plan_comparison(engine.cfg, ["random", "tpe+taylor", "tpe+scan"], [0], "cmp")
     assert plan[1].cfg.sensitivity.method == "taylor" and plan[1].cfg.search.warm_start == \
         "sensitivity"
     assert plan[2].cfg.sensitivity.method == "scan"
+    assert plan[0].cfg.search.warm_start == "none"  # a plain name is the sampler alone
     storage = optuna.storages.InMemoryStorage()
     run_comparison(plan, storage=storage, engine=engine, progress=False)
     runs, missing = load_runs(plan, storage, 16)
@@ -256,7 +259,7 @@ def test_taylor_prior_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="sensitivity.method"):
         make_cfg(tmp_path, **{"sensitivity.method": "tailor"})
     with pytest.raises(ConfigError, match="sensitivity.images is read by method: taylor"):
-        make_cfg(tmp_path, **{"sensitivity.images": 64})
+        make_cfg(tmp_path, **{"sensitivity.method": "scan", "sensitivity.images": 64})
     with pytest.raises(ConfigError, match="sensitivity.images must be >= 1"):
         make_cfg(tmp_path, **{"sensitivity.method": "taylor", "sensitivity.images": 0})
     with pytest.raises(ConfigError, match="setting: pretrained"):
@@ -265,3 +268,76 @@ def test_taylor_prior_is_refused_where_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="needs a pretrained network's engine"):
         measure_prior(resolve_problem(cfg, FakeEngine()),
                       storage=optuna.storages.InMemoryStorage())
+
+
+def test_the_default_search_is_tpe_warm_started_from_the_first_order_prior(tmp_path):
+    engine = _known_engine(**{"storage": str(tmp_path / "s.db"), "search.n_trials": 6,
+                              "search.study_name": "default", "sensitivity.perturbations": 2})
+    cfg = engine.cfg  # no sampler, warm start or prior method given: the defaults
+    assert (cfg.search.sampler, cfg.search.warm_start, cfg.sensitivity.method) == (
+        DEFAULT_SAMPLER, "auto", "auto") and DEFAULT_SAMPLER == "tpe"
+    evaluated = []
+    original = engine.evaluate
+    engine.evaluate = lambda widths, **k: evaluated.append(dict(widths)) or original(widths, **k)
+    study = run_study(cfg, engine=engine, progress=False)
+    info = study.user_attrs[WARM_ATTR]
+    assert info["prior"] == "taylor-sq" and info["scan_evaluations"] == 0
+    assert len(evaluated) == 6  # the prior evaluated no network
+    first = min(study.get_trials(), key=lambda t: t.number)
+    assert first.user_attrs[WARM_ATTR] == "allocation"
+    assert first.params[HARMLESS] == pytest.approx(cfg.pruning.eta)  # the harmless group goes
+    assert "TPE" in type(study.sampler).__name__
+    # the paper's random search is one setting away, and it is not seeded
+    paper = run_study(apply_overrides(cfg, {"search.sampler": "random",
+                                            "search.study_name": "paper"}),
+                      engine=engine, progress=False)
+    assert WARM_ATTR not in paper.user_attrs
+    assert not any(WARM_ATTR in t.user_attrs for t in paper.get_trials())
+    assert "Random" in type(paper.sampler).__name__
+
+
+@pytest.mark.parametrize(("overrides", "warm", "method"), [
+    ({}, "sensitivity", "taylor-sq"),
+    ({"search.sampler": "gp"}, "sensitivity", "taylor-sq"),
+    ({"search.sampler": "random"}, "none", "taylor-sq"),
+    ({"search.sampler": "cmaes"}, "none", "taylor-sq"),
+    ({"search.sampler": "qmc"}, "none", "taylor-sq"),
+    ({"search.objective": "pareto", "search.gamma_range": [0.3, 0.7]}, "none", "taylor-sq"),
+    ({"pruning.gamma": "no band", "pruning.params": {"max": 0.5}}, "none", "taylor-sq"),
+    ({"setting": "scratch"}, "none", "scan"),
+    ({"search.warm_start": "none"}, "none", "taylor-sq"),
+    ({"search.sampler": "random", "search.warm_start": "sensitivity",
+      "sensitivity.method": "scan"}, "sensitivity", "scan"),
+])
+def test_auto_means_the_warm_start_only_where_the_sampler_learns_from_it(overrides, warm,
+                                                                         method):
+    cfg = apply_overrides(Config(), {**overrides, "pruning.gamma": 0.5})
+    if overrides.get("pruning.gamma") == "no band":  # an override of None changes nothing
+        cfg = replace(cfg, pruning=replace(cfg.pruning, gamma=None)).validate()
+    resolved = resolve_defaults(cfg)
+    assert (resolved.search.warm_start, resolved.sensitivity.method) == (warm, method)
+    assert resolve_defaults(resolved) == resolved  # nothing left to resolve
+
+
+def test_auto_starts_no_warm_start_on_an_engine_without_first_order_estimates(tmp_path):
+    cfg = make_cfg(tmp_path, "tpe", **{"search.warm_start": "auto"})
+    assert resolve_defaults(cfg, first_order=False).search.warm_start == "none"
+    assert resolve_defaults(cfg).search.warm_start == "sensitivity"
+    problem = resolve_problem(cfg, FakeEngine())  # an engine without first-order estimates
+    assert (problem.cfg.search.warm_start, problem.cfg.sensitivity.method) == ("none", "scan")
+    study = run_study(cfg, engine=FakeEngine(), progress=False,
+                      storage=optuna.storages.InMemoryStorage())
+    assert WARM_ATTR not in study.user_attrs and len(study.trials) == 5
+
+
+def test_the_documented_default_search_is_the_one_the_code_runs():
+    from pathlib import Path
+
+    from searchprune.config import AUTO_METHOD, LEARNING_SAMPLERS
+
+    text = (Path(__file__).resolve().parents[1] / "docs/how-to/compare.md").read_text()
+    section = text.split("## The default search")[1].split("\n## ")[0]
+    assert f"runs `{DEFAULT_SAMPLER}` with `search.warm_start: auto`" in section
+    assert f"allocation of the `{AUTO_METHOD['pretrained']}` prior" in section
+    assert DEFAULT_SAMPLER in LEARNING_SAMPLERS  # so the default is warm-started
+    assert (Config().search.warm_start, Config().sensitivity.method) == ("auto", "auto")

@@ -123,7 +123,8 @@ def run_quickstart(sampler: str) -> list[dict[str, Any]]:
     from searchprune.engine import PruningEngine
 
     cfg = load_config(ROOT / "studies" / "quickstart.yaml",
-                      {"search.sampler": sampler, "search.study_name": f"quickstart-{sampler}"})
+                      {"search.sampler": sampler, "search.study_name": f"quickstart-{sampler}",
+                       "search.warm_start": "none"})  # the sampler alone, as recorded
     if "engine" not in _ENGINES:  # trains the digits net once (cached on disk too)
         _ENGINES["engine"] = PruningEngine.from_config(cfg, progress=False)
     engine = _ENGINES["engine"]

@@ -203,6 +203,17 @@ def test_changed_config_is_refused_unless_forced(tmp_path):
     assert study.user_attrs["config"]["pruning"]["gamma"] == 0.6
 
 
+def test_forced_config_is_stored_on_a_complete_study(tmp_path):
+    """--force-config on a study that needs no more trials still stores the new config, which
+    finetune and export read (e.g. a data.train_size added to fine-tune on fewer images)."""
+    run_study(make_cfg(tmp_path, n_trials=2), engine=FakeEngine(), progress=False)
+    changed = make_cfg(tmp_path, n_trials=2, **{"data.train_size": 100})
+    study = run_study(changed, engine=Exploding(), progress=False, force_config=True)
+    assert study.user_attrs["config"]["data"]["train_size"] == 100
+    assert len(study.get_trials()) == 2
+    run_study(changed, engine=Exploding(), progress=False)  # now the stored config
+
+
 def test_unreachable_band_fails_fast(tmp_path):
     cfg = make_cfg(tmp_path, **{"pruning.gamma": 0.1, "pruning.eta": 0.6})
     with pytest.raises(BandError, match="gamma 0.1 is below the FLOPs ratio .* lower eta"):

@@ -398,7 +398,7 @@ def test_storage_password_is_never_stored_or_shown(tmp_path, pg_role, monkeypatc
               f"postgresql://{role}:{password}@127.0.0.1:1/{db}"]  # '@' and '/' not encoded
     monkeypatch.setenv("SEARCHPRUNE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "q.yaml").write_text("model: {name: cifar_resnet8}\n" + SMALL
-                                     + "search: {n_trials: 2}\n")
+                                     + "search: {n_trials: 2, sampler: random}\n")
     runs = [
         cli("study", "run", "q.yaml", "--storage", url, "--debug", cwd=tmp_path),
         cli("study", "run", "q.yaml", "--storage", url_query, "--json", cwd=tmp_path),

@@ -272,7 +272,8 @@ def test_real_engine_scan_scores_the_first_val_images_and_feeds_the_baseline(tmp
 
     engine = tiny_engine("none", **{"pruning.gamma": 0.5, "pruning.tolerance": 0.03,
                                     "storage": str(tmp_path / "s.db"), "data.batch_size": 8,
-                                    "sensitivity.val_images": 16, "sensitivity.points": 2})
+                                    "sensitivity.val_images": 16, "sensitivity.points": 2,
+                                    "sensitivity.method": "scan"})
     scan = run_scan(resolve_problem(engine.cfg, engine))
     x, y = engine.data.val.x, engine.data.val.y
     assert scan.reference_top1 == pytest.approx(evaluate(engine.model, x[:16], y[:16])[0])

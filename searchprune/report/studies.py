@@ -9,9 +9,11 @@ again finishes or extends the missing ones, and several processes may run it at 
 storage (each study stops at its budget of COMPLETE trials across all workers).
 
 A sampler named ``<sampler>+warm`` (e.g. ``tpe+warm``) is that sampler with
-``search.warm_start: sensitivity`` (the config's ``sensitivity.method``), ``<sampler>+taylor``
-(``+taylor-sq``) the same warm-started from a cheap first-order prior (``sensitivity.method:
-taylor``, ``taylor-sq``); such a
+``search.warm_start: sensitivity`` (the config's ``sensitivity.method``), ``<sampler>+scan``,
+``+taylor`` and ``+taylor-sq`` the same warm-started from the full scan or a cheap
+first-order prior (``sensitivity.method: scan``, ``taylor``, ``taylor-sq``); a plain name is
+that sampler alone (no warm start, unless the config sets ``search.warm_start: sensitivity``,
+which then applies to it); such a
 study runs ``n_trials`` minus the evaluations its prior is charged (a full scan's evaluations, a
 cheaper prior's images in evaluation equivalents), so every sampler gets the same total cost.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from searchprune.config import FIRST_ORDER_METHODS, apply_overrides
+from searchprune.config import SENSITIVITY_METHODS, apply_overrides, resolve_defaults
 from searchprune.report.compare import Run, run_from_study
 
 if TYPE_CHECKING:
@@ -35,8 +37,12 @@ __all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy",
            "baselines_at_picks", "load_runs", "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
-DEFAULT_SAMPLERS = {"single": ("random", "tpe", "cmaes"), "pareto": ("random", "tpe", "nsga2")}
+# single: the paper's random search, TPE alone, and the default (TPE warm-started from the
+# config's sensitivity.method: the first-order prior unless it says otherwise)
+DEFAULT_SAMPLERS = {"single": ("random", "tpe", "tpe+warm"), "pareto": ("random", "tpe", "nsga2")}
 WARM_SUFFIX = "+warm"
+# ``<sampler>+scan``, ``+taylor``, ``+taylor-sq``: warm-started from that prior
+PRIOR_METHODS = tuple(m for m in SENSITIVITY_METHODS if m != "auto")
 
 
 @dataclass(frozen=True)
@@ -55,25 +61,27 @@ def plan_comparison(cfg: Config, samplers: Sequence[str], seeds: Sequence[int],
     """One config per (sampler, seed), seed-major (all samplers of seed 0 first), so a partial
     run already compares every sampler. Invalid combinations raise ``ConfigError``."""
     return [PlannedStudy(s, seed, apply_overrides(cfg, {
-        **_sampler_keys(s), "search.seed": seed, "search.study_name": f"{base}-{s}-s{seed}"}))
+        **_sampler_keys(s, cfg), "search.seed": seed, "search.study_name": f"{base}-{s}-s{seed}"}))
         for seed in seeds for s in samplers]
 
 
-def _sampler_keys(label: str) -> dict[str, str]:
+def _sampler_keys(label: str, cfg: Config) -> dict[str, str]:
     if label.endswith(WARM_SUFFIX):
         return {"search.sampler": label.removesuffix(WARM_SUFFIX),
                 "search.warm_start": "sensitivity"}
-    for method in FIRST_ORDER_METHODS:
+    for method in PRIOR_METHODS:
         if label.endswith(f"+{method}"):
             return {"search.sampler": label.removesuffix(f"+{method}"),
                     "search.warm_start": "sensitivity", "sensitivity.method": method}
+    if cfg.search.warm_start == "auto":  # a plain label is that sampler alone
+        return {"search.sampler": label, "search.warm_start": "none"}
     return {"search.sampler": label}
 
 
 def _equal_total(cfg: Config, engine: Engine) -> Config:
     """A warm-started study's own budget: ``n_trials`` minus the scan's network evaluations
     (its points and the unpruned reference)."""
-    if cfg.search.warm_start != "sensitivity":
+    if resolve_defaults(cfg).search.warm_start != "sensitivity":
         return cfg
     from searchprune.search.problem import resolve_problem
     from searchprune.search.sensitivity import prior_charge

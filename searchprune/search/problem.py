@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from searchprune.config import resolve_defaults
 from searchprune.confirmation import ConfirmSpec, confirm_spec
 from searchprune.constraints import KeepRanges, LatencySpec, Limit, latency_spec, limit_from
 from searchprune.errors import BandError, ConfigError
@@ -299,7 +300,9 @@ def resolve_problem(cfg: Config, engine: Engine, *, goal: Goal | None = None,
     """``cfg``'s problem on ``engine`` (``goal``: one already described), checked: a
     ``pruning.groups`` pattern that matches no group or leaves a group no keep-ratio is a
     :class:`ConfigError`, a band or limit out of reach a :class:`BandError`. A latency limit
-    is checked once the table is added (:meth:`Problem.with_latency`)."""
+    is checked once the table is added (:meth:`Problem.with_latency`). The problem's config
+    has its ``auto`` settings resolved (:func:`~searchprune.config.resolve_defaults`)."""
+    cfg = resolve_defaults(cfg, first_order=callable(getattr(engine, "first_order_drops", None)))
     ranges = KeepRanges.resolve(cfg.pruning.groups, [g.name for g in engine.groups],
                                 cfg.pruning.eta)
     problem = Problem(cfg, engine, goal if goal is not None else describe_goal(cfg), ranges,

@@ -95,6 +95,10 @@ def run_study(cfg: Config, *, engine: Engine | None = None, progress: bool = Tru
     storage, existing = preflight(cfg, force_config=force_config, storage=storage,
                                   check_names=engine is None, objective=goal.objective)
     if existing is not None and n_evaluated(existing) >= cfg.search.n_trials:
+        config = public_config(cfg)
+        if force_config and existing.user_attrs.get(CONFIG_ATTR) != config:
+            # no trial runs, but finetune and export read the stored config: store the new one
+            existing.set_user_attr(CONFIG_ATTR, config)
         tidy_up(existing, study_lock(storage, existing.study_name), cfg.search.n_trials)
         if goal.confirm is not None and pending(existing, goal.confirm):
             _confirm_finished(existing, cfg, goal, engine, storage, progress)
@@ -169,7 +173,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
     ensure_study_uuid(study, lock)  # identifies this study, not another of its name
     worker, first = _join(study, lock)
     problem = _with_latency(study, lock, problem, progress)
-    if cfg.search.warm_start == "sensitivity":
+    if problem.cfg.search.warm_start == "sensitivity":  # ``auto`` resolved by the problem
         from searchprune.search.sensitivity import enqueue_warm_start
 
         enqueue_warm_start(study, problem, lock, storage)
@@ -177,7 +181,7 @@ def _prepare_and_optimize(cfg: Config, goal: Goal, engine: Engine | None,
     study.sampler = make_sampler(cfg.search.sampler, problem.sampler_context(
         n_existing=len(study.get_trials(deepcopy=False)), worker=worker,
         warm=warm.get("allocation") if warm else None))
-    _describe(study, problem)
+    _describe(study, problem, cfg)
     dead_stay_running = isinstance(storage, optuna.storages.RDBStorage) and not getattr(
         storage, "heartbeat_interval", None)
     budget = Budget(cfg.search.n_trials, lock, check=guard.check,
@@ -324,10 +328,11 @@ def _check_config(study: optuna.Study, config: dict[str, Any], force: bool) -> N
     _log.warning("continuing study '%s' with a changed config: %s", study.study_name, shown)
 
 
-def _describe(study: optuna.Study, problem: Problem) -> None:
-    """Study user attrs (config, baseline, base cost, latency table summary), metric names and
-    a dashboard note."""
-    cfg, engine, latency = problem.cfg, problem.engine, problem.latency
+def _describe(study: optuna.Study, problem: Problem, cfg: Config) -> None:
+    """Study user attrs (config: ``cfg`` as given, its ``auto`` settings unresolved, so a
+    resumed study compares like with like; baseline, base cost, latency table summary), metric
+    names and a dashboard note."""
+    engine, latency = problem.engine, problem.latency
     attrs = study.user_attrs
     config = public_config(cfg)
     if attrs.get(CONFIG_ATTR) != config:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from searchprune.config import Config, config_to_dict
+from searchprune.config import Config, apply_overrides, config_to_dict, resolve_defaults
 from searchprune.constraints import fixed_ratios
 from searchprune.errors import ConfigError
 from searchprune.search.budget import Lock, study_lock
@@ -98,6 +98,7 @@ BACKWARD_COST = 2
 
 def _fingerprint_data(cfg: Config) -> dict[str, Any]:
     """What a prior's drops depend on."""
+    cfg = resolve_defaults(cfg)  # ``sensitivity.method: auto`` is the method it stands for
     d = config_to_dict(cfg)
     # the constraints do not change a drop; the per-group bounds do (which points, which base)
     pruning = {k: v for k, v in d["pruning"].items()
@@ -420,6 +421,8 @@ def run_scan(problem: Problem, *, storage: optuna.storages.BaseStorage | None = 
     returns the scan with ``new_evaluations`` = networks evaluated by this call.
     ``on_point(done, total)`` is called after each point."""
     cfg, engine, fixed = problem.cfg, problem.engine, problem.ranges.fixed
+    if cfg.sensitivity.method != "scan":  # stored under the name of what it measures
+        cfg = apply_overrides(cfg, {"sensitivity.method": "scan"})
     storage = _open(cfg, storage)
     name = scan_name(cfg)
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
