@@ -36,7 +36,7 @@ def env(tmp_path_factory) -> Path:
     run_study(make_cfg(tmp, n_trials=4), engine=FakeEngine(), progress=False)
     (tmp / "s.yaml").write_text(  # the config study ``s`` was created with
         "pruning: {gamma: 0.4, tolerance: 0.05, eta: 0.3}\nsearch: {n_trials: 5, seed: 0, "
-        "sampler: random, warm_start: none}\n")
+        "sampler: random, warm_start: none}\nsensitivity: {method: scan}\n")
     (tmp / "malformed.yaml").write_text("pruning:\n  gamma: [0.5\n")
     (tmp / "typo.yaml").write_text("pruning:\n  gama: 0.5\n")
     (tmp / "typo-section.yaml").write_text("serch:\n  n_trials: 3\n")
