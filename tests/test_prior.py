@@ -320,7 +320,7 @@ def test_auto_means_the_warm_start_only_where_the_sampler_learns_from_it(overrid
 
 
 def test_auto_starts_no_warm_start_on_an_engine_without_first_order_estimates(tmp_path):
-    cfg = make_cfg(tmp_path, "tpe", **{"search.warm_start": "auto"})
+    cfg = make_cfg(tmp_path, "tpe", **{"search.warm_start": "auto", "sensitivity.method": "auto"})
     assert resolve_defaults(cfg, first_order=False).search.warm_start == "none"
     assert resolve_defaults(cfg).search.warm_start == "sensitivity"
     problem = resolve_problem(cfg, FakeEngine())  # an engine without first-order estimates
