@@ -63,6 +63,14 @@ def _taylor(cfg: Config, **more) -> Config:
     return apply_overrides(cfg, {"sensitivity.method": "taylor", **more})
 
 
+def _record_evaluations(engine) -> list[dict[str, int]]:
+    """The widths of every network ``engine`` evaluates from now on."""
+    evaluated: list[dict[str, int]] = []
+    original = engine.evaluate
+    engine.evaluate = lambda widths, **k: evaluated.append(dict(widths)) or original(widths, **k)
+    return evaluated
+
+
 def _at_eta(scan) -> dict[str, float]:
     """Each group's drop at its lowest scanned keep-ratio."""
     out: dict[str, float] = {}
@@ -207,9 +215,7 @@ def test_warm_start_from_the_taylor_prior_gives_in_band_trials_first(tmp_path):
                                  "search.n_trials": 6, "search.study_name": "warm",
                                  "sensitivity.perturbations": 2})
     engine.cfg = cfg
-    evaluated = []
-    original = engine.evaluate
-    engine.evaluate = lambda widths, **k: evaluated.append(dict(widths)) or original(widths, **k)
+    evaluated = _record_evaluations(engine)
     study = run_study(cfg, engine=engine, progress=False)
     info = study.user_attrs[WARM_ATTR]
     assert info["prior"] == "taylor" and info["scan_evaluations"] == 0
@@ -276,9 +282,7 @@ def test_the_default_search_is_tpe_warm_started_from_the_first_order_prior(tmp_p
     cfg = engine.cfg  # no sampler, warm start or prior method given: the defaults
     assert (cfg.search.sampler, cfg.search.warm_start, cfg.sensitivity.method) == (
         DEFAULT_SAMPLER, "auto", "auto") and DEFAULT_SAMPLER == "tpe"
-    evaluated = []
-    original = engine.evaluate
-    engine.evaluate = lambda widths, **k: evaluated.append(dict(widths)) or original(widths, **k)
+    evaluated = _record_evaluations(engine)
     study = run_study(cfg, engine=engine, progress=False)
     info = study.user_attrs[WARM_ATTR]
     assert info["prior"] == "taylor-sq" and info["scan_evaluations"] == 0
