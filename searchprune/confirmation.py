@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from searchprune._recipes import has_recipe
 from searchprune.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -76,9 +77,9 @@ def parse_confirm(raw: Any) -> ConfirmSpec | None:
 
 def trained_here(cfg: Config) -> bool:
     """Whether the network to prune is trained by searchprune on this config's training images
-    (the built-in digits baseline), so images held out of them were never trained on."""
-    return (cfg.setting == "pretrained" and cfg.model.name == "digits_resnet8"
-            and not cfg.model.checkpoint)
+    (a built-in model with a recipe and no checkpoint: the digits baseline, the CIFAR
+    MobileNetV2), so images held out of them were never trained on."""
+    return cfg.setting == "pretrained" and has_recipe(cfg.model)
 
 
 def confirm_spec(cfg: Config) -> ConfirmSpec | None:
@@ -93,8 +94,8 @@ def confirm_spec(cfg: Config) -> ConfirmSpec | None:
     if cfg.data.val_from == "train" and not trained_here(cfg):
         raise ConfigError(
             "search.confirm needs images the network was never trained on: with data.val_from: "
-            "train only a network searchprune trains itself without them (the built-in "
-            "digits_resnet8 baseline) has such images; set data.val_from: test (the validation "
+            "train only a network searchprune trains itself without them (digits_resnet8 or "
+            "cifar_mobilenet_v2 without a checkpoint) has such images; set data.val_from: test (the validation "
             "half's images that ranking does not use confirm)")
     return spec
 

@@ -336,11 +336,12 @@ def proxy_steps(proxy: str) -> tuple[str, ...]:
 
 
 def _load_model(cfg: Config, data, *, progress: bool = False) -> nn.Module:
+    from searchprune._recipes import has_recipe
     from searchprune.models import build_model
 
-    if cfg.model.name == "digits_resnet8" and cfg.model.checkpoint is None:
-        from searchprune.models.baseline import digits_baseline
+    if has_recipe(cfg.model):
+        from searchprune.models.baseline import trained_baseline
 
-        return digits_baseline(cfg.model, data, progress=progress)
+        return trained_baseline(cfg.model, data, progress=progress)
     return build_model(cfg.model, num_classes=data.num_classes, in_channels=data.input_shape[0],
                        input_shape=data.input_shape)

@@ -56,7 +56,8 @@ def _random_init(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Mod
             f"for '{name}' set model.checkpoint"
         )
     match = _CIFAR_RESNET.fullmatch(name)
-    if cfg.kwargs and (match or getattr(builder, "__module__", None) == _builtin.__name__):
+    builtin = getattr(builder, "__module__", None) == _builtin.__name__
+    if cfg.kwargs and (match or (builtin and not getattr(builder, "takes_kwargs", False))):
         raise ModelError(f"model '{name}' takes no model.kwargs (they are for torchvision, "
                          "timm:<name> and package.module:factory models); remove them")
     if builder is not None:  # a registered builder reads what it needs from cfg (cfg.kwargs)

@@ -1,10 +1,13 @@
-"""The models searchprune ships: CIFAR ResNets, the digits ResNet-8 and CIFAR VGG16-BN."""
+"""The models searchprune ships: CIFAR ResNets, the digits ResNet-8, CIFAR VGG16-BN and a
+CIFAR MobileNetV2."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from searchprune.errors import ModelError
 from searchprune.models._registry import register_model
+from searchprune.models.cifar_mobilenet import cifar_mobilenet_v2
 from searchprune.models.cifar_resnet import CifarResNet
 from searchprune.models.cifar_vgg import CifarVGG
 
@@ -38,3 +41,20 @@ def _digits_resnet8(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.
 @register_model("cifar_vgg16_bn")
 def _cifar_vgg16_bn(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     return CifarVGG(num_classes, in_channels)
+
+
+@register_model("cifar_mobilenet_v2")
+def _cifar_mobilenet_v2(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    # model.kwargs: width_mult only (default 1.0).
+    kwargs = cfg.kwargs or {}
+    unknown = sorted(set(kwargs) - {"width_mult"})
+    if unknown:
+        raise ModelError(f"cifar_mobilenet_v2 takes only model.kwargs width_mult, not "
+                         f"{', '.join(unknown)}; remove them")
+    width = kwargs.get("width_mult", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
+        raise ModelError(f"model.kwargs.width_mult must be a number > 0, got {width!r}")
+    return cifar_mobilenet_v2(num_classes, in_channels, float(width))
+
+
+_cifar_mobilenet_v2.takes_kwargs = True  # type: ignore[attr-defined]
