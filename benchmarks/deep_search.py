@@ -3,12 +3,14 @@ sensitivity scan and from the cheap first-order prior, and the configurations a 
 without searching, on deeper networks (issue 28).
 
 Networks (``--networks``): ``resnet20`` (``studies/compare-resnet20.yaml``, the ../shared
-ResNet-20 fine-tuned on CIFAR-10-JPEG) and ``resnet32`` (``studies/deep-resnet32.yaml``, the
-../shared public ResNet-32). Rows per network:
+ResNet-20 fine-tuned on CIFAR-10-JPEG), ``resnet32`` (``studies/deep-resnet32.yaml``, the
+../shared public ResNet-32) and ``mobilenetv2`` (``studies/mobilenetv2.yaml``, 25 groups: the
+CIFAR MobileNetV2 searchprune trains itself on CIFAR-10-JPEG; its full scan measures 2 points
+per group). Rows per network:
 
 - samplers (``--samplers``, default ``random,tpe,tpe+warm,tpe+taylor,tpe+taylor-sq``; ``gp``,
   ``gp+taylor`` and any other registered sampler work too): one study per seed (``--seeds``),
-  every study on the same total cost ``--n-trials`` (default per network: 80 and 120
+  every study on the same total cost ``--n-trials`` (default per network: 80, 120 and 80
   evaluations); a warm-started study is first charged its prior (``tpe+warm``: the full scan,
   one evaluation per point and the reference; ``tpe+taylor``, ``tpe+taylor-sq``: one forward
   and backward pass of the calibration images, in evaluation equivalents: forward images + 2 x
@@ -62,7 +64,8 @@ from searchprune.search.runner import open_storage  # noqa: E402
 from searchprune.search.sensitivity import evaluation_images, measure_prior  # noqa: E402
 
 NETWORKS = {"resnet20": ("studies/compare-resnet20.yaml", 80),
-            "resnet32": ("studies/deep-resnet32.yaml", 120)}
+            "resnet32": ("studies/deep-resnet32.yaml", 120),
+            "mobilenetv2": ("studies/mobilenetv2.yaml", 80)}
 SAMPLERS = "random,tpe,tpe+warm,tpe+taylor,tpe+taylor-sq"
 PRIORS = ("scan", "taylor", "taylor-sq")
 
@@ -268,7 +271,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--n-trials", type=int, default=None,
                     help="total cost per study in evaluations, a prior's charge included "
-                         "(default: 80 for resnet20, 120 for resnet32)")
+                         "(default: 80 for resnet20, 120 for resnet32, 80 for mobilenetv2)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="config override for every network (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("runs/deep_search"))
