@@ -79,17 +79,20 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class ModelConfig:
     """Which network to prune.
 
-    ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model name, ``timm:<name>`` (a timm model; ``pip install searchprune[timm]``)
-    or ``package.module:factory``. ``kwargs``: more constructor arguments of a torchvision, timm
-    or factory model (plain YAML values, e.g. ``{aux_logits: false}``).
+    ``name``: ``cifar_resnet<depth>``, ``cifar_vgg16_bn``, ``digits_resnet8``,
+    ``cifar_mobilenet_v2``, any torchvision classification model name, ``timm:<name>`` (a timm
+    model; ``pip install searchprune[timm]``) or ``package.module:factory``. ``kwargs``: more
+    constructor arguments of a torchvision, timm or factory model (plain YAML values, e.g.
+    ``{aux_logits: false}``).
     """
 
     name: str = "digits_resnet8"
-    """``cifar_resnet<6n+2>``, ``cifar_vgg16_bn``, ``digits_resnet8``, any torchvision
-    classification model, ``timm:<name>`` (any timm model; needs ``pip install
-    'searchprune[timm]'``, else one line says so), or ``package.module:factory`` (called with
-    ``num_classes`` and ``in_channels`` if it accepts them)."""
+    """``cifar_resnet<6n+2>``, ``cifar_vgg16_bn``, ``digits_resnet8``, ``cifar_mobilenet_v2``
+    (trained by searchprune itself on CIFAR-10 when no checkpoint is given; ``kwargs:
+    {width_mult: w}``), any torchvision classification model, ``timm:<name>`` (any timm model;
+    needs ``pip install 'searchprune[timm]'``, else one line says so), or
+    ``package.module:factory`` (called with ``num_classes`` and ``in_channels`` if it accepts
+    them)."""
     num_classes: int | None = None
     """Override the class count (default: from the data)."""
     checkpoint: str | None = None
