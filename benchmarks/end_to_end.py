@@ -142,18 +142,22 @@ def main() -> None:
     def save() -> None:
         saved.write_text(json.dumps(res, indent=1))
 
-    cfg = load_config(args.config, {"data.train_size": args.train_size, "device": args.device,
+    # the fine-tuning images are a prefix of the (shuffled) training split, the images
+    # data.train_size would keep; the config leaves the split whole, so a network searchprune
+    # trains itself (cifar_mobilenet_v2) is the one trained on all of it, from the cache
+    cfg = load_config(args.config, {"device": args.device,
                                     "search.n_trials": args.n_trials,
                                     "storage": str(out / "searches.db")})
     device = torch.device(args.device)
     t0 = time.perf_counter()
     engine = PruningEngine.from_config(cfg)
     d = engine.data
+    s = FinetuneSettings(lr=args.lr)
+    whole = d.train_set(augment=True)
+    train_set = torch.utils.data.Subset(whole, range(min(args.train_size, len(whole))))
     print(f"engine ready in {time.perf_counter() - t0:.0f} s; proxy {cfg.pruning.proxy}, "
           f"criterion {cfg.pruning.criterion}; val {len(d.val)}, test {len(d.test)}, fine-tune "
-          f"images {d.train_size}", flush=True)
-    s = FinetuneSettings(lr=args.lr)
-    train_set = d.train_set(augment=True)
+          f"images {len(train_set)}", flush=True)
     loss = Distiller(frozen_teacher(engine), distill) if distill is not None else None
     tag = recipe_tag(distill)
     search_seeds = [int(x) for x in args.search_seeds.split(",")]
