@@ -3,7 +3,7 @@
 - ``digits_resnet8`` on the scikit-learn digits (the offline default; seconds on a CPU),
 - ``cifar_mobilenet_v2`` on CIFAR-10 (``data.name: cifar10``, or an ImageFolder copy of it):
   the MobileNetV2 studies' starting point (``configs/models/mobilenetv2-cifar10.yaml``;
-  about half an hour on two CPU cores at width 0.5).
+  about 45 minutes on two CPU cores at width 0.5, 76.4% test top-1).
 
 A recipe is part of the cache key: changing it retrains.
 """
