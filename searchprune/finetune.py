@@ -130,7 +130,7 @@ def finetune_candidates(engine, candidates: Sequence[Candidate], settings: Finet
             models[cand.key] = model.cpu()
             _log.info("trial %s: val top-1 %.2f -> %.2f after %d epochs", cand.key, before,
                       val1, settings.epochs)
-    best = max(result.candidates, key=lambda k: result.candidates[k]["val_top1"])
+    best = _rank0_pick(max(result.candidates, key=lambda k: result.candidates[k]["val_top1"]))
     widths = next(c.widths for c in candidates if c.key == best)
     untuned = engine.build(widths)
     result.test_top1_before, result.test_top5_before = evaluate(
@@ -329,3 +329,18 @@ def _fit(model, train_set, s: FinetuneSettings, epochs, run: _Run, device, progr
     fit(model, train_set, **s.with_(epochs=epochs).fit_kwargs(), device=device,
         progress=progress, checkpoint_path=run.path, checkpoint_meta=run.meta,
         loss_fn=loss, loss_parts=loss.parts if loss is not None else None)
+
+
+def _rank0_pick(key: int) -> int:
+    """Under torchrun, rank 0's pick for every rank. Each rank scores the candidates with its
+    own BatchNorm running statistics (DDP syncs weights, not the last step's statistics), so
+    near-ties can fall differently per rank, and ranks that went on with different networks
+    would fail in DDP."""
+    rank, world = distributed_world()
+    if world == 1:
+        return key
+    import torch.distributed as dist
+
+    box = torch.tensor([key], dtype=torch.long)
+    dist.broadcast(box, src=0)
+    return int(box.item())
