@@ -336,7 +336,7 @@ def _rank0_pick(key: int) -> int:
     own BatchNorm running statistics (DDP syncs weights, not the last step's statistics), so
     near-ties can fall differently per rank, and ranks that went on with different networks
     would fail in DDP."""
-    rank, world = distributed_world()
+    _, world = distributed_world()
     if world == 1:
         return key
     import torch.distributed as dist

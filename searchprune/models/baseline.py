@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,8 +68,6 @@ def _data_digest(bundle: DataBundle, with_val: bool = True) -> str:
     if raw is not None and idx is not None:
         files = getattr(raw, "paths", None)  # FileImages
         if files is not None:
-            import os
-
             h.update(json.dumps([getattr(raw, "image_size", None)]).encode())
             for i in idx.tolist():
                 path = files[i]
