@@ -1,6 +1,7 @@
 """Search in many dimensions at equal total cost: random, TPE, TPE warm-started from the full
-sensitivity scan and from the cheap first-order prior, and the configurations a user gets
-without searching, on deeper networks (issue 28).
+sensitivity scan, TPE and the GP warm-started from the cheap first-order prior (the GP so
+seeded is the default search), and the configurations a user gets without searching, on deeper
+networks.
 
 Networks (``--networks``): ``resnet20`` (``studies/compare-resnet20.yaml``, the ../shared
 ResNet-20 fine-tuned on CIFAR-10-JPEG), ``resnet32`` (``studies/deep-resnet32.yaml``, the
@@ -8,11 +9,11 @@ ResNet-20 fine-tuned on CIFAR-10-JPEG), ``resnet32`` (``studies/deep-resnet32.ya
 CIFAR MobileNetV2 searchprune trains itself on CIFAR-10-JPEG; its full scan measures 2 points
 per group). Rows per network:
 
-- samplers (``--samplers``, default ``random,tpe,tpe+warm,tpe+taylor,tpe+taylor-sq``; ``gp``,
-  ``gp+taylor`` and any other registered sampler work too): one study per seed (``--seeds``),
-  every study on the same total cost ``--n-trials`` (default per network: 80, 120 and 80
-  evaluations); a warm-started study is first charged its prior (``tpe+warm``: the full scan,
-  one evaluation per point and the reference; ``tpe+taylor``, ``tpe+taylor-sq``: one forward
+- samplers (``--samplers``, default ``random,tpe,tpe+warm,tpe+taylor-sq,gp+taylor-sq``;
+  ``gp``, ``tpe+taylor`` and any other registered sampler work too): one study per seed
+  (``--seeds``), every study on the same total cost ``--n-trials`` (default per network: 80,
+  120 and 80 evaluations); a warm-started study is first charged its prior (``tpe+warm``: the
+  full scan, one evaluation per point and the reference; ``+taylor``, ``+taylor-sq``: one forward
   and backward pass of the calibration images, in evaluation equivalents: forward images + 2 x
   backward images over the images one trial forwards, rounded up) and runs only the rest;
 - no search: ``uniform``, ``tp-global``, ``sensitivity`` (the full scan's allocation),
@@ -66,7 +67,7 @@ from searchprune.search.sensitivity import evaluation_images, measure_prior  # n
 NETWORKS = {"resnet20": ("studies/compare-resnet20.yaml", 80),
             "resnet32": ("studies/deep-resnet32.yaml", 120),
             "mobilenetv2": ("studies/mobilenetv2.yaml", 80)}
-SAMPLERS = "random,tpe,tpe+warm,tpe+taylor,tpe+taylor-sq"
+SAMPLERS = "random,tpe,tpe+warm,tpe+taylor-sq,gp+taylor-sq"
 PRIORS = ("scan", "taylor", "taylor-sq")
 
 

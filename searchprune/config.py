@@ -60,7 +60,7 @@ WARM_STARTS = ("auto", "none", "sensitivity")
 # (random and QMC ignore them; CMA-ES would restart its distribution from them).
 LEARNING_SAMPLERS = ("tpe", "gp")
 # What ``search.sampler`` is when a config does not say (docs/benchmarks.md: deep search).
-DEFAULT_SAMPLER = "tpe"
+DEFAULT_SAMPLER = "gp"
 # How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
 # every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
 # curves from one forward and backward pass of ``sensitivity.images`` calibration images
@@ -238,8 +238,9 @@ class SearchConfig:
     """The Optuna side: sampler, budget of evaluated trials, seed, early stopping."""
 
     sampler: str = DEFAULT_SAMPLER
-    """``tpe`` (the default: band-aware TPE, warm-started by ``warm_start: auto``), ``random``
-    (the paper's search), ``tpe``, ``cmaes``, ``gp``, ``qmc``, ``nsga2`` (the sampler registry), or
+    """``gp`` (the default: Optuna's Gaussian-process sampler, warm-started by ``warm_start:
+    auto``), ``random`` (the paper's search), ``tpe`` (band-aware TPE), ``cmaes``, ``qmc``,
+    ``nsga2`` (the sampler registry), or
     ``package.module:factory``: a function of a ``SamplerContext`` returning an Optuna sampler
     (give it ``projects = True`` to have proposals projected onto the band); imported by every
     worker."""

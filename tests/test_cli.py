@@ -137,7 +137,7 @@ def test_study_run_end_to_end_on_digits(tmp_path):
     shown = cli("study", "run", str(config), "--storage", str(db), cwd=tmp_path)
     assert shown.returncode == 0 and "unpruned" in shown.stderr and "worst" in shown.stderr
     for command in (f"study show --study-name digits --storage {db} --plot digits.png",
-                    f"dashboard --storage {db}", "compare digits.yaml --samplers random,tpe"):
+                    f"dashboard --storage {db}", "compare digits.yaml --seeds 2"):
         assert f"searchprune {command}" in shown.stderr
     changed = cli("study", "run", str(config), "--storage", str(db), "--gamma", "0.7",
                   cwd=tmp_path)

@@ -276,12 +276,12 @@ def test_taylor_prior_is_refused_where_it_cannot_run(tmp_path):
                       storage=optuna.storages.InMemoryStorage())
 
 
-def test_the_default_search_is_tpe_warm_started_from_the_first_order_prior(tmp_path):
+def test_the_default_search_is_gp_warm_started_from_the_first_order_prior(tmp_path):
     engine = _known_engine(**{"storage": str(tmp_path / "s.db"), "search.n_trials": 6,
                               "search.study_name": "default", "sensitivity.perturbations": 2})
     cfg = engine.cfg  # no sampler, warm start or prior method given: the defaults
     assert (cfg.search.sampler, cfg.search.warm_start, cfg.sensitivity.method) == (
-        DEFAULT_SAMPLER, "auto", "auto") and DEFAULT_SAMPLER == "tpe"
+        DEFAULT_SAMPLER, "auto", "auto") and DEFAULT_SAMPLER == "gp"
     evaluated = _record_evaluations(engine)
     study = run_study(cfg, engine=engine, progress=False)
     info = study.user_attrs[WARM_ATTR]
@@ -290,7 +290,7 @@ def test_the_default_search_is_tpe_warm_started_from_the_first_order_prior(tmp_p
     first = min(study.get_trials(), key=lambda t: t.number)
     assert first.user_attrs[WARM_ATTR] == "allocation"
     assert first.params[HARMLESS] == pytest.approx(cfg.pruning.eta)  # the harmless group goes
-    assert "TPE" in type(study.sampler).__name__
+    assert type(study.sampler).__name__ == "GPSampler"
     # the paper's random search is one setting away, and it is not seeded
     paper = run_study(apply_overrides(cfg, {"search.sampler": "random",
                                             "search.study_name": "paper"}),

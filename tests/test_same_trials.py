@@ -8,6 +8,12 @@ random and the TPE sampler; the other cases use the fast fake engine and cover w
 resolves: group bounds, the params limit, no band, projection, Pareto, the warm start and the
 latency table.
 
+The quickstart's accuracies depend on the digits network searchprune trains, and its last bits
+depend on the CPU and on torch's thread count (the fixture holds a checksum of the weights it was
+recorded with). On a machine that trains other weights, only what cannot depend on them is
+compared: the proposals that precede any learning (every random trial, TPE's startup trials)
+with their widths and costs; the rest is skipped, saying so.
+
 Regenerate (only when a change of behaviour is intended, and say so):
 ``PYTHONPATH=. python tests/test_same_trials.py --write``.
 """
@@ -117,20 +123,52 @@ def run_latency(tmp_path: Path, name: str, monkeypatch) -> list[dict[str, Any]]:
 _ENGINES: dict[str, Any] = {}
 
 
-def run_quickstart(sampler: str) -> list[dict[str, Any]]:
-    """The quickstart as shipped (40 trials, seed 0), with ``sampler``."""
+# trials whose proposals cannot depend on earlier accuracies: TPE's startup draws (Optuna's
+# n_startup_trials), every random draw
+INDEPENDENT = {"random": 40, "tpe": 10}
+# what a trial records that the network's weights decide
+WEIGHT_DEPENDENT = ("top1", "top5", "least_squares")
+
+
+def _quickstart_cfg(sampler: str):
     from searchprune.config import load_config
+
+    return load_config(ROOT / "studies" / "quickstart.yaml",
+                       {"search.sampler": sampler, "search.study_name": f"quickstart-{sampler}",
+                        "search.warm_start": "none"})  # the sampler alone, as recorded
+
+
+def _quickstart_engine():
     from searchprune.engine import PruningEngine
 
-    cfg = load_config(ROOT / "studies" / "quickstart.yaml",
-                      {"search.sampler": sampler, "search.study_name": f"quickstart-{sampler}",
-                       "search.warm_start": "none"})  # the sampler alone, as recorded
     if "engine" not in _ENGINES:  # trains the digits net once (cached on disk too)
-        _ENGINES["engine"] = PruningEngine.from_config(cfg, progress=False)
-    engine = _ENGINES["engine"]
-    study = run_study(cfg, engine=engine, progress=False,
+        _ENGINES["engine"] = PruningEngine.from_config(_quickstart_cfg("random"), progress=False)
+    return _ENGINES["engine"]
+
+
+def network_checksum() -> str:
+    """sha256 of the trained digits network's weights (which the quickstart's accuracies
+    depend on)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for _, tensor in sorted(_quickstart_engine().model.state_dict().items()):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_quickstart(sampler: str) -> list[dict[str, Any]]:
+    """The quickstart as shipped (40 trials, seed 0), with ``sampler``."""
+    study = run_study(_quickstart_cfg(sampler), engine=_quickstart_engine(), progress=False,
                       storage=optuna.storages.InMemoryStorage())
     return record(study)
+
+
+def _weights_free(trial: dict[str, Any]) -> dict[str, Any]:
+    return {"number": trial["number"], "state": trial["state"], "params": trial["params"],
+            "attrs": {k: v for k, v in trial["attrs"].items() if k not in WEIGHT_DEPENDENT},
+            "constraints": {k: v for k, v in trial["system_attrs"].items()
+                            if k.startswith("constraints:")}}
 
 
 def _expected() -> dict[str, Any]:
@@ -164,9 +202,18 @@ def _same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_the_quickstart_gives_the_recorded_trials(sampler):
-    want = _expected()["quickstart"][sampler]
+    expected = _expected()["quickstart"]
+    want = expected[sampler]
     assert len(want) == 40 and all(t["state"] == "COMPLETE" for t in want)
-    _same(run_quickstart(sampler), want)
+    got = run_quickstart(sampler)
+    if network_checksum() == expected.get("network_sha256"):
+        _same(got, want)
+        return
+    n = INDEPENDENT[sampler]
+    _same([_weights_free(t) for t in got[:n]], [_weights_free(t) for t in want[:n]])
+    pytest.skip(f"this machine trains other digits weights than the fixture's (CPU or torch "
+                f"thread count): the first {n} proposals, their widths and costs matched; "
+                f"accuracies{' and the later proposals' if n < len(want) else ''} not compared")
 
 
 @pytest.mark.parametrize("name", sorted(FAKE_CASES))
@@ -197,6 +244,7 @@ def _write() -> None:
         mp.undo()
     for sampler in ("random", "tpe"):
         data["quickstart"][sampler] = run_quickstart(sampler)
+    data["quickstart"]["network_sha256"] = network_checksum()
     FIXTURE.parent.mkdir(exist_ok=True)
     FIXTURE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from searchprune.cli._output import add_trust_flag, console, emit_json, jsonable, table
+from searchprune.config import DEFAULT_SAMPLER
 from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
 __all__ = ["add_parser"]
@@ -22,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser("compare", parents=[common],
                        help="run one study per sampler and seed on one problem; report")
     p.add_argument("config", metavar="CONFIG.yaml")
-    p.add_argument("--samplers", help="comma list (default random,tpe,cmaes; with "
-                                      "search.objective: pareto random,tpe,nsga2); "
+    p.add_argument("--samplers", help=f"comma list (default random,{DEFAULT_SAMPLER},"
+                                      f"{DEFAULT_SAMPLER}+warm; with search.objective: pareto "
+                                      "random,tpe,nsga2); "
                                       "<sampler>+warm: with search.warm_start: sensitivity, "
                                       "the scan counted against --n-trials; "
                                       "<sampler>+taylor, <sampler>+taylor-sq: warm-started "

@@ -20,6 +20,7 @@ from searchprune.cli._output import (
     stored_trust,
     table,
 )
+from searchprune.config import DEFAULT_SAMPLER
 from searchprune.errors import ConfigError, SearchpruneError
 from searchprune.redact import redact_config, redact_url
 
@@ -42,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
     run = cmds.add_parser("run", parents=[common], help="run or continue a study")
     run.add_argument("config", metavar="CONFIG.yaml")
-    run.add_argument("--sampler", help="random (paper), tpe, cmaes, gp, qmc, nsga2")
+    run.add_argument("--sampler", help=f"default {DEFAULT_SAMPLER}; random (the paper's), tpe, "
+                                       "cmaes, gp, qmc, nsga2")
     run.add_argument("--n-trials", type=int, help="evaluated (in-band) trials to reach")
     run.add_argument("--seed", type=int)
     run.add_argument("--storage", help="storage URL or SQLite file (env SEARCHPRUNE_STORAGE)")
@@ -223,8 +225,8 @@ def _print_next(name: str, cfg: Any) -> None:
         f"  searchprune study show --study-name {name}{storage} --plot {name}.png",
         "every trial in optuna-dashboard (http://127.0.0.1:8080/dashboard/),",
         f"  searchprune dashboard{storage}",
-        "random against guided search on this problem,",
-        f"  searchprune compare {source} --samplers random,tpe --seeds 2 --out report/",
+        "the paper's random search against the default on this problem (equal cost),",
+        f"  searchprune compare {source} --seeds 2 --out report/",
         "and fine-tune the winners, then export one:",
         f"  searchprune finetune --study-name {name}{storage} --top 3",
     ]), soft_wrap=True)

@@ -24,7 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from searchprune.config import SENSITIVITY_METHODS, apply_overrides, resolve_defaults
+from searchprune.config import (
+    DEFAULT_SAMPLER,
+    SENSITIVITY_METHODS,
+    apply_overrides,
+    resolve_defaults,
+)
 from searchprune.report.compare import Run, run_from_study
 
 if TYPE_CHECKING:
@@ -37,10 +42,12 @@ __all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy",
            "baselines_at_picks", "load_runs", "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
-# single: the paper's random search, TPE alone, and the default (TPE warm-started from the
-# config's sensitivity.method: the first-order prior unless it says otherwise)
-DEFAULT_SAMPLERS = {"single": ("random", "tpe", "tpe+warm"), "pareto": ("random", "tpe", "nsga2")}
 WARM_SUFFIX = "+warm"
+# single: the paper's random search, the default sampler alone, and the default search (that
+# sampler warm-started from the config's sensitivity.method: the first-order prior unless it
+# says otherwise)
+DEFAULT_SAMPLERS = {"single": ("random", DEFAULT_SAMPLER, DEFAULT_SAMPLER + WARM_SUFFIX),
+                    "pareto": ("random", "tpe", "nsga2")}
 # ``<sampler>+scan``, ``+taylor``, ``+taylor-sq``: warm-started from that prior
 PRIOR_METHODS = tuple(m for m in SENSITIVITY_METHODS if m != "auto")
 
