@@ -61,6 +61,9 @@ WARM_STARTS = ("auto", "none", "sensitivity")
 LEARNING_SAMPLERS = ("tpe", "gp")
 # What ``search.sampler`` is when a config does not say (docs/benchmarks.md: deep search).
 DEFAULT_SAMPLER = "gp"
+# ... and in a ``pareto`` study file: the GP learns only from evaluated trials, so out-of-range
+# proposals (PRUNED) teach it nothing and it keeps proposing them; TPE draws inside the range.
+PARETO_DEFAULT_SAMPLER = "tpe"
 # How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
 # every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
 # curves from one forward and backward pass of ``sensitivity.images`` calibration images
@@ -239,8 +242,8 @@ class SearchConfig:
 
     sampler: str = DEFAULT_SAMPLER
     """``gp`` (the default: Optuna's Gaussian-process sampler, warm-started by ``warm_start:
-    auto``), ``random`` (the paper's search), ``tpe`` (band-aware TPE), ``cmaes``, ``qmc``,
-    ``nsga2`` (the sampler registry), or
+    auto``; a ``pareto`` study file that names no sampler gets ``tpe``), ``random`` (the paper's
+    search), ``tpe`` (band-aware TPE), ``cmaes``, ``qmc``, ``nsga2`` (the sampler registry), or
     ``package.module:factory``: a function of a ``SamplerContext`` returning an Optuna sampler
     (give it ``projects = True`` to have proposals projected onto the band); imported by every
     worker."""
@@ -724,8 +727,14 @@ def _as(value: Any, kind: Any) -> Any:
 
 
 def config_from_dict(data: Mapping[str, Any] | None, source: str | None = None) -> Config:
-    """Build and validate a :class:`Config` from a plain mapping (e.g. parsed YAML)."""
-    cfg = _build(Config, dict(data or {}), "")
+    """Build and validate a :class:`Config` from a plain mapping (e.g. parsed YAML). A
+    ``pareto`` search section without a sampler gets :data:`PARETO_DEFAULT_SAMPLER`."""
+    data = dict(data or {})
+    search = data.get("search")
+    if isinstance(search, Mapping) and search.get("objective") == "pareto" \
+            and "sampler" not in search:
+        data["search"] = {**search, "sampler": PARETO_DEFAULT_SAMPLER}
+    cfg = _build(Config, data, "")
     if source is not None:
         cfg = dataclasses.replace(cfg, source=source)
     return cfg.validate()

@@ -300,6 +300,20 @@ def test_the_default_search_is_gp_warm_started_from_the_first_order_prior(tmp_pa
     assert "Random" in type(paper.sampler).__name__
 
 
+def test_a_pareto_study_file_without_a_sampler_runs_tpe(tmp_path):
+    from searchprune.config import PARETO_DEFAULT_SAMPLER, load_config
+
+    pareto = "search:\n  objective: pareto\n  gamma_range: [0.3, 0.7]\n"
+    path = tmp_path / "p.yaml"
+    path.write_text(pareto)
+    assert load_config(path).search.sampler == PARETO_DEFAULT_SAMPLER == "tpe"
+    path.write_text(pareto + "  sampler: gp\n")  # a sampler the file names is kept
+    assert load_config(path).search.sampler == "gp"
+    assert load_config(path, {"search.sampler": "nsga2"}).search.sampler == "nsga2"
+    path.write_text("search:\n  n_trials: 5\n")
+    assert load_config(path).search.sampler == DEFAULT_SAMPLER
+
+
 @pytest.mark.parametrize(("overrides", "warm", "method"), [
     ({}, "sensitivity", "taylor-sq"),
     ({"search.sampler": "gp"}, "sensitivity", "taylor-sq"),
