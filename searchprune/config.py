@@ -64,6 +64,12 @@ DEFAULT_SAMPLER = "gp"
 # ... and in a ``pareto`` study file: the GP learns only from evaluated trials, so out-of-range
 # proposals (PRUNED) teach it nothing and it keeps proposing them; TPE draws inside the range.
 PARETO_DEFAULT_SAMPLER = "tpe"
+# ``compare``: ``<sampler>+warm`` is that sampler warm-started from the config's
+# sensitivity.method; without ``--samplers`` a single-objective comparison runs the paper's
+# random search, the default sampler alone and the default search, a Pareto one three samplers.
+WARM_SUFFIX = "+warm"
+DEFAULT_SAMPLERS = {"single": ("random", DEFAULT_SAMPLER, DEFAULT_SAMPLER + WARM_SUFFIX),
+                    "pareto": ("random", PARETO_DEFAULT_SAMPLER, "nsga2")}
 # How per-group sensitivity is measured (searchprune/search/sensitivity.py): ``scan`` evaluates
 # every group pruned alone at each grid ratio; ``taylor`` and ``taylor-sq`` estimate the same
 # curves from one forward and backward pass of ``sensitivity.images`` calibration images

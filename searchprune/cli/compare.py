@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from searchprune.cli._output import add_trust_flag, console, emit_json, jsonable, table
-from searchprune.config import DEFAULT_SAMPLER
+from searchprune.config import DEFAULT_SAMPLERS
 from searchprune.errors import ConfigError, SearchpruneError, unknown_choice
 
 __all__ = ["add_parser"]
@@ -23,9 +23,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p = sub.add_parser("compare", parents=[common],
                        help="run one study per sampler and seed on one problem; report")
     p.add_argument("config", metavar="CONFIG.yaml")
-    p.add_argument("--samplers", help=f"comma list (default random,{DEFAULT_SAMPLER},"
-                                      f"{DEFAULT_SAMPLER}+warm; with search.objective: pareto "
-                                      "random,tpe,nsga2); "
+    p.add_argument("--samplers", help=f"comma list (default {','.join(DEFAULT_SAMPLERS['single'])}"
+                                      f"; with search.objective: pareto "
+                                      f"{','.join(DEFAULT_SAMPLERS['pareto'])}); "
                                       "<sampler>+warm: with search.warm_start: sensitivity, "
                                       "the scan counted against --n-trials; "
                                       "<sampler>+taylor, <sampler>+taylor-sq: warm-started "
@@ -57,12 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def _compare(args: argparse.Namespace) -> int:
     from searchprune.config import load_config
     from searchprune.report import compare_runs
-    from searchprune.report.studies import (
-        DEFAULT_SAMPLERS,
-        load_runs,
-        plan_comparison,
-        run_comparison,
-    )
+    from searchprune.report.studies import load_runs, plan_comparison, run_comparison
     from searchprune.search import derive_study_name
     from searchprune.search.runner import open_storage
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from searchprune.config import (
-    DEFAULT_SAMPLER,
+    DEFAULT_SAMPLERS,
     SENSITIVITY_METHODS,
+    WARM_SUFFIX,
     apply_overrides,
     resolve_defaults,
 )
@@ -42,12 +43,6 @@ __all__ = ["COMPARISON_ATTR", "DEFAULT_SAMPLERS", "WARM_SUFFIX", "PlannedStudy",
            "baselines_at_picks", "load_runs", "plan_comparison", "run_comparison"]
 
 COMPARISON_ATTR = "comparison"
-WARM_SUFFIX = "+warm"
-# single: the paper's random search, the default sampler alone, and the default search (that
-# sampler warm-started from the config's sensitivity.method: the first-order prior unless it
-# says otherwise)
-DEFAULT_SAMPLERS = {"single": ("random", DEFAULT_SAMPLER, DEFAULT_SAMPLER + WARM_SUFFIX),
-                    "pareto": ("random", "tpe", "nsga2")}
 # ``<sampler>+scan``, ``+taylor``, ``+taylor-sq``: warm-started from that prior
 PRIOR_METHODS = tuple(m for m in SENSITIVITY_METHODS if m != "auto")
 
